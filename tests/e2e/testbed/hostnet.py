@@ -1,0 +1,207 @@
+"""The bed's changes to the host network, each with its removal.
+
+Boundary rules (why nothing leaves the machine and laptops reach only the API):
+- the service, pod and laptop ranges are routed to NODE_BRIDGE, an empty bridge,
+  so a packet no kube-proxy rule rewrites dies here instead of taking eth0;
+- mangle FORWARD drops anything forwarded from the pod bridge or a laptop to eth0;
+- raw PREROUTING admits from a laptop veth only the API server port and the bed
+  resolver on NODE_IP; everything else, including a route a laptop adds itself
+  towards pods or ClusterIPs, is dropped before conntrack and kube-proxy's DNAT.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from . import config
+from .procs import run
+
+SYSCTLS_TOUCHED = (
+    # set by the bed
+    "net.ipv4.ip_forward",
+    "net.bridge.bridge-nf-call-iptables",
+    "net.bridge.bridge-nf-call-ip6tables",
+    # set by kubelet and kube-proxy on start
+    "kernel.panic",
+    "kernel.panic_on_oops",
+    "vm.overcommit_memory",
+    "net.ipv4.conf.all.route_localnet",
+)
+SYSCTL_BACKUP = config.CACHE_DIR / "host-sysctls.json"  # kept in the cache: it must outlive STATE_DIR
+CHAIN_PREFIXES = ("KTBED-", "KUBE-", "CNI-")
+EGRESS_CHAIN = "KTBED-EGRESS"
+UPLINK = "eth0"
+
+
+def _sysctl_path(name: str) -> Path:
+    return Path("/proc/sys") / name.replace(".", "/")
+
+
+def save_sysctls() -> None:
+    """Record the host's values once, before the first change of a bed run."""
+    if SYSCTL_BACKUP.exists():
+        return
+    values = {}
+    for name in SYSCTLS_TOUCHED:
+        path = _sysctl_path(name)
+        if path.exists():
+            values[name] = path.read_text().strip()
+    SYSCTL_BACKUP.parent.mkdir(parents=True, exist_ok=True)
+    SYSCTL_BACKUP.write_text(json.dumps(values, indent=1))
+
+
+def restore_sysctls() -> None:
+    if not SYSCTL_BACKUP.exists():
+        return
+    for name, value in json.loads(SYSCTL_BACKUP.read_text()).items():
+        try:
+            _sysctl_path(name).write_text(value + "\n")
+        except OSError:
+            pass
+    SYSCTL_BACKUP.unlink()
+
+
+def set_sysctl(name: str, value: str) -> None:
+    _sysctl_path(name).write_text(value + "\n")
+
+
+def link_exists(name: str, netns: str | None = None) -> bool:
+    prefix = ["ip", "-n", netns] if netns else ["ip"]
+    return run([*prefix, "link", "show", name], check=False).returncode == 0
+
+
+def _ipt(table: str, *args: str, v6: bool = False) -> None:
+    run(["ip6tables" if v6 else "iptables", "-w", "-t", table, *args])
+
+
+def _ensure_chain(table: str, chain: str, v6: bool = False) -> None:
+    tool = "ip6tables" if v6 else "iptables"
+    if run([tool, "-w", "-t", table, "-nL", chain], check=False).returncode != 0:
+        _ipt(table, "-N", chain, v6=v6)
+    else:
+        _ipt(table, "-F", chain, v6=v6)
+
+
+def _ensure_jump(table: str, parent: str, rule: list[str], v6: bool = False) -> None:
+    tool = "ip6tables" if v6 else "iptables"
+    if run([tool, "-w", "-t", table, "-C", parent, *rule], check=False).returncode != 0:
+        _ipt(table, "-I", parent, "1", *rule, v6=v6)
+
+
+def setup() -> None:
+    save_sysctls()
+    set_sysctl("net.ipv4.ip_forward", "1")
+    if not link_exists(config.NODE_BRIDGE):
+        run(["ip", "link", "add", config.NODE_BRIDGE, "type", "bridge"])
+    run(["ip", "link", "set", config.NODE_BRIDGE, "up"])
+    run(["ip", "addr", "replace", f"{config.NODE_IP}/32", "dev", config.NODE_BRIDGE])
+    for cidr in (config.SERVICE_CIDR, config.CLUSTER_CIDR, str(config.LAPTOP_NET)):
+        run(["ip", "route", "replace", cidr, "dev", config.NODE_BRIDGE])
+
+    _ensure_chain("mangle", EGRESS_CHAIN)
+    for source in (config.POD_BRIDGE, config.LAPTOP_VETH_PREFIX + "+", config.NODE_BRIDGE):
+        _ipt("mangle", "-A", EGRESS_CHAIN, "-i", source, "-o", UPLINK, "-j", "DROP")
+    _ensure_jump("mangle", "FORWARD", ["-j", EGRESS_CHAIN])
+
+    chain = config.IPTABLES_CHAIN
+    _ensure_chain("raw", chain)
+    for proto, port in (("tcp", config.API_PORT), ("udp", 53), ("tcp", 53)):
+        _ipt("raw", "-A", chain, "-d", config.NODE_IP, "-p", proto, "--dport", str(port), "-j", "ACCEPT")
+    _ipt("raw", "-A", chain, "-j", "DROP")
+    _ensure_jump("raw", "PREROUTING", ["-i", config.LAPTOP_VETH_PREFIX + "+", "-j", chain])
+    _ensure_chain("raw", chain, v6=True)
+    _ipt("raw", "-A", chain, "-j", "DROP", v6=True)
+    _ensure_jump("raw", "PREROUTING", ["-i", config.LAPTOP_VETH_PREFIX + "+", "-j", chain], v6=True)
+
+
+def create_laptop(n: int) -> str:
+    """Make (or repair) laptop n: a network namespace behind a veth pair, with its
+    own resolv.conf pointing at the bed resolver."""
+    name = config.laptop_name(n)
+    host_end, laptop_end = config.laptop_addresses(n)
+    veth = f"{config.LAPTOP_VETH_PREFIX}{n}"
+    if not Path(f"/run/netns/{name}").exists():
+        run(["ip", "netns", "add", name])
+    if not link_exists(veth):
+        run(["ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", name])
+    run(["ip", "addr", "replace", f"{host_end}/24", "dev", veth])
+    run(["ip", "link", "set", veth, "up"])
+    run(["ip", "-n", name, "link", "set", "lo", "up"])
+    run(["ip", "-n", name, "addr", "replace", f"{laptop_end}/24", "dev", "eth0"])
+    run(["ip", "-n", name, "link", "set", "eth0", "up"])
+    run(["ip", "-n", name, "route", "replace", "default", "via", host_end])
+    etc = Path("/etc/netns") / name
+    etc.mkdir(parents=True, exist_ok=True)
+    resolv = etc / "resolv.conf"
+    if not resolv.exists():
+        resolv.write_text(f"nameserver {config.RESOLVER_IP}\n")
+    return name
+
+
+def laptops() -> list[str]:
+    netns = Path("/run/netns")
+    if not netns.exists():
+        return []
+    return sorted(p.name for p in netns.iterdir() if p.name.startswith(config.LAPTOP_PREFIX))
+
+
+def delete_laptop(name: str) -> None:
+    run(["ip", "netns", "delete", name], check=False)
+    n = name.removeprefix(config.LAPTOP_PREFIX)
+    run(["ip", "link", "delete", f"{config.LAPTOP_VETH_PREFIX}{n}"], check=False)
+    etc = Path("/etc/netns") / name
+    for f in etc.glob("*") if etc.exists() else ():
+        f.unlink()
+    if etc.exists():
+        etc.rmdir()
+
+
+def remove_chains() -> None:
+    """Delete every KTBED-/KUBE-/CNI- chain and each rule that jumps to one, in all tables,
+    v4 and v6 (kube-proxy --cleanup misses some after a kill -9)."""
+    for tool in ("iptables", "ip6tables"):
+        for table in ("raw", "mangle", "nat", "filter"):
+            listing = run([tool, "-w", "-t", table, "-S"], check=False).stdout.splitlines()
+            ours = {
+                line.split()[1]
+                for line in listing
+                if line.startswith("-N ") and line.split()[1].startswith(CHAIN_PREFIXES)
+            }
+            for line in listing:
+                words = line.split()
+                if words[:1] != ["-A"] or words[1] in ours:
+                    continue
+                if "-j" in words and words[words.index("-j") + 1] in ours:
+                    run([tool, "-w", "-t", table, "-D", *words[1:]], check=False)
+            for chain in ours:
+                run([tool, "-w", "-t", table, "-F", chain], check=False)
+            for chain in ours:
+                run([tool, "-w", "-t", table, "-X", chain], check=False)
+
+
+def leftover_chains() -> list[str]:
+    found = []
+    for tool in ("iptables", "ip6tables"):
+        for table in ("raw", "mangle", "nat", "filter"):
+            for line in run([tool, "-w", "-t", table, "-S"], check=False).stdout.splitlines():
+                if line.startswith("-N ") and line.split()[1].startswith(CHAIN_PREFIXES):
+                    found.append(f"{tool}/{table}/{line.split()[1]}")
+    return found
+
+
+def teardown() -> None:
+    for name in laptops():
+        delete_laptop(name)
+    netns = Path("/run/netns")
+    for ns in netns.glob("cni-*") if netns.exists() else ():
+        run(["ip", "netns", "delete", ns.name], check=False)
+    for link in (config.POD_BRIDGE, config.NODE_BRIDGE):
+        if link_exists(link):
+            run(["ip", "link", "delete", link], check=False)
+    for line in run(["ip", "-o", "link", "show"], check=False).stdout.splitlines():
+        name = line.split(":")[1].strip().split("@")[0]
+        if name.startswith(config.LAPTOP_VETH_PREFIX):
+            run(["ip", "link", "delete", name], check=False)
+    remove_chains()
+    restore_sysctls()
