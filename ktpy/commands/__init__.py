@@ -1,0 +1,12 @@
+"""One module per command (connect, exchange, mesh, preview, forward, clean, recover, status).
+
+Commands wire the session, the cluster, tunnel, net and host modules together;
+they hold no protocol logic of their own. A command is listed in ``COMMANDS``,
+and so appears in ``ktpy --help``, only once it works end to end.
+"""
+
+from __future__ import annotations
+
+import click
+
+COMMANDS: tuple[click.Command, ...] = ()

@@ -1,0 +1,263 @@
+"""Every failure a user can meet, as one exception tree.
+
+Each class carries its own exit code and a one-line hint, in the manner of
+httpie's exit statuses and flask's ``NoAppException``. Click prints them as::
+
+    Error: <message>
+    Hint: <hint>
+
+and exits with the class's code. ``--debug`` adds the traceback (see ktpy.cli).
+
+Exit codes (also listed in docs/design.md):
+
+====  ==========================  ===========================================
+code  class                       meaning
+====  ==========================  ===========================================
+1     KtpyError                   anything not more specific
+2     UsageProblem                bad arguments or flags
+3     ConfigProblem               bad config file or KTPY_* variable
+4     NeedsRoot                   the command changes the host and needs root
+5     NoTunDevice                 /dev/net/tun is missing or unusable
+6     AlreadyRunning              another ktpy connect runs on this machine
+10    ClusterUnreachable          the API server cannot be reached
+11    Forbidden                   RBAC refused a request
+12    ServiceNotFound             no such Service
+13    PortNotInService            --expose names a port the Service lacks
+14    NoSelector                  the Service has no selector to switch
+20    AlreadyExchanged            another live session holds the Service
+21    NameTaken                   a name ktpy would create already exists
+22    LockLost                    this session's lock was taken over
+30    ImageUnavailable            the shadow image cannot be pulled
+31    PodStartFailed              the shadow pod did not start
+32    PodSecurityRejected         Pod Security admission refused the pod
+33    PodStartTimeout             the shadow pod was not ready in time
+40    SessionLost                 the tunnel could not be re-established
+41    HostKeyMismatch             the shadow's SSH host key is not the pinned one
+70    InternalError               a bug in ktpy
+130   Interrupted                 Ctrl-C (SIGINT)
+143   Terminated                  SIGTERM
+129   HungUp                      SIGHUP
+====  ==========================  ===========================================
+"""
+
+from __future__ import annotations
+
+import signal
+from datetime import timedelta
+from typing import IO, Any, ClassVar
+
+import click
+
+from ktpy.durations import format_duration
+
+DEFAULT_IMAGE_REPOSITORY = "ghcr.io/ktpy/shadow"
+
+
+class KtpyError(click.ClickException):
+    """Base of every error ktpy reports to the user."""
+
+    exit_code = 1
+    default_hint: ClassVar[str] = "Run again with --debug for details."
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.hint = hint if hint is not None else self.default_hint
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        to_stderr = file is None
+        click.echo(
+            f"Error: {self.format_message()}", file=file, err=to_stderr, color=self.show_color
+        )
+        if self.hint:
+            click.echo(f"Hint: {self.hint}", file=file, err=to_stderr, color=self.show_color)
+
+
+class UsageProblem(KtpyError):
+    exit_code = 2
+    default_hint = "See 'ktpy --help' or 'ktpy COMMAND --help'."
+
+
+class ConfigProblem(KtpyError):
+    exit_code = 3
+    default_hint = "Fix or remove the setting named above; precedence is flag > KTPY_* > config."
+
+
+class NeedsRoot(KtpyError):
+    exit_code = 4
+    default_hint = "Run it with sudo, or use 'ktpy connect --mode socks', which needs no root."
+
+
+class NoTunDevice(KtpyError):
+    exit_code = 5
+    default_hint = (
+        "Load the tun module or give the container /dev/net/tun; "
+        "'ktpy connect --mode socks' works without it."
+    )
+
+
+class AlreadyRunning(KtpyError):
+    exit_code = 6
+    default_hint = "Stop the other ktpy connect first, or run 'ktpy clean --local' if it crashed."
+
+
+class ClusterUnreachable(KtpyError):
+    exit_code = 10
+    default_hint = "Check that 'kubectl get ns' works with the same --kubeconfig and --context."
+
+
+class Forbidden(KtpyError):
+    exit_code = 11
+    default_hint = (
+        "Ask for the RBAC rights listed in docs/design.md, or check the namespace with -n."
+    )
+
+    def __init__(self, verb: str, resource: str, namespace: str | None, detail: str = "") -> None:
+        where = f" in namespace {namespace!r}" if namespace else ""
+        message = f"not allowed to {verb} {resource}{where}"
+        if detail:
+            message = f"{message}: {detail}"
+        super().__init__(message)
+        self.verb = verb
+        self.resource = resource
+        self.namespace = namespace
+
+
+class ServiceNotFound(KtpyError):
+    exit_code = 12
+    default_hint = "List them with 'kubectl get services -n NAMESPACE'."
+
+    def __init__(self, service: str, namespace: str) -> None:
+        super().__init__(f"service {service!r} not found in namespace {namespace!r}")
+        self.service = service
+        self.namespace = namespace
+
+
+class PortNotInService(KtpyError):
+    exit_code = 13
+    default_hint = "REMOTE in --expose LOCAL:REMOTE is a port, target port or port name of it."
+
+    def __init__(self, service: str, port: int | str, known: list[str]) -> None:
+        listed = ", ".join(known) if known else "none"
+        super().__init__(f"service {service!r} has no port {port!r} (it has: {listed})")
+        self.service = service
+        self.port = port
+
+
+class NoSelector(KtpyError):
+    exit_code = 14
+    default_hint = "A Service without a selector has hand-made endpoints that ktpy cannot redirect."
+
+    def __init__(self, service: str) -> None:
+        super().__init__(f"service {service!r} has no selector")
+        self.service = service
+
+
+class AlreadyExchanged(KtpyError):
+    exit_code = 20
+    default_hint = (
+        "Wait for that session to end; if it crashed, 'ktpy clean' removes it once stale."
+    )
+
+    def __init__(self, service: str, owner: str, age: timedelta, role: str = "exchanged") -> None:
+        super().__init__(
+            f"service {service!r} is already {role} by {owner} (since {format_duration(age)} ago)"
+        )
+        self.service = service
+        self.owner = owner
+        self.age = age
+
+
+class NameTaken(KtpyError):
+    exit_code = 21
+    default_hint = "Choose another name, or delete the existing object if it is yours."
+
+    def __init__(self, kind: str, name: str, namespace: str) -> None:
+        super().__init__(f"{kind} {name!r} already exists in namespace {namespace!r}")
+        self.kind = kind
+        self.name = name
+
+
+class LockLost(KtpyError):
+    exit_code = 22
+    default_hint = "Another session or 'ktpy clean' took over; start again if you still need it."
+
+
+class ImageUnavailable(KtpyError):
+    exit_code = 30
+
+    def __init__(self, image: str, reason: str) -> None:
+        super().__init__(f"cannot pull the shadow image {image}: {reason}")
+        self.image = image
+        if image.startswith(DEFAULT_IMAGE_REPOSITORY + ":"):
+            self.hint = (
+                "Build it from shadow-image/ (docker, podman or buildah build -t "
+                f"{image} shadow-image), push it to a registry the cluster can pull from, "
+                "and pass --image or set KTPY_IMAGE if you tagged it differently."
+            )
+        else:
+            self.hint = (
+                "Check the image name and tag, and that the cluster can pull from that registry."
+            )
+
+
+class PodStartFailed(KtpyError):
+    exit_code = 31
+    default_hint = "See 'kubectl describe pod' for the events; ktpy deleted what it created."
+
+
+class PodSecurityRejected(KtpyError):
+    exit_code = 32
+    default_hint = (
+        "The namespace's Pod Security level refused the shadow pod; "
+        "the default shadow image meets 'restricted', a custom --image may not."
+    )
+
+
+class PodStartTimeout(KtpyError):
+    exit_code = 33
+    default_hint = "The cluster may be slow to schedule or pull; see 'kubectl get events'."
+
+
+class SessionLost(KtpyError):
+    exit_code = 40
+    default_hint = "The tunnel to the shadow pod broke and did not come back; run again."
+
+
+class HostKeyMismatch(KtpyError):
+    exit_code = 41
+    default_hint = (
+        "Something other than this session's shadow pod answered; nothing was sent to it."
+    )
+
+
+class InternalError(KtpyError):
+    exit_code = 70
+    default_hint = "This is a bug in ktpy; run again with --debug and report the traceback."
+
+
+class Interrupted(KtpyError):
+    """Stopped by Ctrl-C. The exit code is the shell's: 128 + signal number."""
+
+    exit_code = 128 + signal.SIGINT
+    default_hint = ""
+    signum: ClassVar[int] = signal.SIGINT
+
+    def __init__(self) -> None:
+        super().__init__(f"stopped by {signal.Signals(self.signum).name}")
+
+    @staticmethod
+    def for_signal(signum: int) -> Interrupted:
+        for cls in (Interrupted, Terminated, HungUp):
+            if cls.signum == signum:
+                return cls()
+        raise ValueError(f"no exit status for signal {signum}")
+
+
+class Terminated(Interrupted):
+    exit_code = 128 + signal.SIGTERM
+    signum = signal.SIGTERM
+
+
+class HungUp(Interrupted):
+    exit_code = 128 + signal.SIGHUP
+    signum = signal.SIGHUP

@@ -1,0 +1,230 @@
+"""Command-line values checked at the edge, before anything touches the cluster or host.
+
+Each value has a pure parser (raising ValueError with a message for people)
+and a ``click.ParamType`` that turns that ValueError into Click's usage error.
+The parsed results are frozen objects, so the layers below never see raw text.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, TypeVar
+
+import click
+
+from ktpy.durations import parse_duration
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+# Kubernetes' IANA_SVC_NAME: what a named Service or container port may be called.
+_PORT_NAME = re.compile(r"^(?=.*[a-z])[a-z0-9]([a-z0-9]|-(?=[a-z0-9]))*$")
+_PORT_NAME_MAX = 15
+VERSION_MARK_KEY = re.compile(r"^[a-z][a-z0-9_-]*$")
+_VERSION_MARK_VALUE = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
+DEFAULT_VERSION_MARK_KEY = "version"
+# The value becomes part of ``<svc>-kt-mesh-<value>``; keep room for the service part.
+VERSION_MARK_VALUE_MAX = 20
+
+
+_DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+
+def is_dns1123_label(text: str) -> bool:
+    """A Kubernetes name such as a namespace's: lowercase alnum and inner '-', <= 63."""
+    return len(text) <= 63 and bool(_DNS1123_LABEL.match(text))
+
+
+def is_port_name(text: str) -> bool:
+    return len(text) <= _PORT_NAME_MAX and bool(_PORT_NAME.match(text))
+
+
+def parse_port_number(text: str) -> int:
+    if not text.isdigit():
+        raise ValueError(f"{text!r} is not a port number")
+    port = int(text)
+    if not 1 <= port <= 65535:
+        raise ValueError(f"port {port} is out of range 1-65535")
+    return port
+
+
+@dataclass(frozen=True)
+class PortMapping:
+    """One ``LOCAL:REMOTE`` pair of ``--expose``.
+
+    ``remote`` is a number or the name of a Service port; the command resolves
+    names (and Service port vs target port) against the real Service.
+    """
+
+    local: int
+    remote: int | str
+
+    def __str__(self) -> str:
+        return f"{self.local}:{self.remote}"
+
+
+def parse_expose(text: str) -> tuple[PortMapping, ...]:
+    """Parse ``LOCAL:REMOTE[,LOCAL:REMOTE...]``; a bare ``PORT`` means ``PORT:PORT``."""
+    mappings: list[PortMapping] = []
+    for raw_item in text.split(","):
+        item = raw_item.strip()
+        if not item:
+            raise ValueError(f"empty entry in {text!r}; expected LOCAL:REMOTE[,LOCAL:REMOTE...]")
+        if ":" in item:
+            local_text, _, remote_text = item.partition(":")
+            if not local_text or not remote_text:
+                raise ValueError(f"{item!r} is not LOCAL:REMOTE")
+            local = parse_port_number(local_text)
+            remote: int | str
+            if remote_text.isdigit():
+                remote = parse_port_number(remote_text)
+            elif is_port_name(remote_text):
+                remote = remote_text
+            else:
+                raise ValueError(f"{remote_text!r} is neither a port number nor a port name")
+        else:
+            local = parse_port_number(item)
+            remote = local
+        mappings.append(PortMapping(local, remote))
+    locals_seen: set[int] = set()
+    remotes_seen: set[int | str] = set()
+    for mapping in mappings:
+        if mapping.local in locals_seen:
+            raise ValueError(f"local port {mapping.local} appears twice")
+        if mapping.remote in remotes_seen:
+            raise ValueError(f"remote port {mapping.remote} appears twice")
+        locals_seen.add(mapping.local)
+        remotes_seen.add(mapping.remote)
+    return tuple(mappings)
+
+
+@dataclass(frozen=True)
+class VersionMark:
+    """``--version-mark``: the header (or label) key and value that pick a mesh version.
+
+    ``value`` None means "generate one" (the ``key:`` form).
+    """
+
+    key: str
+    value: str | None
+
+
+def parse_version_mark(text: str) -> VersionMark:
+    """Parse ``val``, ``key:val`` or ``key:``."""
+    if ":" in text:
+        key, _, value = text.partition(":")
+    else:
+        key, value = DEFAULT_VERSION_MARK_KEY, text
+    if not VERSION_MARK_KEY.match(key) or len(key) > 63:
+        raise ValueError(f"key {key!r} must match ^[a-z][a-z0-9_-]*$ (at most 63 characters)")
+    if value == "":
+        if ":" not in text:
+            raise ValueError("empty version mark")
+        return VersionMark(key, None)
+    if not _VERSION_MARK_VALUE.match(value) or len(value) > VERSION_MARK_VALUE_MAX:
+        raise ValueError(
+            f"value {value!r} must be lowercase letters, digits and inner '-', "
+            f"at most {VERSION_MARK_VALUE_MAX} characters"
+        )
+    return VersionMark(key, value)
+
+
+def parse_cidr(text: str) -> IPNetwork:
+    """Parse ``10.96.0.0/12``, ``fd00::/108``, or a single address as a host route."""
+    try:
+        return ipaddress.ip_network(text.strip(), strict=True)
+    except ValueError as exc:
+        try:
+            loose = ipaddress.ip_network(text.strip(), strict=False)
+        except ValueError:
+            raise ValueError(f"{text!r} is not a CIDR such as 10.96.0.0/12") from exc
+        raise ValueError(f"{text!r} has host bits set; did you mean {loose}?") from exc
+
+
+T = TypeVar("T")
+
+
+class _ParserType(click.ParamType[T, Any]):
+    """Shared plumbing: call a pure parser, turn ValueError into a usage error."""
+
+    def _run(
+        self,
+        parser: Callable[[str], T],
+        value: str,
+        param: click.Parameter | None,
+        ctx: click.Context | None,
+    ) -> T:
+        try:
+            return parser(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+class ExposeType(_ParserType[tuple[PortMapping, ...]]):
+    name = "LOCAL:REMOTE[,...]"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> tuple[PortMapping, ...]:
+        if isinstance(value, tuple):
+            return value
+        return self._run(parse_expose, str(value), param, ctx)
+
+
+class VersionMarkType(_ParserType[VersionMark]):
+    name = "[KEY:]VALUE"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> VersionMark:
+        if isinstance(value, VersionMark):
+            return value
+        return self._run(parse_version_mark, str(value), param, ctx)
+
+
+class CidrType(_ParserType[IPNetwork]):
+    name = "CIDR"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> IPNetwork:
+        if isinstance(value, ipaddress.IPv4Network | ipaddress.IPv6Network):
+            return value
+        return self._run(parse_cidr, str(value), param, ctx)
+
+
+class DurationType(_ParserType[timedelta]):
+    name = "DURATION"
+
+    def __init__(self, minimum: timedelta = timedelta(0)) -> None:
+        self.minimum = minimum
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> timedelta:
+        if isinstance(value, timedelta):
+            result = value
+        else:
+            result = self._run(parse_duration, str(value), param, ctx)
+        if result <= self.minimum:
+            self.fail(
+                f"{value!r} must be longer than {self.minimum.total_seconds():g}s", param, ctx
+            )
+        return result
+
+
+class PortType(_ParserType[int]):
+    name = "PORT"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        return self._run(parse_port_number, str(value).strip(), param, ctx)
+
+
+EXPOSE = ExposeType()
+VERSION_MARK = VersionMarkType()
+CIDR = CidrType()
+DURATION = DurationType()
+PORT = PortType()
