@@ -1,0 +1,215 @@
+"""Fixtures for end-to-end tests on the real test bed (tests/e2e/testbed).
+
+The bed is brought up once per session (or reused when it is already up). With
+CI=true a bed that cannot come up fails the run; elsewhere the e2e tests skip
+with the reason, so a developer without root can still run the other tiers.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import secrets
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.testbed import config, hostnet, resolver
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+ECHO_IMAGE = "ktbed.local/echo:0.1.0"
+CLIENT_IMAGE = "ktbed.local/client:0.1.0"
+
+
+def _unavailable(reason: str) -> None:
+    if IN_CI:
+        pytest.fail(f"test bed unavailable in CI: {reason}", pytrace=False)
+    pytest.skip(f"test bed unavailable: {reason}")
+
+
+@dataclass
+class Bed:
+    """Handles on the running bed for tests."""
+
+    def kubeconfig(self, user: str = "admin") -> Path:
+        return config.KUBECONFIG_DIR / f"{user}.yaml"
+
+    def kubectl(self, *args: str, user: str = "admin", check: bool = True, input: str | None = None,
+                timeout: float = 120, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        cmd = [str(config.BIN_DIR / "kubectl"), f"--kubeconfig={self.kubeconfig(user)}", *args]
+        result = subprocess.run(cmd, capture_output=True, text=True, input=input, timeout=timeout,
+                                env={**os.environ, **(env or {})})
+        if check and result.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)} failed ({result.returncode}): {result.stderr.strip()}")
+        return result
+
+    def get_json(self, *args: str, user: str = "admin") -> Any:
+        return json.loads(self.kubectl("get", *args, "-o", "json", user=user).stdout)
+
+    def apply(self, manifest: str, namespace: str) -> None:
+        self.kubectl("-n", namespace, "apply", "-f", "-", input=manifest)
+
+    def resolver_queries(self) -> list[dict[str, Any]]:
+        return resolver.queries()
+
+    def grant(self, namespace: str, user: str, role: str | None = None) -> None:
+        """Bind a developer ClusterRole to `user` in `namespace` only."""
+        role = role or {"dev": "ktbed-developer", "dev-noexec": "ktbed-developer-noexec",
+                        "dev-nosecrets": "ktbed-developer-nosecrets"}[user]
+        self.kubectl("-n", namespace, "create", "rolebinding", f"{user}-binding",
+                     f"--clusterrole={role}", f"--user={user}")
+
+
+@pytest.fixture(scope="session")
+def bed() -> Bed:
+    if os.geteuid() != 0:
+        _unavailable("the bed needs root")
+    up = subprocess.run([sys.executable, "-m", "tests.e2e.testbed", "up"], cwd=config.REPO_ROOT,
+                        stdout=sys.stderr, stderr=sys.stderr, timeout=5400)
+    if up.returncode != 0:
+        _unavailable(f"`python -m tests.e2e.testbed up` exited {up.returncode}")
+    return Bed()
+
+
+_counter = itertools.count()
+
+
+@pytest.fixture
+def namespace(bed: Bed, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh namespace per test, deleted afterwards."""
+    stem = "".join(c if c.isalnum() else "-" for c in request.node.name.lower())[:40].strip("-")
+    name = f"t-{stem}-{secrets.token_hex(2)}"
+    bed.kubectl("create", "namespace", name)
+    deadline = time.monotonic() + 30
+    # Pods cannot be created before the namespace's default ServiceAccount exists.
+    while bed.kubectl("-n", name, "get", "serviceaccount", "default", check=False).returncode != 0:
+        assert time.monotonic() < deadline, f"no default ServiceAccount in {name}"
+        time.sleep(0.3)
+    yield name
+    bed.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@dataclass
+class Laptop:
+    number: int
+    name: str
+
+    def run(self, *cmd: str, check: bool = True, timeout: float = 60, user: str = "admin",
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        full_env = {**os.environ, "PATH": f"{config.BIN_DIR}:{os.environ['PATH']}",
+                    "KUBECONFIG": str(config.KUBECONFIG_DIR / f"{user}.yaml"), **(env or {})}
+        result = subprocess.run(["ip", "netns", "exec", self.name, *cmd], capture_output=True, text=True,
+                                timeout=timeout, env=full_env)
+        if check and result.returncode != 0:
+            raise AssertionError(f"{' '.join(cmd)} in {self.name} failed ({result.returncode}): "
+                                 f"{result.stdout.strip()} {result.stderr.strip()}")
+        return result
+
+    def popen(self, *cmd: str, user: str = "admin", env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+        full_env = {**os.environ, "PATH": f"{config.BIN_DIR}:{os.environ['PATH']}",
+                    "KUBECONFIG": str(config.KUBECONFIG_DIR / f"{user}.yaml"), **(env or {})}
+        return subprocess.Popen(["ip", "netns", "exec", self.name, *cmd], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env=full_env)
+
+
+# Laptops 1 and 2 are the bed's standing ones; tests get their own from 10 up.
+_laptop_numbers = itertools.count(10)
+
+
+@pytest.fixture
+def laptop(bed: Bed) -> Iterator[Laptop]:
+    number = next(_laptop_numbers)
+    if number > config.MAX_LAPTOPS:
+        number = 10 + number % (config.MAX_LAPTOPS - 10)
+    name = hostnet.create_laptop(number)
+    yield Laptop(number, name)
+    hostnet.delete_laptop(name)
+
+
+def echo_manifest(name: str = "echo", replicas: int = 2) -> str:
+    """The echo Deployment and a Service with one port by target-port name and one by number."""
+    return f"""
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: {name}}}
+spec:
+  replicas: {replicas}
+  selector: {{matchLabels: {{app: {name}}}}}
+  template:
+    metadata: {{labels: {{app: {name}}}}}
+    spec:
+      containers:
+      - name: echo
+        image: {ECHO_IMAGE}
+        imagePullPolicy: Never
+        args: [http, --listen, ":8080"]
+        env:
+        - name: POD_NAME
+          valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}
+        - name: POD_NAMESPACE
+          valueFrom: {{fieldRef: {{fieldPath: metadata.namespace}}}}
+        ports:
+        - {{name: http, containerPort: 8080}}
+        - {{containerPort: 9090}}
+        readinessProbe:
+          httpGet: {{path: /healthz, port: 8080}}
+          periodSeconds: 1
+        securityContext:
+          runAsNonRoot: true
+          runAsUser: 65532
+          allowPrivilegeEscalation: false
+          capabilities: {{drop: [ALL]}}
+          seccompProfile: {{type: RuntimeDefault}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: {name}}}
+spec:
+  selector: {{app: {name}}}
+  ports:
+  - {{name: http, port: 80, targetPort: http}}
+  - {{name: alt, port: 9090, targetPort: 9090}}
+"""
+
+
+def client_manifest(name: str = "client") -> str:
+    return f"""
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}}}
+spec:
+  terminationGracePeriodSeconds: 0
+  containers:
+  - name: client
+    image: {CLIENT_IMAGE}
+    imagePullPolicy: Never
+    command: [sleep, infinity]
+    securityContext:
+      runAsNonRoot: true
+      runAsUser: 65532
+      allowPrivilegeEscalation: false
+      capabilities: {{drop: [ALL]}}
+      seccompProfile: {{type: RuntimeDefault}}
+"""
+
+
+@pytest.fixture
+def echo(bed: Bed, namespace: str) -> str:
+    """The echo workload and a client pod, Ready, in the test's namespace."""
+    bed.apply(echo_manifest(), namespace)
+    bed.apply(client_manifest(), namespace)
+    bed.kubectl("-n", namespace, "rollout", "status", "deployment/echo", "--timeout=90s", timeout=100)
+    bed.kubectl("-n", namespace, "wait", "pod/client", "--for=condition=Ready", "--timeout=90s", timeout=100)
+    return namespace
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # A test that takes the bed down must run after every test that needs it.
+    items.sort(key=lambda item: item.get_closest_marker("bed_teardown") is not None)
