@@ -41,13 +41,28 @@ class Bed:
     def kubeconfig(self, user: str = "admin") -> Path:
         return config.KUBECONFIG_DIR / f"{user}.yaml"
 
-    def kubectl(self, *args: str, user: str = "admin", check: bool = True, input: str | None = None,
-                timeout: float = 120, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    def kubectl(
+        self,
+        *args: str,
+        user: str = "admin",
+        check: bool = True,
+        input: str | None = None,
+        timeout: float = 120,
+        env: dict[str, str] | None = None,
+    ) -> subprocess.CompletedProcess[str]:
         cmd = [str(config.BIN_DIR / "kubectl"), f"--kubeconfig={self.kubeconfig(user)}", *args]
-        result = subprocess.run(cmd, capture_output=True, text=True, input=input, timeout=timeout,
-                                env={**os.environ, **(env or {})})
+        result = subprocess.run(
+            cmd,
+            capture_output=True,
+            text=True,
+            input=input,
+            timeout=timeout,
+            env={**os.environ, **(env or {})},
+        )
         if check and result.returncode != 0:
-            raise AssertionError(f"kubectl {' '.join(args)} failed ({result.returncode}): {result.stderr.strip()}")
+            raise AssertionError(
+                f"kubectl {' '.join(args)} failed ({result.returncode}): {result.stderr.strip()}"
+            )
         return result
 
     def get_json(self, *args: str, user: str = "admin") -> Any:
@@ -61,18 +76,36 @@ class Bed:
 
     def grant(self, namespace: str, user: str, role: str | None = None) -> None:
         """Bind a developer ClusterRole to `user` in `namespace` only."""
-        role = role or {"dev": "ktbed-developer", "dev-noexec": "ktbed-developer-noexec",
-                        "dev-nosecrets": "ktbed-developer-nosecrets"}[user]
-        self.kubectl("-n", namespace, "create", "rolebinding", f"{user}-binding",
-                     f"--clusterrole={role}", f"--user={user}")
+        role = (
+            role
+            or {
+                "dev": "ktbed-developer",
+                "dev-noexec": "ktbed-developer-noexec",
+                "dev-nosecrets": "ktbed-developer-nosecrets",
+            }[user]
+        )
+        self.kubectl(
+            "-n",
+            namespace,
+            "create",
+            "rolebinding",
+            f"{user}-binding",
+            f"--clusterrole={role}",
+            f"--user={user}",
+        )
 
 
 @pytest.fixture(scope="session")
 def bed() -> Bed:
     if os.geteuid() != 0:
         _unavailable("the bed needs root")
-    up = subprocess.run([sys.executable, "-m", "tests.e2e.testbed", "up"], cwd=config.REPO_ROOT,
-                        stdout=sys.stderr, stderr=sys.stderr, timeout=5400)
+    up = subprocess.run(
+        [sys.executable, "-m", "tests.e2e.testbed", "up"],
+        cwd=config.REPO_ROOT,
+        stdout=sys.stderr,
+        stderr=sys.stderr,
+        timeout=5400,
+    )
     if up.returncode != 0:
         _unavailable(f"`python -m tests.e2e.testbed up` exited {up.returncode}")
     return Bed()
@@ -101,22 +134,50 @@ class Laptop:
     number: int
     name: str
 
-    def run(self, *cmd: str, check: bool = True, timeout: float = 60, user: str = "admin",
-            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-        full_env = {**os.environ, "PATH": f"{config.BIN_DIR}:{os.environ['PATH']}",
-                    "KUBECONFIG": str(config.KUBECONFIG_DIR / f"{user}.yaml"), **(env or {})}
-        result = subprocess.run(["ip", "netns", "exec", self.name, *cmd], capture_output=True, text=True,
-                                timeout=timeout, env=full_env)
+    def run(
+        self,
+        *cmd: str,
+        check: bool = True,
+        timeout: float = 60,
+        user: str = "admin",
+        env: dict[str, str] | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        full_env = {
+            **os.environ,
+            "PATH": f"{config.BIN_DIR}:{os.environ['PATH']}",
+            "KUBECONFIG": str(config.KUBECONFIG_DIR / f"{user}.yaml"),
+            **(env or {}),
+        }
+        result = subprocess.run(
+            ["ip", "netns", "exec", self.name, *cmd],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=full_env,
+        )
         if check and result.returncode != 0:
-            raise AssertionError(f"{' '.join(cmd)} in {self.name} failed ({result.returncode}): "
-                                 f"{result.stdout.strip()} {result.stderr.strip()}")
+            raise AssertionError(
+                f"{' '.join(cmd)} in {self.name} failed ({result.returncode}): "
+                f"{result.stdout.strip()} {result.stderr.strip()}"
+            )
         return result
 
-    def popen(self, *cmd: str, user: str = "admin", env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-        full_env = {**os.environ, "PATH": f"{config.BIN_DIR}:{os.environ['PATH']}",
-                    "KUBECONFIG": str(config.KUBECONFIG_DIR / f"{user}.yaml"), **(env or {})}
-        return subprocess.Popen(["ip", "netns", "exec", self.name, *cmd], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, env=full_env)
+    def popen(
+        self, *cmd: str, user: str = "admin", env: dict[str, str] | None = None
+    ) -> subprocess.Popen[str]:
+        full_env = {
+            **os.environ,
+            "PATH": f"{config.BIN_DIR}:{os.environ['PATH']}",
+            "KUBECONFIG": str(config.KUBECONFIG_DIR / f"{user}.yaml"),
+            **(env or {}),
+        }
+        return subprocess.Popen(
+            ["ip", "netns", "exec", self.name, *cmd],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=full_env,
+        )
 
 
 # Laptops 1 and 2 are the bed's standing ones; tests get their own from 10 up.
@@ -205,8 +266,12 @@ def echo(bed: Bed, namespace: str) -> str:
     """The echo workload and a client pod, Ready, in the test's namespace."""
     bed.apply(echo_manifest(), namespace)
     bed.apply(client_manifest(), namespace)
-    bed.kubectl("-n", namespace, "rollout", "status", "deployment/echo", "--timeout=90s", timeout=100)
-    bed.kubectl("-n", namespace, "wait", "pod/client", "--for=condition=Ready", "--timeout=90s", timeout=100)
+    bed.kubectl(
+        "-n", namespace, "rollout", "status", "deployment/echo", "--timeout=90s", timeout=100
+    )
+    bed.kubectl(
+        "-n", namespace, "wait", "pod/client", "--for=condition=Ready", "--timeout=90s", timeout=100
+    )
     return namespace
 
 

@@ -1,9 +1,9 @@
 """ktbed: drive the ktpy test bed.
 
-    python -m tests.e2e.testbed up [--shadow-archive FILE]
-    python -m tests.e2e.testbed down | status | env
-    python -m tests.e2e.testbed laptop [-n N] -- CMD ...
-    python -m tests.e2e.testbed restart apiserver|kubelet|kube-proxy|coredns
+python -m tests.e2e.testbed up [--shadow-archive FILE]
+python -m tests.e2e.testbed down | status | env
+python -m tests.e2e.testbed laptop [-n N] -- CMD ...
+python -m tests.e2e.testbed restart apiserver|kubelet|kube-proxy|coredns
 """
 
 from __future__ import annotations
@@ -17,10 +17,14 @@ from . import bed, config, hostnet
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="ktbed", description="the ktpy test bed: a real single-node Kubernetes")
+    parser = argparse.ArgumentParser(
+        prog="ktbed", description="the ktpy test bed: a real single-node Kubernetes"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p_up = sub.add_parser("up", help="bring the bed up (idempotent; clears what a killed run left)")
-    p_up.add_argument("--shadow-archive", type=Path, help="an OCI archive of the ktpy shadow image to import")
+    p_up.add_argument(
+        "--shadow-archive", type=Path, help="an OCI archive of the ktpy shadow image to import"
+    )
     sub.add_parser("down", help="stop everything and leave nothing behind but the build cache")
     sub.add_parser("status", help="health of each component (exit 1 if any is down)")
     sub.add_parser("env", help="print the shell exports for kubectl and the admin kubeconfig")
@@ -47,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         name = hostnet.create_laptop(args.n)
         env = {**os.environ, "PATH": f"{config.BIN_DIR}:{os.environ.get('PATH', '')}"}
         env.setdefault("KUBECONFIG", str(config.KUBECONFIG_DIR / "admin.yaml"))
-        os.execvpe("ip", ["ip", "netns", "exec", name, *cmd], env)
+        os.execvpe("ip", ["ip", "netns", "exec", name, *cmd], env)  # noqa: S606 - argv, no shell
     elif args.command == "restart":
         bed.restart(args.component)
     return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -22,13 +23,20 @@ def log(message: str) -> None:
 
 def require_root() -> None:
     if os.geteuid() != 0:
-        raise SystemExit("ktbed: the test bed changes the host's network and runs a kubelet: run it as root")
+        raise SystemExit(
+            "ktbed: the test bed changes the host's network and runs a kubelet: run it as root"
+        )
 
 
 # --- up ---------------------------------------------------------------------------
 
+
 def is_up() -> bool:
-    return READY_MARKER.exists() and all(node.healthy(c) for c in config.COMPONENTS) and procs.alive(RESOLVER)
+    return (
+        READY_MARKER.exists()
+        and all(node.healthy(c) for c in config.COMPONENTS)
+        and procs.alive(RESOLVER)
+    )
 
 
 def up(shadow_archive: Path | None = None) -> None:
@@ -94,8 +102,11 @@ def _ensure_images(shadow_archive: Path | None) -> None:
 
 
 def _start_resolver() -> None:
-    procs.start(RESOLVER, [sys.executable, "-m", "tests.e2e.testbed.resolver"],
-                env={"PYTHONPATH": str(config.REPO_ROOT)})
+    procs.start(
+        RESOLVER,
+        [sys.executable, "-m", "tests.e2e.testbed.resolver"],
+        env={"PYTHONPATH": str(config.REPO_ROOT)},
+    )
     procs.wait_for("bed resolver", lambda: procs.alive(RESOLVER) and _resolver_answers(), 15)
 
 
@@ -121,7 +132,15 @@ def _apply_addons(archives: dict[str, Path]) -> None:
 
 
 def _wait_workloads() -> None:
-    node.kubectl("-n", "kube-system", "rollout", "status", "deployment/coredns", "--timeout=120s", timeout=130)
+    node.kubectl(
+        "-n",
+        "kube-system",
+        "rollout",
+        "status",
+        "deployment/coredns",
+        "--timeout=120s",
+        timeout=130,
+    )
 
 
 def _ensure_laptops() -> None:
@@ -135,16 +154,16 @@ def export_line() -> str:
 
 # --- down -------------------------------------------------------------------------
 
+
 def _anything_left() -> bool:
     return bool(leftovers())
 
 
 def leftovers() -> list[str]:
     """What of the bed exists on this host right now (empty after a clean `down`)."""
-    found: list[str] = []
-    for d in (config.STATE_DIR, config.RUN_DIR, Path("/var/lib/cni")):
-        if d.exists():
-            found.append(f"dir {d}")
+    found = [
+        f"dir {d}" for d in (config.STATE_DIR, config.RUN_DIR, Path("/var/lib/cni")) if d.exists()
+    ]
     found += [f"mount {m}" for m in _our_mounts()]
     found += [f"process {pid} {name}" for pid, name in _our_processes()]
     for link in (config.NODE_BRIDGE, config.POD_BRIDGE):
@@ -156,7 +175,11 @@ def leftovers() -> list[str]:
             found.append(f"link {name}")
     netns = Path("/run/netns")
     if netns.exists():
-        found += [f"netns {p.name}" for p in netns.iterdir() if p.name.startswith((config.LAPTOP_PREFIX, "cni-"))]
+        found += [
+            f"netns {p.name}"
+            for p in netns.iterdir()
+            if p.name.startswith((config.LAPTOP_PREFIX, "cni-"))
+        ]
     found += [f"chain {c}" for c in hostnet.leftover_chains()]
     found += [f"cgroup {c}" for c in _our_cgroups()]
     if Path("/etc/netns").exists():
@@ -165,8 +188,13 @@ def leftovers() -> list[str]:
 
 
 def _our_mounts() -> list[str]:
-    prefixes = (str(config.STATE_DIR), str(config.RUN_DIR), "/run/netns/cni-", "/run/netns/" + config.LAPTOP_PREFIX,
-                "/var/lib/cni")
+    prefixes = (
+        str(config.STATE_DIR),
+        str(config.RUN_DIR),
+        "/run/netns/cni-",
+        "/run/netns/" + config.LAPTOP_PREFIX,
+        "/var/lib/cni",
+    )
     mounts = []
     for line in Path("/proc/self/mountinfo").read_text().splitlines():
         target = line.split()[4].replace("\\040", " ")
@@ -177,13 +205,17 @@ def _our_mounts() -> list[str]:
 
 def _our_processes() -> list[tuple[int, str]]:
     """Bed daemons, found by what they run rather than by pid files (a killed `up` leaves none)."""
-    kube_binaries = {str(p) for p in kubebuild.BIN_CACHE.glob("kube-*")} if kubebuild.BIN_CACHE.exists() else set()
+    kube_binaries = (
+        {str(p) for p in kubebuild.BIN_CACHE.glob("kube-*")}
+        if kubebuild.BIN_CACHE.exists()
+        else set()
+    )
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            exe = os.readlink(entry / "exe").removesuffix(" (deleted)")
+            exe = str((entry / "exe").readlink()).removesuffix(" (deleted)")
             cmdline = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
@@ -227,23 +259,26 @@ def down() -> None:
         run([str(config.BIN_DIR / "kube-proxy"), "--cleanup"], check=False, timeout=60)
     if procs.alive("containerd"):
         _remove_containers()
-    for component in ("containerd", "kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd", RESOLVER):
+    for component in (
+        "containerd",
+        "kube-scheduler",
+        "kube-controller-manager",
+        "kube-apiserver",
+        "etcd",
+        RESOLVER,
+    ):
         procs.stop(component)
     for pid, _ in _our_processes():
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     time.sleep(0.2)
     for mount in sorted(_our_mounts(), key=len, reverse=True):
         if run(["umount", mount], check=False).returncode != 0:
             run(["umount", "-l", mount], check=False)
     hostnet.teardown()
     for cg in _our_cgroups():
-        try:
+        with contextlib.suppress(OSError):
             Path(cg).rmdir()
-        except OSError:
-            pass
     for d in (config.STATE_DIR, config.RUN_DIR, Path("/var/lib/cni")):
         if d.exists():
             run(["rm", "-rf", "--one-file-system", str(d)], check=False)
@@ -263,26 +298,37 @@ def _remove_containers() -> None:
 
 # --- status and restart -------------------------------------------------------------
 
+
 def status() -> int:
     healthy = True
     for component in (*config.COMPONENTS, RESOLVER):
-        if component == RESOLVER:
-            ok = procs.alive(RESOLVER)
-        else:
-            ok = node.healthy(component)
+        ok = procs.alive(RESOLVER) if component == RESOLVER else node.healthy(component)
         healthy &= ok
         print(f"{component:26} {'healthy' if ok else 'DOWN'}")
     if healthy:
         print(f"{'node ' + config.NODE_NAME:26} {'Ready' if node.node_ready() else 'NOT READY'}")
-        dns = node.kubectl("-n", "kube-system", "get", "deploy", "coredns", "-o",
-                           "jsonpath={.status.readyReplicas}", check=False).stdout
+        dns = node.kubectl(
+            "-n",
+            "kube-system",
+            "get",
+            "deploy",
+            "coredns",
+            "-o",
+            "jsonpath={.status.readyReplicas}",
+            check=False,
+        ).stdout
         print(f"{'coredns':26} {dns or 0} ready")
     print(f"{'laptops':26} {' '.join(hostnet.laptops()) or '-'}")
     print(export_line())
     return 0 if healthy else 1
 
 
-RESTARTABLE = {"apiserver": "kube-apiserver", "kubelet": "kubelet", "kube-proxy": "kube-proxy", "coredns": "coredns"}
+RESTARTABLE = {
+    "apiserver": "kube-apiserver",
+    "kubelet": "kubelet",
+    "kube-proxy": "kube-proxy",
+    "coredns": "coredns",
+}
 
 
 def restart(which: str) -> None:

@@ -11,6 +11,7 @@ Boundary rules (why nothing leaves the machine and laptops reach only the API):
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -28,7 +29,9 @@ SYSCTLS_TOUCHED = (
     "vm.overcommit_memory",
     "net.ipv4.conf.all.route_localnet",
 )
-SYSCTL_BACKUP = config.CACHE_DIR / "host-sysctls.json"  # kept in the cache: it must outlive STATE_DIR
+SYSCTL_BACKUP = (
+    config.CACHE_DIR / "host-sysctls.json"
+)  # kept in the cache: it must outlive STATE_DIR
 CHAIN_PREFIXES = ("KTBED-", "KUBE-", "CNI-")
 EGRESS_CHAIN = "KTBED-EGRESS"
 UPLINK = "eth0"
@@ -55,10 +58,8 @@ def restore_sysctls() -> None:
     if not SYSCTL_BACKUP.exists():
         return
     for name, value in json.loads(SYSCTL_BACKUP.read_text()).items():
-        try:
+        with contextlib.suppress(OSError):
             _sysctl_path(name).write_text(value + "\n")
-        except OSError:
-            pass
     SYSCTL_BACKUP.unlink()
 
 
@@ -107,7 +108,19 @@ def setup() -> None:
     chain = config.IPTABLES_CHAIN
     _ensure_chain("raw", chain)
     for proto, port in (("tcp", config.API_PORT), ("udp", 53), ("tcp", 53)):
-        _ipt("raw", "-A", chain, "-d", config.NODE_IP, "-p", proto, "--dport", str(port), "-j", "ACCEPT")
+        _ipt(
+            "raw",
+            "-A",
+            chain,
+            "-d",
+            config.NODE_IP,
+            "-p",
+            proto,
+            "--dport",
+            str(port),
+            "-j",
+            "ACCEPT",
+        )
     _ipt("raw", "-A", chain, "-j", "DROP")
     _ensure_jump("raw", "PREROUTING", ["-i", config.LAPTOP_VETH_PREFIX + "+", "-j", chain])
     _ensure_chain("raw", chain, v6=True)
@@ -181,13 +194,13 @@ def remove_chains() -> None:
 
 
 def leftover_chains() -> list[str]:
-    found = []
-    for tool in ("iptables", "ip6tables"):
-        for table in ("raw", "mangle", "nat", "filter"):
-            for line in run([tool, "-w", "-t", table, "-S"], check=False).stdout.splitlines():
-                if line.startswith("-N ") and line.split()[1].startswith(CHAIN_PREFIXES):
-                    found.append(f"{tool}/{table}/{line.split()[1]}")
-    return found
+    return [
+        f"{tool}/{table}/{line.split()[1]}"
+        for tool in ("iptables", "ip6tables")
+        for table in ("raw", "mangle", "nat", "filter")
+        for line in run([tool, "-w", "-t", table, "-S"], check=False).stdout.splitlines()
+        if line.startswith("-N ") and line.split()[1].startswith(CHAIN_PREFIXES)
+    ]
 
 
 def teardown() -> None:

@@ -17,11 +17,21 @@ from . import config
 
 KUBE_MODULE = config.HERE / "build" / "kube"
 BIN_CACHE = config.CACHE_DIR / "bin"
-NAMES = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy", "kubectl", "etcd")
+NAMES = (
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kubelet",
+    "kube-proxy",
+    "kubectl",
+    "etcd",
+)
 
 
 def _go_version() -> str:
-    return subprocess.run(["go", "env", "GOVERSION"], check=True, capture_output=True, text=True).stdout.strip()
+    return subprocess.run(
+        ["go", "env", "GOVERSION"], check=True, capture_output=True, text=True
+    ).stdout.strip()
 
 
 def cache_key(module: Path = KUBE_MODULE) -> str:
@@ -56,9 +66,20 @@ def build(verbose: bool = True) -> Path:
         return out
     BIN_CACHE.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")
-    cmd = ["go", "build", "-trimpath", "-o", str(tmp), "-ldflags", ldflags(config.KUBE_VERSION), "."]
+    cmd = [
+        "go",
+        "build",
+        "-trimpath",
+        "-o",
+        str(tmp),
+        "-ldflags",
+        ldflags(config.KUBE_VERSION),
+        ".",
+    ]
     if verbose:
-        print(f"building {out.name} (cold: about 30-45 min on 2 cores)", file=sys.stderr, flush=True)
+        print(
+            f"building {out.name} (cold: about 30-45 min on 2 cores)", file=sys.stderr, flush=True
+        )
     subprocess.run(cmd, cwd=KUBE_MODULE, check=True, env={**os.environ, "CGO_ENABLED": "0"})
     tmp.rename(out)
     return out
@@ -69,7 +90,7 @@ def link_components(binary: Path) -> None:
     config.BIN_DIR.mkdir(parents=True, exist_ok=True)
     for name in NAMES:
         link = config.BIN_DIR / name
-        if link.is_symlink() and os.readlink(link) == str(binary):
+        if link.is_symlink() and str(link.readlink()) == str(binary):
             continue
         link.unlink(missing_ok=True)
         link.symlink_to(binary)

@@ -46,6 +46,7 @@ def _dump(path: Path, body: object) -> None:
 
 # --- etcd -------------------------------------------------------------------
 
+
 def etcd_argv() -> list[str]:
     return [
         _bin("etcd"),
@@ -75,6 +76,7 @@ def etcd_healthy() -> bool:
 
 
 # --- API server ---------------------------------------------------------------
+
 
 def apiserver_argv() -> list[str]:
     return [
@@ -118,6 +120,7 @@ def apiserver_ready() -> bool:
 
 # --- controller-manager and scheduler ------------------------------------------
 
+
 def controller_manager_argv() -> list[str]:
     kubeconfig = KCFG / "controller-manager.yaml"
     return [
@@ -151,18 +154,26 @@ def scheduler_argv() -> list[str]:
             "leaderElection": {"leaderElect": False},
         },
     )
-    return [_bin("kube-scheduler"), f"--config={SCHEDULER_CONFIG}", "--bind-address=127.0.0.1", "--v=1"]
+    return [
+        _bin("kube-scheduler"),
+        f"--config={SCHEDULER_CONFIG}",
+        "--bind-address=127.0.0.1",
+        "--v=1",
+    ]
 
 
 def _https_ok(port: int) -> bool:
     ctx = ssl.create_default_context()
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
-    with urllib.request.urlopen(f"https://127.0.0.1:{port}/healthz", timeout=2, context=ctx) as resp:
+    with urllib.request.urlopen(
+        f"https://127.0.0.1:{port}/healthz", timeout=2, context=ctx
+    ) as resp:
         return bool(resp.status == 200)
 
 
 # --- containerd ---------------------------------------------------------------
+
 
 def write_containerd_config() -> None:
     certs_d = CONTAINERD_DIR / "certs.d"
@@ -171,7 +182,8 @@ def write_containerd_config() -> None:
     # Every registry, whatever its name, resolves to a refused local port.
     default_hosts.write_text(
         f'server = "{config.REFUSED_REGISTRY}"\n\n'
-        f'[host."{config.REFUSED_REGISTRY}"]\n  capabilities = ["pull", "resolve"]\n  skip_verify = true\n'
+        f'[host."{config.REFUSED_REGISTRY}"]\n'
+        '  capabilities = ["pull", "resolve"]\n  skip_verify = true\n'
     )
     for registry in ("docker.io", "registry.k8s.io", "ghcr.io", "quay.io", "ktbed.local"):
         hosts = certs_d / registry / "hosts.toml"
@@ -179,9 +191,12 @@ def write_containerd_config() -> None:
         hosts.write_text(default_hosts.read_text())
     CONTAINERD_CONFIG.write_text(
         f"""version = 2
-root = "{CONTAINERD_DIR / 'root'}"
-state = "{config.RUN_DIR / 'containerd' / 'state'}"
-disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper"]
+root = "{CONTAINERD_DIR / "root"}"
+state = "{config.RUN_DIR / "containerd" / "state"}"
+disabled_plugins = [
+  "io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs",
+  "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper",
+]
 
 [grpc]
   address = "{config.CONTAINERD_ADDRESS}"
@@ -193,7 +208,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
   level = "warn"
 
 [plugins."io.containerd.internal.v1.opt"]
-  path = "{CONTAINERD_DIR / 'opt'}"
+  path = "{CONTAINERD_DIR / "opt"}"
 
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "{config.PAUSE_IMAGE}"
@@ -236,6 +251,7 @@ def image_refs() -> set[str]:
 
 # --- CNI ----------------------------------------------------------------------
 
+
 def write_cni_config() -> None:
     CNI_CONF_DIR.mkdir(parents=True, exist_ok=True)
     conflist = {
@@ -262,6 +278,7 @@ def write_cni_config() -> None:
 
 
 # --- kubelet ------------------------------------------------------------------
+
 
 def kubelet_argv() -> list[str]:
     NODE_RESOLV_CONF.write_text(f"nameserver {config.RESOLVER_IP}\n")
@@ -321,6 +338,7 @@ def kubelet_healthy() -> bool:
 
 # --- kube-proxy ---------------------------------------------------------------
 
+
 def proxy_argv() -> list[str]:
     _dump(
         PROXY_CONFIG,
@@ -335,7 +353,12 @@ def proxy_argv() -> list[str]:
             "metricsBindAddress": "127.0.0.1:10249",
             "oomScoreAdj": 0,
             # Zeros leave the host's conntrack sysctls alone (some are read-only here).
-            "conntrack": {"maxPerCore": 0, "min": 0, "tcpEstablishedTimeout": "0s", "tcpCloseWaitTimeout": "0s"},
+            "conntrack": {
+                "maxPerCore": 0,
+                "min": 0,
+                "tcpEstablishedTimeout": "0s",
+                "tcpCloseWaitTimeout": "0s",
+            },
         },
     )
     return [_bin("kube-proxy"), f"--config={PROXY_CONFIG}", "--v=1"]
@@ -373,13 +396,15 @@ START_TIMEOUT = {"kube-apiserver": 90.0}
 
 def start(name: str) -> None:
     procs.start(name, ARGV[name]())
-    procs.wait_for(name, lambda: procs.alive(name) and HEALTH[name](), START_TIMEOUT.get(name, 60.0))
+    procs.wait_for(
+        name, lambda: procs.alive(name) and HEALTH[name](), START_TIMEOUT.get(name, 60.0)
+    )
 
 
 def healthy(name: str) -> bool:
     try:
         return procs.alive(name) and HEALTH[name]()
-    except Exception:
+    except Exception:  # noqa: BLE001 - any failure of a probe means unhealthy
         return False
 
 
@@ -388,12 +413,21 @@ def restart(name: str) -> None:
     start(name)
 
 
-def kubectl(*args: str, kubeconfig: Path | None = None, check: bool = True, input: str | None = None,
-            timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def kubectl(
+    *args: str,
+    kubeconfig: Path | None = None,
+    check: bool = True,
+    input: str | None = None,
+    timeout: float = 120,
+) -> subprocess.CompletedProcess[str]:
     cfg = kubeconfig or (KCFG / "admin.yaml")
     return subprocess.run(
         [_bin("kubectl"), f"--kubeconfig={cfg}", *args],
-        check=check, capture_output=True, text=True, input=input, timeout=timeout,
+        check=check,
+        capture_output=True,
+        text=True,
+        input=input,
+        timeout=timeout,
     )
 
 

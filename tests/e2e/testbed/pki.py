@@ -48,7 +48,7 @@ CLIENTS = (
 
 
 def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 def _key() -> ec.EllipticCurvePrivateKey:
@@ -94,9 +94,15 @@ class Authority:
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
             .add_extension(
                 x509.KeyUsage(
-                    digital_signature=True, key_cert_sign=True, crl_sign=True,
-                    content_commitment=False, key_encipherment=False, data_encipherment=False,
-                    key_agreement=False, encipher_only=False, decipher_only=False,
+                    digital_signature=True,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    encipher_only=False,
+                    decipher_only=False,
                 ),
                 critical=True,
             )
@@ -150,7 +156,12 @@ def _write(path: Path, data: bytes, mode: int = 0o600) -> None:
 
 
 def kubeconfig(
-    user: str, cert_pem: bytes, key_pem: bytes, ca_pem: bytes, server: str, namespace: str = "default"
+    user: str,
+    cert_pem: bytes,
+    key_pem: bytes,
+    ca_pem: bytes,
+    server: str,
+    namespace: str = "default",
 ) -> dict[str, object]:
     def b64(data: bytes) -> str:
         return base64.b64encode(data).decode()
@@ -159,13 +170,22 @@ def kubeconfig(
         "apiVersion": "v1",
         "kind": "Config",
         "clusters": [
-            {"name": "ktbed", "cluster": {"server": server, "certificate-authority-data": b64(ca_pem)}}
+            {
+                "name": "ktbed",
+                "cluster": {"server": server, "certificate-authority-data": b64(ca_pem)},
+            }
         ],
         "users": [
-            {"name": user, "user": {"client-certificate-data": b64(cert_pem), "client-key-data": b64(key_pem)}}
+            {
+                "name": user,
+                "user": {"client-certificate-data": b64(cert_pem), "client-key-data": b64(key_pem)},
+            }
         ],
         "contexts": [
-            {"name": f"{user}@ktbed", "context": {"cluster": "ktbed", "user": user, "namespace": namespace}}
+            {
+                "name": f"{user}@ktbed",
+                "context": {"cluster": "ktbed", "user": user, "namespace": namespace},
+            }
         ],
         "current-context": f"{user}@ktbed",
     }
@@ -192,7 +212,9 @@ def create_all(pki: Path = config.PKI_DIR, kubeconfigs: Path = config.KUBECONFIG
         config.KUBERNETES_SERVICE_IP,
         config.NODE_IP,
     )
-    key, cert = ca.issue(_name("kube-apiserver"), server_names=server_names, client=False, server=True)
+    key, cert = ca.issue(
+        _name("kube-apiserver"), server_names=server_names, client=False, server=True
+    )
     _write(pki / "apiserver.crt", _pem_cert(cert), 0o644)
     _write(pki / "apiserver.key", _pem_key(key))
 
@@ -212,7 +234,8 @@ def create_all(pki: Path = config.PKI_DIR, kubeconfigs: Path = config.KUBECONFIG
         _write(pki / f"{ident.file}.crt", cert_pem, 0o644)
         _write(pki / f"{ident.file}.key", key_pem)
         write_kubeconfig(
-            kubeconfigs / f"{ident.file}.yaml", kubeconfig(ident.user, cert_pem, key_pem, ca_pem, config.API_URL)
+            kubeconfigs / f"{ident.file}.yaml",
+            kubeconfig(ident.user, cert_pem, key_pem, ca_pem, config.API_URL),
         )
 
     # A developer whose certificate ran out yesterday: the API server must refuse it.
@@ -223,5 +246,6 @@ def create_all(pki: Path = config.PKI_DIR, kubeconfigs: Path = config.KUBECONFIG
         not_after=now - dt.timedelta(days=1),
     )
     write_kubeconfig(
-        kubeconfigs / "expired.yaml", kubeconfig("dev", _pem_cert(cert), _pem_key(key), ca_pem, config.API_URL)
+        kubeconfigs / "expired.yaml",
+        kubeconfig("dev", _pem_cert(cert), _pem_key(key), ca_pem, config.API_URL),
     )

@@ -51,7 +51,7 @@ def start(name: str, argv: Sequence[str], env: Mapping[str, str] | None = None) 
         return pid
     config.LOG_DIR.mkdir(parents=True, exist_ok=True)
     PID_DIR.mkdir(parents=True, exist_ok=True)
-    with open(config.LOG_DIR / f"{name}.log", "ab") as log:
+    with (config.LOG_DIR / f"{name}.log").open("ab") as log:
         log.write(f"\n=== {time.strftime('%Y-%m-%dT%H:%M:%S')} start {' '.join(argv)}\n".encode())
         log.flush()
         proc = subprocess.Popen(
@@ -108,7 +108,7 @@ def kill_matching(exe_paths: Sequence[Path]) -> list[int]:
         if not entry.name.isdigit():
             continue
         try:
-            exe = os.readlink(entry / "exe")
+            exe = str((entry / "exe").readlink())
         except OSError:
             continue
         if exe.removesuffix(" (deleted)") in targets:
@@ -117,7 +117,9 @@ def kill_matching(exe_paths: Sequence[Path]) -> list[int]:
     return killed
 
 
-def run(argv: Sequence[str], check: bool = True, **kwargs: object) -> subprocess.CompletedProcess[str]:
+def run(
+    argv: Sequence[str], check: bool = True, **kwargs: object
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(list(argv), check=check, text=True, capture_output=True, **kwargs)  # type: ignore[call-overload, no-any-return]
 
 
@@ -130,7 +132,9 @@ def wait_for(what: str, probe: object, timeout: float, interval: float = 0.5) ->
         try:
             if probe():
                 return
-        except Exception as exc:  # the probe's failure is the reason we keep waiting
+        except Exception as exc:  # noqa: BLE001 - the probe's failure is the reason we keep waiting
             last = exc
         time.sleep(interval)
-    raise TimeoutError(f"{what} not ready after {timeout:.0f}s" + (f" (last error: {last})" if last else ""))
+    raise TimeoutError(
+        f"{what} not ready after {timeout:.0f}s" + (f" (last error: {last})" if last else "")
+    )

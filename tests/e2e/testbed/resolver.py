@@ -23,12 +23,20 @@ QUERY_LOG = config.STATE_DIR / "resolver" / "queries.jsonl"
 
 # Names the test domain holds; anything else under it is NXDOMAIN.
 RECORDS: dict[str, list[RR]] = {
-    f"www.{config.TEST_DOMAIN}.": [RR(f"www.{config.TEST_DOMAIN}.", QTYPE.A, rdata=A(config.NODE_IP), ttl=60)],
-    f"api.{config.TEST_DOMAIN}.": [RR(f"api.{config.TEST_DOMAIN}.", QTYPE.A, rdata=A(config.NODE_IP), ttl=60)],
-    f"hello.{config.TEST_DOMAIN}.": [RR(f"hello.{config.TEST_DOMAIN}.", QTYPE.TXT, rdata=TXT("ktbed"), ttl=60)],
+    f"www.{config.TEST_DOMAIN}.": [
+        RR(f"www.{config.TEST_DOMAIN}.", QTYPE.A, rdata=A(config.NODE_IP), ttl=60)
+    ],
+    f"api.{config.TEST_DOMAIN}.": [
+        RR(f"api.{config.TEST_DOMAIN}.", QTYPE.A, rdata=A(config.NODE_IP), ttl=60)
+    ],
+    f"hello.{config.TEST_DOMAIN}.": [
+        RR(f"hello.{config.TEST_DOMAIN}.", QTYPE.TXT, rdata=TXT("ktbed"), ttl=60)
+    ],
 }
 ZONE_SOA = RR(
-    f"{config.TEST_DOMAIN}.", QTYPE.SOA, ttl=60,
+    f"{config.TEST_DOMAIN}.",
+    QTYPE.SOA,
+    ttl=60,
     rdata=SOA(f"ns.{config.TEST_DOMAIN}.", f"admin.{config.TEST_DOMAIN}.", (1, 60, 60, 60, 30)),
 )
 
@@ -41,9 +49,19 @@ class TestDomainResolver(BaseResolver):  # type: ignore[misc]
     def resolve(self, request: DNSRecord, handler: DNSHandler) -> DNSRecord:
         qname = str(request.q.qname).lower()
         qtype = QTYPE[request.q.qtype]
-        with self.lock, open(self.log_path, "a") as log:
-            log.write(json.dumps({"t": time.time(), "src": handler.client_address[0], "name": qname,
-                                  "type": qtype, "proto": handler.protocol}) + "\n")
+        with self.lock, self.log_path.open("a") as log:
+            log.write(
+                json.dumps(
+                    {
+                        "t": time.time(),
+                        "src": handler.client_address[0],
+                        "name": qname,
+                        "type": qtype,
+                        "proto": handler.protocol,
+                    }
+                )
+                + "\n"
+            )
         reply = request.reply()
         records = RECORDS.get(qname)
         if records is None:

@@ -33,22 +33,30 @@ def test_node_is_ready_with_the_configured_pod_range(bed: Bed) -> None:
     assert node["status"]["nodeInfo"]["kubeletVersion"] == config.KUBE_VERSION
 
 
-def test_service_answers_by_name_clusterip_and_pod_ips_from_both_replicas(bed: Bed, echo: str) -> None:
+def test_service_answers_by_name_clusterip_and_pod_ips_from_both_replicas(
+    bed: Bed, echo: str
+) -> None:
     ns = echo
     svc = bed.get_json("-n", ns, "service", "echo")
     cluster_ip = svc["spec"]["clusterIP"]
     pods = _echo_pods(bed, ns)
     assert len(pods) == 2
     for name in ("echo", f"echo.{ns}", f"echo.{ns}.svc.{config.CLUSTER_DOMAIN}"):
-        body = json.loads(_exec(bed, ns, "curl", "-sf", "--max-time", "5", f"http://{name}/").stdout)
+        body = json.loads(
+            _exec(bed, ns, "curl", "-sf", "--max-time", "5", f"http://{name}/").stdout
+        )
         assert body["pod"] in pods, name
     # The port by number reaches the same pods' second port.
     for pod_name, ip in pods.items():
-        body = json.loads(_exec(bed, ns, "curl", "-sf", "--max-time", "5", f"http://{ip}:8080/").stdout)
+        body = json.loads(
+            _exec(bed, ns, "curl", "-sf", "--max-time", "5", f"http://{ip}:8080/").stdout
+        )
         assert body["pod"] == pod_name
     seen = set()
     for _ in range(30):
-        body = json.loads(_exec(bed, ns, "curl", "-sf", "--max-time", "5", f"http://{cluster_ip}/").stdout)
+        body = json.loads(
+            _exec(bed, ns, "curl", "-sf", "--max-time", "5", f"http://{cluster_ip}/").stdout
+        )
         seen.add(body["pod"])
         if seen == set(pods):
             break
@@ -56,15 +64,23 @@ def test_service_answers_by_name_clusterip_and_pod_ips_from_both_replicas(bed: B
 
 
 @pytest.mark.parametrize("transport", ["websocket", "spdy"])
-def test_port_forward_exec_and_logs_from_a_laptop(bed: Bed, echo: str, laptop: Laptop, transport: str) -> None:
+def test_port_forward_exec_and_logs_from_a_laptop(
+    bed: Bed, echo: str, laptop: Laptop, transport: str
+) -> None:
     ns = echo
     pod = sorted(_echo_pods(bed, ns))[0]
-    env = {"PORT_FORWARD_WEBSOCKETS": "false"} if transport == "spdy" else {"PORT_FORWARD_WEBSOCKETS": "true"}
+    env = (
+        {"PORT_FORWARD_WEBSOCKETS": "false"}
+        if transport == "spdy"
+        else {"PORT_FORWARD_WEBSOCKETS": "true"}
+    )
     forward = laptop.popen("kubectl", "-n", ns, "port-forward", f"pod/{pod}", "18080:8080", env=env)
     try:
         deadline = time.monotonic() + 20
         while True:
-            result = laptop.run("curl", "-sf", "--max-time", "3", "http://127.0.0.1:18080/", check=False)
+            result = laptop.run(
+                "curl", "-sf", "--max-time", "3", "http://127.0.0.1:18080/", check=False
+            )
             if result.returncode == 0 or time.monotonic() > deadline:
                 break
             time.sleep(0.3)
@@ -73,7 +89,9 @@ def test_port_forward_exec_and_logs_from_a_laptop(bed: Bed, echo: str, laptop: L
     finally:
         forward.terminate()
         forward.wait(10)
-    exec_out = laptop.run("kubectl", "-n", ns, "exec", "client", "--", "cat", "/etc/hostname").stdout
+    exec_out = laptop.run(
+        "kubectl", "-n", ns, "exec", "client", "--", "cat", "/etc/hostname"
+    ).stdout
     assert exec_out.strip() == "client"
     logs = laptop.run("kubectl", "-n", ns, "logs", pod).stdout
     assert isinstance(logs, str)
@@ -88,7 +106,9 @@ def _tcp_reachable(laptop: Laptop, ip: str, port: int) -> bool:
     return laptop.run(sys.executable, "-c", code, check=False).returncode == 0
 
 
-def test_laptop_reaches_only_the_api_server_and_the_resolver(bed: Bed, echo: str, laptop: Laptop) -> None:
+def test_laptop_reaches_only_the_api_server_and_the_resolver(
+    bed: Bed, echo: str, laptop: Laptop
+) -> None:
     ns = echo
     assert laptop.run("kubectl", "get", "--raw", "/readyz").stdout.strip() == "ok"
     pod_ip = next(iter(_echo_pods(bed, ns).values()))
@@ -106,10 +126,7 @@ def test_laptop_reaches_only_the_api_server_and_the_resolver(bed: Bed, echo: str
         pass
 
     before = len(bed.resolver_queries())
-    code = (
-        "import socket\n"
-        f"print(socket.gethostbyname('www.{config.TEST_DOMAIN}'))\n"
-    )
+    code = f"import socket\nprint(socket.gethostbyname('www.{config.TEST_DOMAIN}'))\n"
     assert laptop.run(sys.executable, "-c", code).stdout.strip() == config.NODE_IP
     _, laptop_end = config.laptop_addresses(laptop.number)
     new = bed.resolver_queries()[before:]
@@ -137,13 +154,20 @@ def test_developer_is_confined_to_granted_namespaces(bed: Bed, namespace: str) -
     assert bed.kubectl("-n", namespace, "get", "pods", user="dev").returncode == 0
     for args in (("get", "nodes"), ("get", "namespaces"), ("-n", "kube-system", "get", "pods")):
         result = bed.kubectl(*args, user="dev", check=False)
-        assert result.returncode != 0 and "Forbidden" in result.stderr, args
-    can = bed.kubectl("-n", namespace, "auth", "can-i", "create", "pods/exec", user="dev-noexec", check=False)
+        assert result.returncode != 0, args
+        assert "Forbidden" in result.stderr, args
+    can = bed.kubectl(
+        "-n", namespace, "auth", "can-i", "create", "pods/exec", user="dev-noexec", check=False
+    )
     assert can.stdout.strip() == "no"
     bed.grant(namespace, "dev-nosecrets")
-    can = bed.kubectl("-n", namespace, "auth", "can-i", "get", "secrets", user="dev-nosecrets", check=False)
+    can = bed.kubectl(
+        "-n", namespace, "auth", "can-i", "get", "secrets", user="dev-nosecrets", check=False
+    )
     assert can.stdout.strip() == "no"
-    can = bed.kubectl("-n", namespace, "auth", "can-i", "create", "secrets", user="dev-nosecrets", check=False)
+    can = bed.kubectl(
+        "-n", namespace, "auth", "can-i", "create", "secrets", user="dev-nosecrets", check=False
+    )
     assert can.stdout.strip() == "yes"
 
 
@@ -154,17 +178,38 @@ def test_expired_client_certificate_is_refused(bed: Bed) -> None:
 
 
 def _uplink_packets() -> int:
-    out = subprocess.run(["iptables", "-w", "-t", "raw", "-nvxL", "KTBED-PROBE"], capture_output=True, text=True,
-                         check=True).stdout
+    out = subprocess.run(
+        ["iptables", "-w", "-t", "raw", "-nvxL", "KTBED-PROBE"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     return sum(int(line.split()[0]) for line in out.splitlines()[2:] if line.strip())
 
 
 def test_missing_image_fails_fast_without_leaving_the_machine(bed: Bed, namespace: str) -> None:
     # Count every packet the host sends out of eth0 while the pull is attempted.
     subprocess.run(["iptables", "-w", "-t", "raw", "-N", "KTBED-PROBE"], check=True)
-    subprocess.run(["iptables", "-w", "-t", "raw", "-A", "KTBED-PROBE", "-o", "eth0", "-p", "tcp"], check=True)
-    subprocess.run(["iptables", "-w", "-t", "raw", "-A", "KTBED-PROBE", "-o", "eth0", "-p", "udp", "--dport", "53"],
-                   check=True)
+    subprocess.run(
+        ["iptables", "-w", "-t", "raw", "-A", "KTBED-PROBE", "-o", "eth0", "-p", "tcp"], check=True
+    )
+    subprocess.run(
+        [
+            "iptables",
+            "-w",
+            "-t",
+            "raw",
+            "-A",
+            "KTBED-PROBE",
+            "-o",
+            "eth0",
+            "-p",
+            "udp",
+            "--dport",
+            "53",
+        ],
+        check=True,
+    )
     subprocess.run(["iptables", "-w", "-t", "raw", "-I", "OUTPUT", "-j", "KTBED-PROBE"], check=True)
     try:
         manifest = """
@@ -181,7 +226,11 @@ spec:
         reason = ""
         while time.monotonic() - started < 20:
             pod = bed.get_json("-n", namespace, "pod", "missing")
-            waiting = (pod["status"].get("containerStatuses") or [{}])[0].get("state", {}).get("waiting", {})
+            waiting = (
+                (pod["status"].get("containerStatuses") or [{}])[0]
+                .get("state", {})
+                .get("waiting", {})
+            )
             reason = waiting.get("reason", "")
             if reason in ("ErrImagePull", "ImagePullBackOff"):
                 break
@@ -191,7 +240,9 @@ spec:
         assert elapsed < 15, f"pull failure took {elapsed:.1f}s"
         assert _uplink_packets() == 0
     finally:
-        subprocess.run(["iptables", "-w", "-t", "raw", "-D", "OUTPUT", "-j", "KTBED-PROBE"], check=False)
+        subprocess.run(
+            ["iptables", "-w", "-t", "raw", "-D", "OUTPUT", "-j", "KTBED-PROBE"], check=False
+        )
         subprocess.run(["iptables", "-w", "-t", "raw", "-F", "KTBED-PROBE"], check=False)
         subprocess.run(["iptables", "-w", "-t", "raw", "-X", "KTBED-PROBE"], check=False)
 
@@ -199,13 +250,21 @@ spec:
 @pytest.mark.parametrize("component", ["apiserver", "kubelet", "kube-proxy", "coredns"])
 def test_restart_brings_the_component_back(bed: Bed, component: str) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "tests.e2e.testbed", "restart", component], cwd=config.REPO_ROOT,
-        capture_output=True, text=True, timeout=300,
+        [sys.executable, "-m", "tests.e2e.testbed", "restart", component],
+        cwd=config.REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr
     node = bed.get_json("node", config.NODE_NAME)
     assert {c["type"]: c["status"] for c in node["status"]["conditions"]}["Ready"] == "True"
-    status = subprocess.run([sys.executable, "-m", "tests.e2e.testbed", "status"], cwd=config.REPO_ROOT,
-                            capture_output=True, text=True, timeout=60)
+    status = subprocess.run(
+        [sys.executable, "-m", "tests.e2e.testbed", "status"],
+        cwd=config.REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert status.returncode == 0, status.stdout
     assert re.search(r"coredns\s+1 ready", status.stdout), status.stdout

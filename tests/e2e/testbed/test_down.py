@@ -18,19 +18,34 @@ def _sh(*cmd: str) -> str:
 
 @pytest.mark.bed_teardown
 def test_down_leaves_nothing(bed: Bed) -> None:
-    result = subprocess.run([sys.executable, "-m", "tests.e2e.testbed", "down"], cwd=config.REPO_ROOT,
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "tests.e2e.testbed", "down"],
+        cwd=config.REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     # Checked from the outside, not with the bed's own inventory.
     processes = _sh("ps", "-eo", "args")
-    for marker in ("kube-apiserver", "kubelet", "kube-proxy", "kube-controller-manager", "kube-scheduler",
-                   "etcd --name=ktbed", str(config.STATE_DIR), str(config.RUN_DIR), "tests.e2e.testbed.resolver"):
+    for marker in (
+        "kube-apiserver",
+        "kubelet",
+        "kube-proxy",
+        "kube-controller-manager",
+        "kube-scheduler",
+        "etcd --name=ktbed",
+        str(config.STATE_DIR),
+        str(config.RUN_DIR),
+        "tests.e2e.testbed.resolver",
+    ):
         assert marker not in processes, marker
     links = _sh("ip", "-o", "link", "show")
     for name in (config.NODE_BRIDGE, config.POD_BRIDGE, config.LAPTOP_VETH_PREFIX):
         assert f" {name}" not in links, name
     netns = _sh("ip", "netns", "list")
-    assert config.LAPTOP_PREFIX not in netns and "cni-" not in netns
+    assert config.LAPTOP_PREFIX not in netns
+    assert "cni-" not in netns
     for tool in ("iptables-save", "ip6tables-save"):
         rules = _sh(tool)
         for prefix in ("KUBE-", "CNI-", "KTBED-"):
@@ -41,4 +56,8 @@ def test_down_leaves_nothing(bed: Bed) -> None:
     for path in (config.STATE_DIR, config.RUN_DIR, Path("/var/lib/cni")):
         assert not path.exists(), path
     assert not list(Path("/sys/fs/cgroup").glob("*/kubepods"))
-    assert not list(Path("/etc/netns").glob(config.LAPTOP_PREFIX + "*")) if Path("/etc/netns").exists() else True
+    assert (
+        not list(Path("/etc/netns").glob(config.LAPTOP_PREFIX + "*"))
+        if Path("/etc/netns").exists()
+        else True
+    )
