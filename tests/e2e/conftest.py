@@ -131,8 +131,20 @@ def namespace(bed: Bed, request: pytest.FixtureRequest) -> Iterator[str]:
 
 @dataclass
 class Laptop:
+    """A laptop of the bed: a network namespace that reaches only the API server
+    and the bed resolver, with its own mount namespace and resolver flavour."""
+
     number: int
     name: str
+    resolver: str
+
+    def _env(self, user: str, env: dict[str, str] | None) -> dict[str, str]:
+        return {
+            **os.environ,
+            "PATH": f"{config.BIN_DIR}:{os.environ['PATH']}",
+            "KUBECONFIG": str(config.KUBECONFIG_DIR / f"{user}.yaml"),
+            **(env or {}),
+        }
 
     def run(
         self,
@@ -142,18 +154,13 @@ class Laptop:
         user: str = "admin",
         env: dict[str, str] | None = None,
     ) -> subprocess.CompletedProcess[str]:
-        full_env = {
-            **os.environ,
-            "PATH": f"{config.BIN_DIR}:{os.environ['PATH']}",
-            "KUBECONFIG": str(config.KUBECONFIG_DIR / f"{user}.yaml"),
-            **(env or {}),
-        }
         result = subprocess.run(
-            ["ip", "netns", "exec", self.name, *cmd],
+            [*hostnet.laptop_command(self.name), *cmd],
             capture_output=True,
             text=True,
             timeout=timeout,
-            env=full_env,
+            env=self._env(user, env),
+            cwd=config.REPO_ROOT,
         )
         if check and result.returncode != 0:
             raise AssertionError(
@@ -165,18 +172,13 @@ class Laptop:
     def popen(
         self, *cmd: str, user: str = "admin", env: dict[str, str] | None = None
     ) -> subprocess.Popen[str]:
-        full_env = {
-            **os.environ,
-            "PATH": f"{config.BIN_DIR}:{os.environ['PATH']}",
-            "KUBECONFIG": str(config.KUBECONFIG_DIR / f"{user}.yaml"),
-            **(env or {}),
-        }
         return subprocess.Popen(
-            ["ip", "netns", "exec", self.name, *cmd],
+            [*hostnet.laptop_command(self.name), *cmd],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            env=full_env,
+            env=self._env(user, env),
+            cwd=config.REPO_ROOT,
         )
 
 
@@ -185,12 +187,12 @@ _laptop_numbers = itertools.count(10)
 
 
 @pytest.fixture
-def laptop(bed: Bed) -> Iterator[Laptop]:
-    number = next(_laptop_numbers)
-    if number > config.MAX_LAPTOPS:
-        number = 10 + number % (config.MAX_LAPTOPS - 10)
-    name = hostnet.create_laptop(number)
-    yield Laptop(number, name)
+def laptop(bed: Bed, request: pytest.FixtureRequest) -> Iterator[Laptop]:
+    """A fresh laptop per test; parametrize indirectly with "plain" or "resolved"."""
+    resolver_flavour = getattr(request, "param", "plain")
+    number = 10 + next(_laptop_numbers) % (config.MAX_LAPTOPS - 9)
+    name = hostnet.create_laptop(number, resolver_flavour)
+    yield Laptop(number, name, resolver_flavour)
     hostnet.delete_laptop(name)
 
 

@@ -30,6 +30,12 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("env", help="print the shell exports for kubectl and the admin kubeconfig")
     p_lap = sub.add_parser("laptop", help="run a command in laptop namespace N")
     p_lap.add_argument("-n", type=int, default=1, help="laptop number (default 1)")
+    p_lap.add_argument(
+        "--resolver",
+        choices=hostnet.RESOLVER_FLAVOURS,
+        default="plain",
+        help="resolver flavour when the laptop is made: plain resolv.conf or systemd-resolved",
+    )
     p_lap.add_argument("cmd", nargs=argparse.REMAINDER)
     p_restart = sub.add_parser("restart", help="restart one component (fault tests)")
     p_restart.add_argument("component", choices=sorted(bed.RESTARTABLE))
@@ -48,10 +54,11 @@ def main(argv: list[str] | None = None) -> int:
         cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
         if not cmd:
             parser.error("laptop needs a command after --")
-        name = hostnet.create_laptop(args.n)
+        name = hostnet.create_laptop(args.n, args.resolver)
         env = {**os.environ, "PATH": f"{config.BIN_DIR}:{os.environ.get('PATH', '')}"}
         env.setdefault("KUBECONFIG", str(config.KUBECONFIG_DIR / "admin.yaml"))
-        os.execvpe("ip", ["ip", "netns", "exec", name, *cmd], env)  # noqa: S606 - argv, no shell
+        argv = [*hostnet.laptop_command(name), *cmd]
+        os.execvpe(argv[0], argv, env)  # noqa: S606 - argv, no shell
     elif args.command == "restart":
         bed.restart(args.component)
     return 0

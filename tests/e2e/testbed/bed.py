@@ -210,6 +210,7 @@ def _our_processes() -> list[tuple[int, str]]:
         if kubebuild.BIN_CACHE.exists()
         else set()
     )
+    laptop_nets = {p.stat().st_ino for p in Path("/run/netns").glob(config.LAPTOP_PREFIX + "*")}
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -222,7 +223,8 @@ def _our_processes() -> list[tuple[int, str]]:
         args = [a.decode(errors="replace") for a in cmdline if a]
         text = " ".join(args)
         ours = (
-            exe in kube_binaries
+            _net_inode(entry) in laptop_nets  # anything still running in a laptop
+            or exe in kube_binaries
             or (exe == "/usr/bin/containerd" and str(node.CONTAINERD_CONFIG) in text)
             or ("containerd-shim" in exe and config.CONTAINERD_ADDRESS in text)
             or "tests.e2e.testbed.resolver" in text
@@ -237,6 +239,13 @@ def _our_processes() -> list[tuple[int, str]]:
                 found.append((int(pid_text), "pod process"))
                 pids.add(int(pid_text))
     return found
+
+
+def _net_inode(proc_entry: Path) -> int | None:
+    try:
+        return (proc_entry / "ns" / "net").stat().st_ino
+    except OSError:
+        return None
 
 
 def _our_cgroups() -> list[str]:

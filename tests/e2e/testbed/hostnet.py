@@ -15,7 +15,7 @@ import contextlib
 import json
 from pathlib import Path
 
-from . import config
+from . import config, procs
 from .procs import run
 
 SYSCTLS_TOUCHED = (
@@ -128,9 +128,42 @@ def setup() -> None:
     _ensure_jump("raw", "PREROUTING", ["-i", config.LAPTOP_VETH_PREFIX + "+", "-j", chain], v6=True)
 
 
-def create_laptop(n: int) -> str:
-    """Make (or repair) laptop n: a network namespace behind a veth pair, with its
-    own resolv.conf pointing at the bed resolver."""
+MOUNT_NS_DIR = config.RUN_DIR / "laptops"
+RESOLVER_FLAVOURS = ("plain", "resolved")
+RESOLVED_CONF = """[Resolve]
+DNS={dns}
+LLMNR=no
+MulticastDNS=no
+DNSSEC=no
+DNSStubListener=yes
+"""
+STUB_RESOLV_CONF = "nameserver 127.0.0.53\noptions edns0 trust-ad\nsearch .\n"
+
+
+def mount_ns_file(name: str) -> Path:
+    return MOUNT_NS_DIR / f"{name}.mnt"
+
+
+def laptop_command(name: str) -> list[str]:
+    """The argv prefix that runs a command inside laptop `name`: its network namespace and
+    its own mount namespace (its /etc/resolv.conf, its /sys, its /run for resolved)."""
+    return ["nsenter", f"--net=/run/netns/{name}", f"--mount={mount_ns_file(name)}", "--"]
+
+
+def _ensure_private_dir(path: Path) -> None:
+    # A mount namespace can only be pinned by a bind mount on a private mount.
+    path.mkdir(parents=True, exist_ok=True)
+    if run(["mountpoint", "-q", str(path)], check=False).returncode != 0:
+        run(["mount", "--bind", str(path), str(path)])
+        run(["mount", "--make-private", str(path)])
+
+
+def create_laptop(n: int, resolver: str = "plain") -> str:
+    """Make (or repair) laptop n: a network namespace behind a veth pair with a
+    mount namespace of its own, whose resolver is a plain resolv.conf or a
+    systemd-resolved (with its own D-Bus system bus) using the bed resolver."""
+    if resolver not in RESOLVER_FLAVOURS:
+        raise ValueError(f"resolver flavour must be one of {RESOLVER_FLAVOURS}")
     name = config.laptop_name(n)
     host_end, laptop_end = config.laptop_addresses(n)
     veth = f"{config.LAPTOP_VETH_PREFIX}{n}"
@@ -146,10 +179,80 @@ def create_laptop(n: int) -> str:
     run(["ip", "-n", name, "route", "replace", "default", "via", host_end])
     etc = Path("/etc/netns") / name
     etc.mkdir(parents=True, exist_ok=True)
+    mnt = mount_ns_file(name)
+    if _mount_ns_alive(mnt):
+        return name
     resolv = etc / "resolv.conf"
-    if not resolv.exists():
-        resolv.write_text(f"nameserver {config.RESOLVER_IP}\n")
+    resolv.write_text(
+        STUB_RESOLV_CONF if resolver == "resolved" else f"nameserver {config.RESOLVER_IP}\n"
+    )
+    _ensure_private_dir(MOUNT_NS_DIR)
+    mnt.touch()
+    script = [
+        "set -e",
+        f"mount --bind {resolv} /etc/resolv.conf",
+        # sysfs shows the devices of the network namespace that mounts it
+        "umount -l /sys",
+        "mount -t sysfs sysfs /sys",
+    ]
+    if resolver == "resolved":
+        conf = etc / "resolved.conf"
+        conf.write_text(RESOLVED_CONF.format(dns=config.RESOLVER_IP))
+        script += [
+            "mount -t tmpfs -o mode=0755 laptop-run /run/dbus",
+            "mount -t tmpfs -o mode=0755 laptop-run /run/systemd",
+            f"mount --bind {conf} /etc/systemd/resolved.conf",
+        ]
+    run(
+        [
+            "unshare",
+            f"--mount={mnt}",
+            "--propagation",
+            "private",
+            "--",
+            "nsenter",
+            f"--net=/run/netns/{name}",
+            "--",
+            "sh",
+            "-c",
+            "; ".join(script),
+        ]
+    )
+    if resolver == "resolved":
+        _start_resolved(name)
     return name
+
+
+def _mount_ns_alive(mnt: Path) -> bool:
+    return mnt.exists() and run(["mountpoint", "-q", str(mnt)], check=False).returncode == 0
+
+
+def _start_resolved(name: str) -> None:
+    prefix = laptop_command(name)
+    procs.start(f"{name}-dbus", [*prefix, "dbus-daemon", "--system", "--nofork", "--nopidfile"])
+    procs.wait_for(
+        f"{name} D-Bus",
+        lambda: (
+            run([*prefix, "test", "-S", "/run/dbus/system_bus_socket"], check=False).returncode == 0
+        ),
+        10,
+        0.1,
+    )
+    procs.start(
+        f"{name}-resolved",
+        [*prefix, "/lib/systemd/systemd-resolved"],
+        env={"SYSTEMD_LOG_TARGET": "console", "SYSTEMD_LOG_LEVEL": "notice"},
+    )
+    procs.wait_for(
+        f"{name} systemd-resolved",
+        lambda: run([*prefix, "resolvectl", "status"], check=False).returncode == 0,
+        15,
+        0.2,
+    )
+
+
+def resolver_flavour(name: str) -> str:
+    return "resolved" if (Path("/etc/netns") / name / "resolved.conf").exists() else "plain"
 
 
 def laptops() -> list[str]:
@@ -160,6 +263,12 @@ def laptops() -> list[str]:
 
 
 def delete_laptop(name: str) -> None:
+    for daemon in (f"{name}-resolved", f"{name}-dbus"):
+        procs.stop(daemon)
+    mnt = mount_ns_file(name)
+    if mnt.exists():
+        run(["umount", str(mnt)], check=False)
+        mnt.unlink(missing_ok=True)
     run(["ip", "netns", "delete", name], check=False)
     n = name.removeprefix(config.LAPTOP_PREFIX)
     run(["ip", "link", "delete", f"{config.LAPTOP_VETH_PREFIX}{n}"], check=False)

@@ -106,6 +106,7 @@ def _tcp_reachable(laptop: Laptop, ip: str, port: int) -> bool:
     return laptop.run(sys.executable, "-c", code, check=False).returncode == 0
 
 
+@pytest.mark.parametrize("laptop", ["plain", "resolved"], indirect=True)
 def test_laptop_reaches_only_the_api_server_and_the_resolver(
     bed: Bed, echo: str, laptop: Laptop
 ) -> None:
