@@ -1,0 +1,97 @@
+#!/bin/bash
+# Entrypoint of the ktpy shadow pod, installed as
+# /usr/local/bin/ktpy-shadow-entrypoint. Runs sshd (the tunnel end) and
+# dnsmasq (cluster DNS for the laptop) as kt, uid 10001, with no privileges.
+# It exits non-zero as soon as either dies, so Kubernetes restarts the
+# container and the tcpSocket readiness probe on the ssh port fails, and it
+# forwards SIGTERM/SIGINT to both (it is PID 1: without a trap the kernel
+# would drop those signals).
+#
+# Environment: KTPY_SSH_PORT (2222), KTPY_DNS_PORT (5353), KTPY_ROLE (only
+# logged). KTPY_SECRET_DIR and KTPY_RUN_DIR exist for local experiments.
+set -euo pipefail
+
+secret_dir=${KTPY_SECRET_DIR:-/etc/ktpy/secret}
+run_dir=${KTPY_RUN_DIR:-/tmp/ktpy}
+ssh_port=${KTPY_SSH_PORT:-2222}
+dns_port=${KTPY_DNS_PORT:-5353}
+
+log() { printf 'ktpy-shadow: %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+for p in "$ssh_port" "$dns_port"; do
+    case $p in ''|*[!0-9]*) die "ports must be numbers, got '$p'";; esac
+    if [ "${#p}" -gt 5 ] || [ "$p" -lt 1 ] || [ "$p" -gt 65535 ]; then
+        die "port out of range: $p"
+    fi
+done
+
+log "starting role=${KTPY_ROLE:-unset} uid=$(id -u) gid=$(id -g) ssh_port=$ssh_port dns_port=$dns_port"
+[ "$(id -u)" != 0 ] || log "warning: running as root; the pod should set runAsUser 10001"
+
+# The Secret's files are root-owned and group/world readable, which sshd
+# refuses for a host key: copy them into a directory only we can read.
+umask 077
+mkdir -p "$run_dir"
+chmod 0700 "$run_dir"
+for f in authorized_keys ssh_host_ed25519_key ssh_host_ed25519_key.pub; do
+    [ -r "$secret_dir/$f" ] ||
+        die "cannot read $secret_dir/$f: mount the session Secret there, readable by uid 10001 (defaultMode 0444)"
+    # rm + cat rather than cp: a file left by an earlier run (emptyDir) or
+    # the Secret's own mode must not decide the copy's mode.
+    rm -f "$run_dir/$f"
+    cat "$secret_dir/$f" >"$run_dir/$f"
+done
+grep -q '^ssh-ed25519 ' "$run_dir/authorized_keys" ||
+    die "$secret_dir/authorized_keys holds no ssh-ed25519 key"
+if command -v ssh-keygen >/dev/null; then
+    log "host key $(ssh-keygen -lf "$run_dir/ssh_host_ed25519_key.pub" | cut -d' ' -f2)," \
+        "client key $(ssh-keygen -lf "$run_dir/authorized_keys" | head -n1 | cut -d' ' -f2)"
+fi
+
+ssh_pid=
+dns_pid=
+stopping=
+stop() {
+    stopping=1
+    # Either pid may still be empty if the signal came during start-up.
+    kill -TERM $ssh_pid $dns_pid 2>/dev/null || true
+}
+trap stop TERM INT
+
+dnsmasq --conf-file=/etc/ktpy/dnsmasq.conf \
+    --port="$dns_port" --pid-file="$run_dir/dnsmasq.pid" &
+dns_pid=$!
+# sshd needs its absolute path to re-execute itself per connection.
+/usr/sbin/sshd -D -e -f /etc/ktpy/sshd_config \
+    -o "Port=$ssh_port" \
+    -o "HostKey=$run_dir/ssh_host_ed25519_key" \
+    -o "AuthorizedKeysFile=$run_dir/authorized_keys" \
+    -o "PidFile=$run_dir/sshd.pid" &
+ssh_pid=$!
+[ -z "$stopping" ] || stop
+
+wait_both() {
+    while kill -0 "$ssh_pid" 2>/dev/null || kill -0 "$dns_pid" 2>/dev/null; do
+        wait "$ssh_pid" "$dns_pid" 2>/dev/null || true
+    done
+}
+
+while :; do
+    rc=0
+    done_pid=
+    wait -n -p done_pid "$dns_pid" "$ssh_pid" || rc=$?
+    if [ -n "$stopping" ]; then
+        wait_both
+        log "stopped on request"
+        exit 0
+    fi
+    # No pid: wait was interrupted by a signal we do not act on.
+    [ -n "${done_pid:-}" ] || continue
+    if [ "$done_pid" = "$dns_pid" ]; then name=dnsmasq; else name=sshd; fi
+    log "$name exited with status $rc; stopping the pod's container"
+    kill -TERM "$ssh_pid" "$dns_pid" 2>/dev/null || true
+    wait_both
+    [ "$rc" -ne 0 ] || rc=1
+    exit "$rc"
+done
