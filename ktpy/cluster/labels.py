@@ -99,7 +99,7 @@ class PidStart:
 
     @classmethod
     def parse(cls, text: str) -> PidStart:
-        match = re.fullmatch(r"(\d+):(\d+)@([0-9a-f-]+)", text.strip())
+        match = re.fullmatch(r"(\d+):(\d+)@([0-9A-Za-z-]+)", text.strip())
         if not match:
             raise ValueError(f"{text!r} is not <pid>:<start ticks>@<boot id>")
         return cls(int(match.group(1)), int(match.group(2)), match.group(3))
