@@ -36,7 +36,7 @@ mkdir -p "$run_dir"
 chmod 0700 "$run_dir"
 for f in authorized_keys ssh_host_ed25519_key ssh_host_ed25519_key.pub; do
     [ -r "$secret_dir/$f" ] ||
-        die "cannot read $secret_dir/$f: mount the session Secret there, readable by uid 10001 (defaultMode 0444)"
+        die "cannot read $secret_dir/$f: mount the session Secret there, readable by uid 10001 (defaultMode 0440 with fsGroup 10001, or 0444)"
     # rm + cat rather than cp: a file left by an earlier run (emptyDir) or
     # the Secret's own mode must not decide the copy's mode.
     rm -f "$run_dir/$f"

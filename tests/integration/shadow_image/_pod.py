@@ -101,15 +101,22 @@ def ecdsa_key() -> tuple[paramiko.ECDSAKey, str]:
     return paramiko.ECDSAKey(file_obj=io.StringIO(private)), public
 
 
-def _write_secret(directory: Path, files: dict[str, str]) -> None:
-    """Lay the files out like a kubelet Secret volume: root-owned, 0644,
-    reached through the ..data symlink (what sshd refuses as a host key)."""
+# What ktpy's manifest asks for: defaultMode 0440 with fsGroup 10001, so
+# kubelet makes the files root:10001 0440 (too open for sshd's host key).
+SECRET_MODE = 0o440
+SECRET_GID = GID
+
+
+def _write_secret(directory: Path, files: dict[str, str], mode: int, gid: int) -> None:
+    """Lay the files out like a kubelet Secret volume: root-owned, reached
+    through the ..data symlink."""
     directory.mkdir(mode=0o755)
     stamp = directory / "..2026_01_01_00_00_00.000000001"
     stamp.mkdir(mode=0o755)
     for name, text in files.items():
         (stamp / name).write_text(text)
-        (stamp / name).chmod(0o644)
+        os.chown(stamp / name, 0, gid)
+        (stamp / name).chmod(mode)
         (directory / name).symlink_to(f"..data/{name}")
     (directory / "..data").symlink_to(stamp.name)
 
@@ -198,6 +205,8 @@ def start(
     keys: SessionKeys | None = None,
     extra_authorized: str = "",
     secret: dict[str, str] | None = None,
+    secret_mode: int = SECRET_MODE,
+    secret_gid: int = SECRET_GID,
     wait: bool = True,
 ) -> ShadowPod:
     """Start a pod; secret replaces the Secret's files (default: the contract's three)."""
@@ -221,7 +230,7 @@ def start(
                 "ssh_host_ed25519_key": keys.host_private,
                 "ssh_host_ed25519_key.pub": keys.host_line + "\n",
             }
-        _write_secret(workdir / "secret", secret)
+        _write_secret(workdir / "secret", secret, secret_mode, secret_gid)
         dns = DnsServer(
             udp=_netns.listen_in(ns.name, "127.0.0.1", 53, socket.SOCK_DGRAM),
             tcp=_netns.listen_in(ns.name, "127.0.0.1", 53),
@@ -232,7 +241,7 @@ def start(
             "ip", "netns", "exec", ns.name,
             "unshare", "--mount", "--pid", "--fork", "--kill-child", "--propagation", "private",
             "--", "sh", "-c", _LAUNCH, "sh", str(rootfs), str(workdir),
-            "setpriv", f"--reuid={user}", f"--regid={GID}", "--clear-groups",
+            "setpriv", f"--reuid={user}", f"--regid={GID}", f"--groups={GID}",  # fsGroup
             "--no-new-privs", "--bounding-set=-all", "--inh-caps=-all",
             "--", "env", "-i", "-C", cfg.get("WorkingDir") or "/",
             *(f"{k}={v}" for k, v in full_env.items()),

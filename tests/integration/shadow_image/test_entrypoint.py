@@ -90,3 +90,34 @@ def test_port_variables_and_ed25519_only_client_keys(start_pod: StartPod) -> Non
     )
     assert [str(r.rdata) for r in reply.rr if r.rtype == QTYPE.A] == ["10.96.7.7"]
     assert "ssh_port=22 dns_port=5300" in pod.log()
+
+
+@pytest.mark.parametrize(
+    ("mode", "gid"),
+    [(0o440, 10001), (0o444, 0), (0o644, 0)],
+    ids=["0440-fsGroup", "0444", "0644"],
+)
+def test_secret_keys_copied_private(start_pod: StartPod, mode: int, gid: int) -> None:
+    """Whatever mode the Secret volume has, sshd gets 0600 copies owned by kt."""
+    pod = start_pod(secret_mode=mode, secret_gid=gid)
+    t = _pod.login(pod)
+    try:
+        chan = t.open_session()
+        chan.exec_command(
+            "cd /tmp/ktpy && stat -c '%a %u %g %n' . authorized_keys ssh_host_ed25519_key*"
+        )
+        lines = chan.makefile("rb").read().decode().splitlines()
+    finally:
+        t.close()
+    assert lines == [
+        "700 10001 10001 .",
+        "600 10001 10001 authorized_keys",
+        "600 10001 10001 ssh_host_ed25519_key",
+        "600 10001 10001 ssh_host_ed25519_key.pub",
+    ]
+
+
+def test_unreadable_secret_is_a_clear_error(start_pod: StartPod) -> None:
+    pod = start_pod(secret_mode=0o400, secret_gid=0, wait=False)
+    assert pod.wait_exit() == 1
+    assert "cannot read /etc/ktpy/secret/authorized_keys" in pod.log()
