@@ -1,0 +1,273 @@
+"""Port-forward to a pod through the API server, speaking the WebSocket channel
+protocol (v4.channel.k8s.io) that kubectl uses by default since 1.31.
+
+Each stream is one WebSocket: the server opens channel 0 (data) and channel 1
+(errors) for the port, each announced by a 2-byte little-endian port number.
+Data frames carry the channel number as their first byte. websocket-client does
+the HTTP upgrade (TLS, proxies); after it, ktpy reads and writes the frames
+itself on the raw socket, and hands paramiko a socket-like Stream.
+
+The official client's `kubernetes.stream.portforward` copies its whole pending
+buffer on every frame (quadratic on bulk transfers); here each frame is written
+through as it arrives and nothing is buffered beyond the socket pair.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import os
+import socket
+import struct
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import structlog
+import websocket
+
+PROTOCOL = "v4.channel.k8s.io"
+DATA_CHANNEL = 0
+ERROR_CHANNEL = 1
+READ_CHUNK = 256 * 1024
+
+log = structlog.get_logger(__name__)
+
+
+# The cluster module opens the WebSocket (it owns the API connection and its
+# credentials); the tunnel only needs a path and subprotocols.
+OpenWebSocket = Callable[[str, Sequence[str]], websocket.WebSocket]
+
+
+class PortForwardError(Exception):
+    """The API server or kubelet refused or broke the port-forward."""
+
+
+@dataclass(frozen=True)
+class Target:
+    namespace: str
+    pod: str
+    port: int
+
+    @property
+    def path(self) -> str:
+        return f"/api/v1/namespaces/{self.namespace}/pods/{self.pod}/portforward?ports={self.port}"
+
+
+class FrameReader:
+    """Incremental parser of server-to-client WebSocket frames (never masked).
+
+    feed() takes whatever the socket gave and yields (channel, payload) pieces as
+    soon as they arrive, without waiting for a frame's end: a 1 MiB frame is
+    streamed through in socket-sized pieces. Control frames are returned whole
+    with channel None and their opcode.
+    """
+
+    def __init__(self) -> None:
+        self._header = bytearray()
+        self._remaining = 0  # payload bytes still to come in the current frame
+        self._opcode = 0
+        self._control = bytearray()
+        self._channel: int | None = None  # channel of the current data message
+        self._at_message_start = False
+        self._skip_port = 0  # port-number bytes still to drop at a channel's start
+        self.announced: set[int] = set()
+
+    def feed(self, data: memoryview) -> list[tuple[int | None, int, memoryview]]:
+        out: list[tuple[int | None, int, memoryview]] = []
+        pos = 0
+        while pos < len(data):
+            if self._remaining == 0 and not self._header_complete():
+                need = self._header_needed() - len(self._header)
+                take = min(need, len(data) - pos)
+                self._header += data[pos : pos + take]
+                pos += take
+                if not self._header_complete():
+                    continue
+                self._start_frame()
+                if self._remaining == 0:
+                    out.extend(self._end_frame())
+                continue
+            take = min(self._remaining, len(data) - pos)
+            piece = data[pos : pos + take]
+            pos += take
+            self._remaining -= take
+            if self._opcode >= 0x8:
+                self._control += piece
+            else:
+                out.extend(self._data(piece))
+            if self._remaining == 0:
+                out.extend(self._end_frame())
+        return out
+
+    def _header_needed(self) -> int:
+        if len(self._header) < 2:
+            return 2
+        length7 = self._header[1] & 0x7F
+        return 2 + (2 if length7 == 126 else 8 if length7 == 127 else 0)
+
+    def _header_complete(self) -> bool:
+        return len(self._header) >= 2 and len(self._header) == self._header_needed()
+
+    def _start_frame(self) -> None:
+        opcode = self._header[0] & 0x0F
+        length7 = self._header[1] & 0x7F
+        if length7 == 126:
+            length = struct.unpack("!H", self._header[2:4])[0]
+        elif length7 == 127:
+            length = struct.unpack("!Q", self._header[2:10])[0]
+        else:
+            length = length7
+        if opcode in (0x1, 0x2):
+            self._at_message_start = True
+            self._channel = None
+        if opcode != 0x0:
+            self._opcode = opcode
+        self._remaining = length
+        self._header = bytearray()
+
+    def _data(self, piece: memoryview) -> list[tuple[int | None, int, memoryview]]:
+        if self._at_message_start:
+            self._channel = piece[0]
+            piece = piece[1:]
+            self._at_message_start = False
+            if self._channel not in self.announced:
+                # the first 2 bytes a channel carries are its port number, not data
+                self.announced.add(self._channel)
+                self._skip_port = 2
+            else:
+                self._skip_port = 0
+        skip = min(self._skip_port, len(piece))
+        if skip:
+            piece = piece[skip:]
+            self._skip_port -= skip
+        return [(self._channel, self._opcode, piece)] if len(piece) else []
+
+    def _end_frame(self) -> list[tuple[int | None, int, memoryview]]:
+        if self._opcode >= 0x8:
+            control, self._control = bytes(self._control), bytearray()
+            return [(None, self._opcode, memoryview(control))]
+        return []
+
+
+def mask_frame(payload: bytes, opcode: int = 0x2) -> bytes:
+    """A client-to-server frame: FIN set, masked with a fresh random key (RFC 6455 5.3)."""
+    length = len(payload)
+    if length < 126:
+        header = struct.pack("!BB", 0x80 | opcode, 0x80 | length)
+    elif length < 1 << 16:
+        header = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, length)
+    else:
+        header = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, length)
+    key = os.urandom(4)
+    # One big-integer XOR runs in C: far cheaper than a Python loop per byte.
+    repeated = (key * (length // 4 + 1))[:length]
+    masked = (int.from_bytes(payload, "little") ^ int.from_bytes(repeated, "little")).to_bytes(
+        length, "little"
+    )
+    return header + key + masked
+
+
+class Stream:
+    """One forwarded connection, as a socket-like object for paramiko.
+
+    Frames are parsed in the caller's thread as it reads: no pump thread and no
+    extra copy through a socket pair (measured on the bed, a pump thread and a
+    socket pair halved throughput: 0.9 against 1.9 Gbit/s for the raw reads).
+    """
+
+    def __init__(self, raw: socket.socket, target: Target) -> None:
+        self._raw = raw
+        self.target = target
+        self._send_lock = threading.Lock()
+        self._reader = FrameReader()
+        self._buf = bytearray(READ_CHUNK)
+        self._view = memoryview(self._buf)
+        self._pending: collections.deque[bytes] = collections.deque()
+        self._eof = False
+        self.error: str | None = None
+
+    # --- the socket interface paramiko uses ---------------------------------------
+
+    def recv(self, size: int) -> bytes:
+        while not self._pending:
+            if self._eof:
+                return b""
+            self._fill()
+        head = self._pending[0]
+        if len(head) <= size:
+            return self._pending.popleft()
+        self._pending[0] = head[size:]
+        return head[:size]
+
+    def send(self, data: bytes) -> int:
+        # Frames stay under READ_CHUNK so the server's reads stay cheap.
+        chunk = bytes(data[: READ_CHUNK - 1])
+        self._send(mask_frame(bytes([DATA_CHANNEL]) + chunk))
+        return len(chunk)
+
+    def sendall(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[self.send(bytes(view)) :]
+
+    def settimeout(self, timeout: float | None) -> None:
+        self._raw.settimeout(timeout)
+
+    def gettimeout(self) -> float | None:
+        return self._raw.gettimeout()
+
+    def fileno(self) -> int:
+        return self._raw.fileno()
+
+    def close(self) -> None:
+        if self._eof and self._raw.fileno() < 0:
+            return
+        self._eof = True
+        with contextlib.suppress(OSError):
+            self._send(mask_frame(struct.pack("!H", 1000), 0x8))
+        with contextlib.suppress(OSError):
+            self._raw.shutdown(socket.SHUT_RDWR)
+        with contextlib.suppress(OSError):
+            self._raw.close()
+
+    # --- frames -------------------------------------------------------------------
+
+    def _send(self, frame: bytes) -> None:
+        with self._send_lock:
+            self._raw.sendall(frame)
+
+    def _fill(self) -> None:
+        n = self._raw.recv_into(self._buf)  # socket.timeout propagates, as paramiko expects
+        if not n:
+            self._eof = True
+            return
+        for channel, opcode, piece in self._reader.feed(self._view[:n]):
+            if channel == DATA_CHANNEL:
+                self._pending.append(bytes(piece))
+            elif channel == ERROR_CHANNEL:
+                self.error = (self.error or "") + bytes(piece).decode(errors="replace")
+                log.warning("port-forward error", pod=self.target.pod, error=self.error)
+            elif opcode == 0x9:
+                self._send(mask_frame(bytes(piece), 0xA))
+            elif opcode == 0x8:
+                self._eof = True
+
+
+def open_stream(open_ws: OpenWebSocket, target: Target) -> Stream:
+    """Open one forwarded connection to the pod's port."""
+    try:
+        ws = open_ws(target.path, [PROTOCOL])
+    except websocket.WebSocketBadStatusException as exc:
+        raise PortForwardError(f"API server refused port-forward to {target.pod}: {exc}") from exc
+    except (OSError, websocket.WebSocketException) as exc:
+        raise PortForwardError(f"port-forward to {target.pod} failed: {exc}") from exc
+    raw = ws.sock  # the handshake is done: the frames are ours
+    if raw is None:
+        raise PortForwardError(f"port-forward to {target.pod}: the WebSocket closed at once")
+    return Stream(raw, target)
+
+
+def port_frame(port: int) -> bytes:
+    """The 2-byte little-endian port announcement the server sends first on a channel."""
+    return struct.pack("<H", port)
