@@ -7,6 +7,7 @@ at the test DNS server, uid/gid 10001, no capabilities, no_new_privs."""
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import io
 import os
 import shutil
@@ -30,14 +31,16 @@ UID = GID = 10001
 SECRET_PATH = "etc/ktpy/secret"  # inside the rootfs
 
 # Runs as root inside the pod's fresh mount namespace; $1 rootfs, $2 workdir,
-# the rest is the command to run chrooted.
+# the rest is the command to run chrooted. The entrypoint runs as PID 1 of
+# a PID namespace nested in one whose PID 1 is the root-run unshare: that
+# one keeps the parent-death signal (setpriv's uid change clears it for the
+# entrypoint), so if pytest is killed the whole pod still goes with it.
 _LAUNCH = r"""
 set -e
 root=$1 work=$2
 shift 2
 mount --bind "$root" "$root"
 mount -o remount,bind,ro "$root"
-mount -t proc -o nosuid,nodev,noexec proc "$root/proc"
 mount -t tmpfs -o nosuid,nodev,mode=1777 tmpfs "$root/tmp"
 mount -t tmpfs -o nosuid,mode=0755 tmpfs "$root/dev"
 for d in null zero full random urandom tty; do
@@ -47,7 +50,7 @@ done
 mount --bind "$work/resolv.conf" "$root/etc/resolv.conf"
 mount --bind "$work/secret" "$root/etc/ktpy/secret"
 mount -o remount,bind,ro "$root/etc/ktpy/secret"
-exec chroot "$root" "$@"
+exec unshare --pid --fork --kill-child --mount-proc="$root/proc" -- chroot "$root" "$@"
 """
 
 
@@ -156,7 +159,8 @@ class ShadowPod:
             with contextlib.suppress(FileNotFoundError, ProcessLookupError):
                 lines = Path(f"/proc/{pid}/status").read_text().splitlines()
                 status = dict(line.split(":\t", 1) for line in lines if ":\t" in line)
-                if len(status.get("NSpid", "").split()) > 1:
+                # host, launcher and pod PID namespaces: only the pod's own
+                if len(status.get("NSpid", "").split()) == 3:
                     found.append(ProcInfo(pid, status["Name"], status))
         return found
 
@@ -250,7 +254,7 @@ def start(
         with (workdir / "pod.log").open("wb") as log:
             proc = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True,
+                start_new_session=True, preexec_fn=_die_with_parent,
             )  # fmt: skip
         pod = ShadowPod(
             ns=ns,
@@ -274,6 +278,12 @@ def start(
             pod.stop()
             raise
     return pod
+
+
+def _die_with_parent() -> None:
+    # If pytest is killed, unshare gets SIGKILL and --kill-child takes the
+    # pod down; the namespace itself goes at the next run (remove_stale).
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
 
 
 def _port(value: str) -> int:

@@ -28,7 +28,7 @@ from ._servers import TcpServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.root]
 
-ANY = "0.0.0.0"  # noqa: S104  (remote forwards must bind every address of the pod)
+ANY = "0.0.0.0"  # remote forwards must bind every address of the pod
 
 MODERN = {
     "kex": {
