@@ -7,9 +7,7 @@ Only modern algorithms are offered; AES-GCM first, as paramiko moves it fastest.
 
 from __future__ import annotations
 
-import contextlib
-import socket
-import threading
+import errno
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -78,16 +76,42 @@ def connect(
 def open_channel(
     transport: paramiko.Transport, host: str, port: int, timeout: float = 10.0
 ) -> paramiko.Channel:
-    """A direct-tcpip channel: the shadow pod dials host:port on our behalf."""
+    """A direct-tcpip channel: the shadow pod dials host:port on our behalf.
+
+    Failures come back as the OSError a local connect() would raise, so callers
+    (SOCKS replies, the TUN stack's RST) need not know SSH.
+    """
     try:
         return transport.open_channel(
             "direct-tcpip", (host, port), ("127.0.0.1", 0), timeout=timeout
         )
     except paramiko.ChannelException as exc:
-        # code 2 is "connect failed": refused or unreachable on the cluster side
-        raise ConnectionRefusedError(f"{host}:{port}: {exc.text}") from exc
+        raise open_failure(exc.code, exc.text, f"{host}:{port}") from exc
     except (paramiko.SSHException, EOFError) as exc:
         raise ConnectionError(f"{host}:{port}: tunnel unavailable: {exc}") from exc
+
+
+# SSH_MSG_CHANNEL_OPEN_FAILURE reason codes (RFC 4254 section 5.1)
+OPEN_ADMINISTRATIVELY_PROHIBITED = 1
+OPEN_CONNECT_FAILED = 2
+
+
+def open_failure(code: int, text: str, target: str) -> OSError:
+    """The OSError matching a refused channel. OpenSSH puts the connect error's
+    text in the description: that is how a refused port is told from an
+    unreachable host."""
+    message = f"{target}: {text}"
+    lowered = text.lower()
+    if code == OPEN_ADMINISTRATIVELY_PROHIBITED:
+        return PermissionError(errno.EACCES, message)
+    if code == OPEN_CONNECT_FAILED and "refused" in lowered:
+        return ConnectionRefusedError(errno.ECONNREFUSED, message)
+    if code == OPEN_CONNECT_FAILED and "network is unreachable" in lowered:
+        return OSError(errno.ENETUNREACH, message)
+    if code == OPEN_CONNECT_FAILED:
+        # no route, unknown name, timed out: the target cannot be reached
+        return OSError(errno.EHOSTUNREACH, message)
+    return OSError(errno.EIO, message)
 
 
 RemoteHandler = Callable[[paramiko.Channel, tuple[str, int], tuple[str, int]], None]
@@ -104,45 +128,3 @@ def request_remote_forward(
     if bound is None:
         raise SshError(f"the shadow pod refused to listen on port {port}")
     return int(bound)
-
-
-def pump(channel: paramiko.Channel, sock: socket.socket, name: str) -> None:
-    """Copy both ways between a channel and a socket until both sides finish.
-
-    One thread per direction; each half-closes its peer on EOF so protocols
-    that rely on a half-close (HTTP/1.0 uploads, rsync) keep working.
-    """
-
-    def channel_to_socket() -> None:
-        try:
-            while data := channel.recv(256 * 1024):
-                sock.sendall(data)
-        except OSError:
-            pass
-        finally:
-            _quiet(sock.shutdown, socket.SHUT_WR)
-
-    def socket_to_channel() -> None:
-        try:
-            while data := sock.recv(256 * 1024):
-                channel.sendall(data)
-        except OSError:
-            pass
-        finally:
-            _quiet(channel.shutdown_write)
-
-    threads = [
-        threading.Thread(target=channel_to_socket, name=f"{name}-in", daemon=True),
-        threading.Thread(target=socket_to_channel, name=f"{name}-out", daemon=True),
-    ]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    _quiet(channel.close)
-    _quiet(sock.close)
-
-
-def _quiet(fn: Callable[..., object], *args: object) -> None:
-    with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
-        fn(*args)

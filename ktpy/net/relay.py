@@ -1,0 +1,64 @@
+"""Copying bytes both ways between two flows until both directions finish.
+
+A flow is anything with recv/sendall/shutdown_write/close: a paramiko channel
+is one as it is, a socket becomes one through SocketFlow. Each direction
+half-closes its peer on EOF, so protocols that rely on a half-close (an HTTP/1.0
+upload, `nc -N`) keep working through the tunnel.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+from typing import Protocol
+
+CHUNK = 256 * 1024
+
+
+class Flow(Protocol):
+    def recv(self, size: int, /) -> bytes: ...
+    def sendall(self, data: bytes, /) -> object: ...
+    def shutdown_write(self) -> None: ...
+    def close(self) -> None: ...
+
+
+class SocketFlow:
+    """A connected socket as a Flow."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    def recv(self, size: int, /) -> bytes:
+        return self.sock.recv(size)
+
+    def sendall(self, data: bytes, /) -> None:
+        self.sock.sendall(data)
+
+    def shutdown_write(self) -> None:
+        self.sock.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _copy(source: Flow, sink: Flow) -> None:
+    try:
+        while data := source.recv(CHUNK):
+            sink.sendall(data)
+    except (OSError, EOFError):
+        pass
+    finally:
+        with contextlib.suppress(OSError, EOFError):
+            sink.shutdown_write()
+
+
+def relay(a: Flow, b: Flow, name: str = "relay") -> None:
+    """Copy a->b and b->a until both directions end, then close both. Blocks."""
+    other = threading.Thread(target=_copy, args=(b, a), name=f"{name}-back", daemon=True)
+    other.start()
+    _copy(a, b)
+    other.join()
+    for flow in (a, b):
+        with contextlib.suppress(OSError, EOFError):
+            flow.close()

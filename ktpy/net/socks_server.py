@@ -1,0 +1,132 @@
+"""The SOCKS5 proxy's I/O: a loopback listener driving the pure handshake.
+
+Each accepted client gets a thread: it feeds the client's bytes to
+Socks5Handshake, opens the flow the handshake asks for with the injected
+`open_flow` (an SSH direct-tcpip channel, wired by the command), answers, and
+relays. The server does not know SSH: it only calls open_flow.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import socket
+import threading
+from collections.abc import Callable
+
+import structlog
+
+from ktpy.net.relay import Flow, SocketFlow, relay
+from ktpy.net.socks5 import (
+    Close,
+    Command,
+    OpenConnection,
+    ReplyCode,
+    Send,
+    Socks5Handshake,
+    StartRelay,
+)
+
+log = structlog.get_logger(__name__)
+
+OpenFlow = Callable[[str, int], Flow]
+HANDSHAKE_TIMEOUT = 10.0
+
+
+def reply_code_for(exc: OSError) -> ReplyCode:
+    """The SOCKS5 reply for a flow that could not be opened."""
+    if isinstance(exc, ConnectionRefusedError):
+        return ReplyCode.CONNECTION_REFUSED
+    if isinstance(exc, PermissionError):
+        return ReplyCode.NOT_ALLOWED
+    if exc.errno == errno.ENETUNREACH:
+        return ReplyCode.NETWORK_UNREACHABLE
+    if exc.errno in (errno.EHOSTUNREACH, errno.ETIMEDOUT):
+        return ReplyCode.HOST_UNREACHABLE
+    return ReplyCode.GENERAL_FAILURE
+
+
+class SocksServer:
+    def __init__(self, open_flow: OpenFlow, host: str = "127.0.0.1", port: int = 2223) -> None:
+        self.open_flow = open_flow
+        self._listener = socket.create_server((host, port), reuse_port=False, backlog=256)
+        self.address: tuple[str, int] = self._listener.getsockname()[:2]
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._accept_loop, name="socks-accept", daemon=True)
+        self.connections = 0
+
+    def start(self) -> SocksServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopping.set()
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)
+        with contextlib.suppress(OSError):
+            self._listener.close()
+
+    def _accept_loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                if self._stopping.is_set():
+                    return
+                continue
+            self.connections += 1
+            conn = self.connections
+            threading.Thread(
+                target=self._serve, args=(client, conn), name=f"socks-{conn}", daemon=True
+            ).start()
+
+    def _serve(self, client: socket.socket, conn: int) -> None:
+        clog = log.bind(conn=conn)
+        handshake = Socks5Handshake()
+        client.settimeout(HANDSHAKE_TIMEOUT)
+        try:
+            while True:
+                data = client.recv(4096)
+                if not data:
+                    client.close()
+                    return
+                if self._carry_out(client, handshake, handshake.receive_data(data)):
+                    return
+        except OSError as exc:
+            clog.debug("socks client gone", reason=str(exc))
+            with contextlib.suppress(OSError):
+                client.close()
+
+    def _carry_out(
+        self, client: socket.socket, handshake: Socks5Handshake, commands: list[Command]
+    ) -> bool:
+        """Carry out commands; True once the connection is handed off or closed."""
+        queue: list[Command] = list(commands)
+        flow: Flow | None = None
+        while queue:
+            command = queue.pop(0)
+            if isinstance(command, Send):
+                client.sendall(command.data)
+            elif isinstance(command, Close):
+                client.close()
+                return True
+            elif isinstance(command, OpenConnection):
+                try:
+                    flow = self.open_flow(command.host, command.port)
+                except OSError as exc:
+                    log.info(
+                        "socks target failed",
+                        target=f"{command.host}:{command.port}",
+                        reason=str(exc),
+                    )
+                    queue = list(handshake.connection_failed(reply_code_for(exc))) + queue
+                    continue
+                queue = list(handshake.connection_opened()) + queue
+            elif isinstance(command, StartRelay):
+                assert flow is not None, "the handshake relays only after a flow opened"
+                client.settimeout(None)
+                if command.early_data:
+                    flow.sendall(command.early_data)
+                relay(SocketFlow(client), flow, name="socks")
+                return True
+        return False
