@@ -27,7 +27,8 @@ for p in "$ssh_port" "$dns_port"; do
 done
 
 log "starting role=${KTPY_ROLE:-unset} uid=$(id -u) gid=$(id -g) ssh_port=$ssh_port dns_port=$dns_port"
-[ "$(id -u)" != 0 ] || log "warning: running as root; the pod should set runAsUser 10001"
+# Root is never intended (and sshd would then want /run/sshd): say so plainly.
+[ "$(id -u)" != 0 ] || die "running as root; the pod must set runAsUser 10001 (runAsNonRoot)"
 
 # The Secret's files are root-owned and group/world readable, which sshd
 # refuses for a host key: copy them into a directory only we can read.

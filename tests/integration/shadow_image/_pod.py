@@ -211,6 +211,7 @@ def start(
     secret: dict[str, str] | None = None,
     secret_mode: int = SECRET_MODE,
     secret_gid: int = SECRET_GID,
+    user: str | None = None,
     wait: bool = True,
 ) -> ShadowPod:
     """Start a pod; secret replaces the Secret's files (default: the contract's three)."""
@@ -239,8 +240,9 @@ def start(
             udp=_netns.listen_in(ns.name, "127.0.0.1", 53, socket.SOCK_DGRAM),
             tcp=_netns.listen_in(ns.name, "127.0.0.1", 53),
         )
-        user = cfg.get("User", "")
-        assert user.isdigit(), f"image User must be numeric for runAsNonRoot, got {user!r}"
+        image_user = cfg.get("User", "")
+        assert image_user.isdigit(), f"image User must be numeric for runAsNonRoot: {image_user!r}"
+        user = user or image_user  # like the pod's runAsUser overriding the image
         argv = [
             "ip", "netns", "exec", ns.name,
             "unshare", "--mount", "--pid", "--fork", "--kill-child", "--propagation", "private",

@@ -68,6 +68,12 @@ def test_refuses_to_start_without_the_secret(start_pod: StartPod, missing: str) 
     assert f"cannot read /etc/ktpy/secret/{missing}" in pod.log()
 
 
+def test_refuses_to_run_as_root(start_pod: StartPod) -> None:
+    pod = start_pod(user="0", wait=False)
+    assert pod.wait_exit() == 1
+    assert "running as root" in pod.log()
+
+
 def test_refuses_a_bad_port(start_pod: StartPod) -> None:
     pod = start_pod(env={"KTPY_SSH_PORT": "ssh"}, wait=False)
     assert pod.wait_exit() == 1
