@@ -42,9 +42,17 @@ class Symlink:
     target: str
 
 
+@dataclass(frozen=True)
+class Directory:
+    """An explicit directory in a mapped layer (e.g. /tmp with mode 0o1777)."""
+
+    mode: int = 0o755
+
+
 FileSource: TypeAlias = bytes | Path
-# {path-in-image: (content, mode)} or a Symlink; parent directories are added as 0755.
-LayerMap: TypeAlias = Mapping[str, "tuple[FileSource, int] | Symlink"]
+# {path-in-image: (content, mode)}, a Symlink or a Directory; parent directories
+# that are not listed are added with mode 0755.
+LayerMap: TypeAlias = Mapping[str, "tuple[FileSource, int] | Symlink | Directory"]
 Layer: TypeAlias = Path | LayerMap
 
 
@@ -164,14 +172,16 @@ def _clean(path: str) -> str:
 def _map_entries(
     layer: LayerMap,
 ) -> Iterator[tuple[tarfile.TarInfo, FileSource | None]]:
-    files: dict[str, tuple[FileSource, int] | Symlink] = {_clean(k): v for k, v in layer.items()}
-    dirs = {"/".join(p.split("/")[:i]) for p in files for i in range(1, p.count("/") + 1)}
-    clash = dirs & files.keys()
+    entries = {_clean(k): v for k, v in layer.items()}
+    files = {k: v for k, v in entries.items() if not isinstance(v, Directory)}
+    dirs = {k: v.mode for k, v in entries.items() if isinstance(v, Directory)}
+    parents = {"/".join(p.split("/")[:i]) for p in entries for i in range(1, p.count("/") + 1)}
+    clash = parents & files.keys()
     if clash:
         raise ValueError(f"paths used both as file and directory: {sorted(clash)}")
-    for name in sorted(dirs | files.keys()):
-        if name in dirs:
-            yield _tarinfo(name, tarfile.DIRTYPE, 0o755), None
+    for name in sorted(parents | entries.keys()):
+        if name not in files:
+            yield _tarinfo(name, tarfile.DIRTYPE, dirs.get(name, 0o755) & 0o7777), None
             continue
         value = files[name]
         if isinstance(value, Symlink):

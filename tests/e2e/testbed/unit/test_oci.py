@@ -126,6 +126,7 @@ def test_mapped_layer_has_parents_modes_and_no_ownership(tmp_path: Path) -> None
                 "usr/local/bin/tool": (source, 0o755),
                 "/etc/conf": (b"x=1\n", 0o600),
                 "usr/bin/tool": oci.Symlink("../local/bin/tool"),
+                "tmp": oci.Directory(0o1777),
             }
         ],
         oci.ImageConfig(),
@@ -138,6 +139,7 @@ def test_mapped_layer_has_parents_modes_and_no_ownership(tmp_path: Path) -> None
         assert set(entries) == {
             "etc",
             "etc/conf",
+            "tmp",
             "usr",
             "usr/bin",
             "usr/bin/tool",
@@ -149,6 +151,8 @@ def test_mapped_layer_has_parents_modes_and_no_ownership(tmp_path: Path) -> None
         assert entries["usr/local"].mode == 0o755
         assert entries["usr/local/bin/tool"].mode == 0o755
         assert entries["etc/conf"].mode == 0o600
+        assert entries["tmp"].isdir()
+        assert entries["tmp"].mode == 0o1777
         assert entries["usr/bin/tool"].issym()
         assert entries["usr/bin/tool"].linkname == "../local/bin/tool"
         for m in entries.values():
