@@ -10,7 +10,7 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(dirname "$here")
 
-usage() { sed -n '2,3p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//' >&2; exit "${1:-2}"; }
 
 # The image is tagged with ktpy's own version so CLI and image always match.
 version=$(sed -n 's/^__version__ *= *["'\'']\([^"'\'']*\)["'\''].*/\1/p' "$root/ktpy/__init__.py" 2>/dev/null | head -n1)
@@ -25,7 +25,7 @@ while [ $# -gt 0 ]; do
         --tag=*) tag=${1#--tag=}; shift ;;
         --out) [ $# -ge 2 ] || usage; out=$2; shift 2 ;;
         --out=*) out=${1#--out=}; shift ;;
-        -h|--help) usage ;;
+        -h|--help) usage 0 ;;
         *) echo "build.sh: unknown argument: $1" >&2; usage ;;
     esac
 done
