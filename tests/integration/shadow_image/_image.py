@@ -59,8 +59,16 @@ def _have_image(ref: str) -> bool:
 
 
 def ensure_base_image() -> None:
-    """The bed has no registry: make the base from debootstrap if buildah
-    does not have it (the test bed's tests/e2e/testbed does the same)."""
+    """There is no registry: the base must already be in buildah's storage.
+    The test bed's recipe makes it (one recipe for every image, with the
+    host's apt sources); a plain debootstrap is the fallback without it."""
+    try:
+        from tests.e2e.testbed.images import ensure_debian_base
+    except ImportError:
+        pass
+    else:
+        ensure_debian_base()
+        return
     if _have_image(BASE_IMAGE):
         return
     rootfs = CACHE / "base-rootfs"
