@@ -83,7 +83,9 @@ def default_cache_dir() -> Path:
 
 
 def _log(message: str) -> None:
-    print(f"[ktbed images {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+    # One write per line: the two build lanes log from two threads.
+    sys.stderr.write(f"[ktbed images {time.strftime('%H:%M:%S')}] {message}\n")
+    sys.stderr.flush()
 
 
 def _run(

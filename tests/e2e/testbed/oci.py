@@ -322,6 +322,7 @@ def _write_outer_tar(out: Path, index: bytes, blobs: Mapping[str, bytes | Path])
             tar.addfile(
                 _tarinfo("oci-layout", tarfile.REGTYPE, 0o644, len(layout)), io.BytesIO(layout)
             )
+        tmp.chmod(0o644)  # mkstemp makes 0600; archives are not secret
         tmp.replace(out)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -468,6 +469,7 @@ def set_archive_ref(path: Path, ref: str) -> None:
                         dst.addfile(member, src.extractfile(member))
                     else:
                         dst.addfile(member)
+            tmp.chmod(0o644)
             tmp.replace(path)
         except BaseException:
             tmp.unlink(missing_ok=True)
