@@ -19,11 +19,15 @@ Conventions every implementation keeps:
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from enum import StrEnum
 from typing import Any, Protocol, runtime_checkable
+from urllib.parse import quote
 
 import websocket
 
@@ -269,3 +273,373 @@ class ClusterApi(Protocol):
         """A WebSocket to ``path`` on the API server (e.g. a pod's ``portforward``
         subresource), opened with this client's address, TLS and credentials."""
         ...
+
+
+# --- the real client ------------------------------------------------------------------------
+
+WATCH_READ_MARGIN_SECONDS = 10
+DEFAULT_TIMEOUT_SECONDS = 15.0
+
+
+def resource_path(
+    kind: Kind,
+    namespace: str | None,
+    name: str | None = None,
+    subresource: str | None = None,
+) -> str:
+    """The REST path of a kind, optionally one object and a subresource of it.
+
+    ``namespace`` None (or a cluster-scoped kind) leaves the namespace out,
+    which for a list of a namespaced kind means "all namespaces".
+    """
+    group_version = kind.api_version
+    base = "/api/v1" if group_version == "v1" else f"/apis/{group_version}"
+    parts = [base]
+    if kind.namespaced and namespace:
+        parts.append(f"namespaces/{quote(namespace, safe='')}")
+    parts.append(kind.plural)
+    if name is not None:
+        parts.append(quote(name, safe=""))
+        if subresource:
+            parts.append(subresource)
+    return "/".join(parts)
+
+
+def with_kind(kind: Kind, body: JsonObject) -> JsonObject:
+    """List and watch items may lack ``kind``/``apiVersion``; ktpy's views rely on them."""
+    body.setdefault("kind", kind.value)
+    body.setdefault("apiVersion", kind.api_version)
+    return body
+
+
+def parse_watch_line(line: bytes, *, kind: Kind, namespace: str | None) -> WatchEvent:
+    """One line of a watch stream; an ERROR event becomes the matching exception."""
+    try:
+        data = json.loads(line)
+        event_type = str(data["type"])
+        obj = data["object"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ServerError(f"unreadable watch event: {line[:200]!r}") from exc
+    if event_type == "ERROR":
+        code = int(obj.get("code") or 500)
+        raise error_from_status(code, obj, verb="watch", kind=kind, namespace=namespace)
+    try:
+        typed = WatchEventType(event_type)
+    except ValueError as exc:
+        raise ServerError(f"unknown watch event type {event_type!r}") from exc
+    return WatchEvent(typed, with_kind(kind, obj))
+
+
+class KubernetesApi:
+    """``ClusterApi`` over the official client's configuration and HTTP pool.
+
+    The kubeconfig is read by ``kubernetes.config`` (exec credential plugins,
+    OIDC, ``proxy-url``, token refresh during a long session all come with
+    it); requests are plain JSON, not the generated models, so every field of
+    an object survives a read-modify-write.
+    """
+
+    def __init__(self, api_client: Any, *, timeout: float = DEFAULT_TIMEOUT_SECONDS) -> None:
+        self._client = api_client
+        self._timeout = timeout
+
+    @classmethod
+    def from_kubeconfig(
+        cls,
+        paths: Sequence[str | os.PathLike[str]],
+        context: str | None = None,
+        *,
+        timeout: float = DEFAULT_TIMEOUT_SECONDS,
+    ) -> KubernetesApi:
+        from kubernetes import config as kube_config  # slow import: only when used
+
+        try:
+            client = kube_config.new_client_from_config(  # type: ignore[no-untyped-call]
+                config_file=os.pathsep.join(str(p) for p in paths),
+                context=context,
+                persist_config=False,
+            )
+        except kube_config.ConfigException as exc:
+            raise ClusterUnreachable(
+                f"cannot use the kubeconfig: {exc}",
+                hint="Check --kubeconfig/KUBECONFIG and --context; 'kubectl config view' helps.",
+            ) from exc
+        return cls(client, timeout=timeout)
+
+    @property
+    def host(self) -> str:
+        return str(self._client.configuration.host)
+
+    # --- HTTP ---------------------------------------------------------------------------
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: Sequence[tuple[str, str]] = (),
+        body: Any = None,
+        content_type: str = "application/json",
+        timeout: float | tuple[float, float] | None = None,
+    ) -> Any:
+        """Send a request; the raw response (streaming, not yet read)."""
+        from kubernetes.client.exceptions import ApiException
+        from urllib3.exceptions import HTTPError
+
+        headers = {"Accept": "application/json", "Content-Type": content_type}
+        try:
+            method, url, headers, body, _ = self._client.param_serialize(
+                method=method,
+                resource_path=path,
+                query_params=list(query),
+                header_params=headers,
+                body=body,
+                auth_settings=["BearerToken"],
+            )
+            return self._client.call_api(
+                method,
+                url,
+                header_params=headers,
+                body=body,
+                _request_timeout=timeout if timeout is not None else self._timeout,
+            )
+        except (HTTPError, OSError, ApiException) as exc:
+            reason = getattr(exc, "reason", None) or exc
+            raise ClusterUnreachable(
+                f"cannot reach the API server at {self.host}: {reason}"
+            ) from exc
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        verb: str,
+        kind: Kind,
+        namespace: str | None,
+        query: Sequence[tuple[str, str]] = (),
+        body: Any = None,
+        content_type: str = "application/json",
+    ) -> tuple[JsonObject, str | None]:
+        """A request with a JSON answer: (body, Date header); errors raised as typed."""
+        response = self._send(method, path, query=query, body=body, content_type=content_type)
+        raw = response.read()
+        date = response.headers.get("Date")
+        try:
+            data = json.loads(raw) if raw else {}
+        except ValueError:
+            data = None
+        if response.status >= 400:
+            raise error_from_status(
+                response.status,
+                data if isinstance(data, dict) else None,
+                verb=verb,
+                kind=kind,
+                namespace=namespace,
+            )
+        if not isinstance(data, dict):
+            raise ServerError(f"unexpected answer to {method} {path}: {raw[:200]!r}")
+        return data, date
+
+    # --- ClusterApi -------------------------------------------------------------------------
+
+    def server_time(self) -> datetime:
+        response = self._send("GET", "/version")
+        response.read()
+        date = response.headers.get("Date")
+        if not date:
+            raise ServerError("the API server sent no Date header")
+        moment = parsedate_to_datetime(date)
+        return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+    def get(self, kind: Kind, namespace: str, name: str) -> JsonObject:
+        data, _ = self._call(
+            "GET", resource_path(kind, namespace, name), verb="get", kind=kind, namespace=namespace
+        )
+        return with_kind(kind, data)
+
+    def list_objects(
+        self,
+        kind: Kind,
+        namespace: str | None,
+        *,
+        label_selector: str = "",
+        field_selector: str = "",
+    ) -> ListResult:
+        query = [("labelSelector", label_selector)] if label_selector else []
+        if field_selector:
+            query.append(("fieldSelector", field_selector))
+        data, _ = self._call(
+            "GET",
+            resource_path(kind, namespace),
+            verb="list",
+            kind=kind,
+            namespace=namespace,
+            query=query,
+        )
+        items = tuple(with_kind(kind, item) for item in data.get("items") or [])
+        version = str((data.get("metadata") or {}).get("resourceVersion", ""))
+        return ListResult(items, version)
+
+    def create(self, kind: Kind, namespace: str, body: Mapping[str, Any]) -> JsonObject:
+        data, _ = self._call(
+            "POST",
+            resource_path(kind, namespace),
+            verb="create",
+            kind=kind,
+            namespace=namespace,
+            body=dict(body),
+        )
+        return with_kind(kind, data)
+
+    def replace(self, kind: Kind, namespace: str, name: str, body: Mapping[str, Any]) -> JsonObject:
+        data, _ = self._call(
+            "PUT",
+            resource_path(kind, namespace, name),
+            verb="update",
+            kind=kind,
+            namespace=namespace,
+            body=dict(body),
+        )
+        return with_kind(kind, data)
+
+    def patch(
+        self,
+        kind: Kind,
+        namespace: str,
+        name: str,
+        patch: Mapping[str, Any] | Sequence[Mapping[str, Any]],
+        *,
+        patch_type: PatchType = PatchType.MERGE,
+    ) -> JsonObject:
+        body: Any = dict(patch) if isinstance(patch, Mapping) else [dict(op) for op in patch]
+        data, _ = self._call(
+            "PATCH",
+            resource_path(kind, namespace, name),
+            verb="patch",
+            kind=kind,
+            namespace=namespace,
+            body=body,
+            content_type=patch_type.value,
+        )
+        return with_kind(kind, data)
+
+    def delete(
+        self,
+        kind: Kind,
+        namespace: str,
+        name: str,
+        *,
+        uid: str | None = None,
+        grace_period_seconds: int | None = None,
+    ) -> bool:
+        options: JsonObject = {
+            "kind": "DeleteOptions",
+            "apiVersion": "v1",
+            "propagationPolicy": "Background",
+        }
+        if uid is not None:
+            options["preconditions"] = {"uid": uid}
+        if grace_period_seconds is not None:
+            options["gracePeriodSeconds"] = grace_period_seconds
+        try:
+            self._call(
+                "DELETE",
+                resource_path(kind, namespace, name),
+                verb="delete",
+                kind=kind,
+                namespace=namespace,
+                body=options,
+            )
+        except NotFound:
+            return False
+        return True
+
+    def watch(
+        self,
+        kind: Kind,
+        namespace: str | None,
+        *,
+        label_selector: str = "",
+        field_selector: str = "",
+        resource_version: str = "",
+        timeout_seconds: int = 60,
+    ) -> Iterator[WatchEvent]:
+        from urllib3.exceptions import HTTPError
+
+        query = [
+            ("watch", "true"),
+            ("allowWatchBookmarks", "true"),
+            ("timeoutSeconds", str(timeout_seconds)),
+        ]
+        if label_selector:
+            query.append(("labelSelector", label_selector))
+        if field_selector:
+            query.append(("fieldSelector", field_selector))
+        if resource_version:
+            query.append(("resourceVersion", resource_version))
+        response = self._send(
+            "GET",
+            resource_path(kind, namespace),
+            query=query,
+            # Connect timeout as usual; reads may be quiet until the server's own timeout.
+            timeout=(self._timeout, timeout_seconds + WATCH_READ_MARGIN_SECONDS),
+        )
+        raw = response.response
+        try:
+            if response.status >= 400:
+                text = raw.read()
+                try:
+                    status_body = json.loads(text)
+                except ValueError:
+                    status_body = None
+                raise error_from_status(
+                    response.status,
+                    status_body if isinstance(status_body, dict) else None,
+                    verb="watch",
+                    kind=kind,
+                    namespace=namespace,
+                )
+            pending = b""
+            try:
+                for chunk in raw.stream(64 * 1024, decode_content=True):
+                    pending += chunk
+                    *lines, pending = pending.split(b"\n")
+                    for line in lines:
+                        if line.strip():
+                            yield parse_watch_line(line, kind=kind, namespace=namespace)
+            except HTTPError:
+                # The server ended the watch (timeout or a dropped connection): the caller
+                # re-watches from the last resourceVersion it saw.
+                return
+        finally:
+            raw.release_conn()
+
+    def namespaces(self) -> list[str]:
+        listed = self.list_objects(Kind.NAMESPACE, None)
+        return sorted(str(item["metadata"]["name"]) for item in listed.items)
+
+    def open_websocket(self, path: str, subprotocols: Sequence[str]) -> websocket.WebSocket:
+        from kubernetes.stream.ws_client import create_websocket
+
+        configuration = self._client.configuration
+        headers = {"sec-websocket-protocol": ",".join(subprotocols)}
+        token = configuration.auth_settings().get("BearerToken")
+        if token and token.get("value"):
+            headers["authorization"] = token["value"]
+        url = configuration.host + path
+        if url.startswith("https://"):
+            url = "wss://" + url[len("https://") :]
+        elif url.startswith("http://"):
+            url = "ws://" + url[len("http://") :]
+        try:
+            socket_: websocket.WebSocket = create_websocket(  # type: ignore[no-untyped-call]
+                configuration, url, headers
+            )
+        except websocket.WebSocketBadStatusException as exc:
+            raise error_from_status(
+                exc.status_code, None, verb="create", kind=Kind.POD, namespace=None
+            ) from exc
+        except (OSError, websocket.WebSocketException) as exc:
+            raise ClusterUnreachable(f"cannot open {path} on {self.host}: {exc}") from exc
+        return socket_
