@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from ktpy import __version__, logs
+from ktpy import __version__, logs, params
 from ktpy.commands import COMMANDS
 from ktpy.config import DEFAULT_IMAGE, Settings, load_settings
 from ktpy.errors import InternalError, Interrupted, KtpyError
@@ -55,7 +55,7 @@ class KtpyGroup(click.Group):
 @click.option(
     "-n",
     "--namespace",
-    metavar="NAME",
+    type=params.NAME,
     help="Namespace to work in.  [default: the context's namespace, else default]",
 )
 @click.option("--image", metavar="IMAGE", help=f"Shadow pod image.  [default: {DEFAULT_IMAGE}]")

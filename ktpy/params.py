@@ -223,7 +223,26 @@ class PortType(_ParserType[int]):
         return self._run(parse_port_number, str(value).strip(), param, ctx)
 
 
+def parse_dns1123_label(text: str) -> str:
+    if not is_dns1123_label(text):
+        raise ValueError(
+            f"{text!r} is not a valid name: lowercase letters, digits and inner '-', "
+            "at most 63 characters"
+        )
+    return text
+
+
+class NameType(_ParserType[str]):
+    """A Kubernetes object name such as a namespace's (DNS-1123 label)."""
+
+    name = "NAME"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        return self._run(parse_dns1123_label, str(value), param, ctx)
+
+
 EXPOSE = ExposeType()
+NAME = NameType()
 VERSION_MARK = VersionMarkType()
 CIDR = CidrType()
 DURATION = DurationType()

@@ -150,3 +150,11 @@ def test_bad_log_format_is_a_usage_error() -> None:
     assert result.exit_code == 2
     assert "'xml' is not one of" in result.stderr
     assert not seen
+
+
+@pytest.mark.usefixtures("with_probe")
+def test_bad_namespace_flag_is_a_usage_error_before_anything_runs() -> None:
+    result = run("-n", "Bad_NS", "probe")
+    assert result.exit_code == 2
+    assert "'Bad_NS' is not a valid name" in result.stderr
+    assert not seen

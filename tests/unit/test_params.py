@@ -9,6 +9,7 @@ from ktpy.params import (
     CIDR,
     DURATION,
     EXPOSE,
+    NAME,
     PORT,
     VERSION_MARK,
     DurationType,
@@ -154,6 +155,7 @@ class TestCidr:
 @click.option("--every", type=DURATION)
 @click.option("--short", type=DurationType(minimum=timedelta(seconds=1)))
 @click.option("--port", type=PORT)
+@click.option("--name", type=NAME)
 def probe(**values: object) -> None:
     click.echo(repr(values))
 
@@ -194,6 +196,8 @@ class TestParamTypesAtTheEdge:
             (["--every", "0s"], "must be longer than 0s"),
             (["--port", "0"], "out of range"),
             (["--port", "x"], "not a port number"),
+            (["--name", "Dev"], "not a valid name"),
+            (["--name", "a" * 64], "not a valid name"),
         ],
     )
     def test_bad_values_are_usage_errors(self, args: list[str], message: str) -> None:
