@@ -280,3 +280,7 @@ def echo(bed: Bed, namespace: str) -> str:
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # A test that takes the bed down must run after every test that needs it.
     items.sort(key=lambda item: item.get_closest_marker("bed_teardown") is not None)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "bed_teardown: takes the test bed down; sorted to run last")

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
+import re
 import signal
 import sys
 import time
@@ -54,9 +57,7 @@ def up(shadow_archive: Path | None = None) -> None:
         down()
     binary = kubebuild.build()
     kubebuild.link_components(binary)
-    from . import images  # the image pipeline is optional for `down` and `status`
-
-    archives = images.build_all(config.CACHE_DIR / "images")
+    archives = _all_archives(shadow_archive)
     log(f"binaries and images ready after {time.monotonic() - started:.1f}s")
 
     for d in (config.STATE_DIR, config.RUN_DIR, config.LOG_DIR):
@@ -72,8 +73,6 @@ def up(shadow_archive: Path | None = None) -> None:
     node.write_cni_config()
     node.start("containerd")
     _import(archives)
-    if shadow_archive:
-        _import({"shadow": shadow_archive})
     for component in ("kubelet", "kube-proxy"):
         node.start(component)
         log(f"{component} healthy")
@@ -86,19 +85,62 @@ def up(shadow_archive: Path | None = None) -> None:
     log(f"up in {time.monotonic() - started:.1f}s; {export_line()}")
 
 
+IMPORTED = config.STATE_DIR / "imported.json"
+
+
 def _import(archives: dict[str, Path]) -> None:
+    """Import each archive not imported yet into the bed's containerd. Keyed by
+    archive path (which carries its content hash), so a rebuilt image replaces
+    the old one under the same name."""
+    done = set(json.loads(IMPORTED.read_text())) if IMPORTED.exists() else set()
     present = node.image_refs()
-    todo = [p for ref, p in archives.items() if ref not in present]
-    for path in todo:
+    for ref, path in archives.items():
+        if str(path) in done and ref in present:
+            continue
         run(node.ctr("images", "import", str(path)))
+        done.add(str(path))
+    IMPORTED.write_text(json.dumps(sorted(done)))
 
 
 def _ensure_images(shadow_archive: Path | None) -> None:
+    _import(_all_archives(shadow_archive))
+
+
+def _all_archives(shadow_archive: Path | None) -> dict[str, Path]:
+    from . import images  # the image pipeline is needed by `up` only
+
+    archives = images.build_all(config.CACHE_DIR / "images")
+    if shadow_archive is None:
+        shadow_archive = build_shadow_image()
+    archives[shadow_ref()] = shadow_archive
+    return archives
+
+
+def shadow_ref() -> str:
+    """The default image ktpy of this checkout asks for: tagged with its version."""
+    init = (config.REPO_ROOT / "ktpy" / "__init__.py").read_text()
+    version = re.search(r'__version__ = "([^"]+)"', init)
+    assert version, "ktpy/__init__.py has no __version__"
+    return f"ghcr.io/ktpy/shadow:{version.group(1)}"
+
+
+def build_shadow_image() -> Path:
+    """The shadow image from shadow-image/, as users build it, cached by content."""
     from . import images
 
-    _import(images.build_all(config.CACHE_DIR / "images"))
-    if shadow_archive:
-        _import({"shadow": shadow_archive})
+    context = config.REPO_ROOT / "shadow-image"
+    digest = hashlib.sha256()
+    for path in sorted(context.rglob("*")):
+        if path.is_file():
+            digest.update(path.relative_to(context).as_posix().encode())
+            digest.update(path.read_bytes())
+    ref = shadow_ref()
+    tag = ref.rsplit(":", 1)[1]
+    out = config.CACHE_DIR / "images" / f"shadow_{tag}-{digest.hexdigest()[:16]}.tar"
+    if not out.exists():
+        log(f"building the shadow image {ref}")
+        images.build_dockerfile_image(context, ref, out)
+    return out
 
 
 def _start_resolver() -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shlex
 from pathlib import Path
 
 from . import config, procs
@@ -291,7 +292,7 @@ def remove_chains() -> None:
                 if line.startswith("-N ") and line.split()[1].startswith(CHAIN_PREFIXES)
             }
             for line in listing:
-                words = line.split()
+                words = shlex.split(line)  # comments are quoted and hold spaces
                 if words[:1] != ["-A"] or words[1] in ours:
                     continue
                 if "-j" in words and words[words.index("-j") + 1] in ours:
