@@ -6,7 +6,7 @@ built by buildah on a base made with debootstrap. Every archive is cached under 
 that hashes its inputs, so a warm `build_all` only reads and hashes files.
 
     python -m tests.e2e.testbed.images build      # prints "ref -> archive" per image
-    python -m tests.e2e.testbed.images import --address /run/containerd/containerd.sock
+    python -m tests.e2e.testbed.images import --address /path/to/containerd.sock
 """
 
 from __future__ import annotations
@@ -68,6 +68,21 @@ def _coredns_version() -> str:
 
 COREDNS_REF = f"ktbed.local/coredns:{_coredns_version()}"
 ALL_REFS = (PAUSE_REF, COREDNS_REF, ECHO_REF, NGINX_REF, CLIENT_REF)
+
+
+# ktbed-echo's /bytes?n=N body: byte i is i % 251 (see images/workloads/pattern.go).
+ECHO_BYTES_PERIOD = 251
+
+
+def echo_bytes_sha256(n: int) -> str:
+    """The sha256 hex digest of ktbed-echo's `/bytes?n=N` body, without building it whole."""
+    block = bytes(range(ECHO_BYTES_PERIOD)) * 4096  # whole periods, so blocks chain
+    h = hashlib.sha256()
+    while n > 0:
+        chunk = block[: min(n, len(block))]
+        h.update(chunk)
+        n -= len(chunk)
+    return h.hexdigest()
 
 
 class ImageBuildError(RuntimeError):
@@ -593,8 +608,12 @@ def build_all(
             results = [builder.static_lane(), builder.debian_lane()]
         archives = {ref: path for result in results for ref, path in result.items()}
         ordered = {ref: archives[ref] for ref in ALL_REFS}
-        index = {ref: str(path) for ref, path in ordered.items()}
-        (cache_dir / "images.json").write_text(json.dumps(index, indent=2) + "\n")
+        # ref -> archive for shell scripts; rewritten only when it changes, so a
+        # warm call writes nothing.
+        index_file = cache_dir / "images.json"
+        index = json.dumps({ref: str(path) for ref, path in ordered.items()}, indent=2) + "\n"
+        if not index_file.exists() or index_file.read_text() != index:
+            index_file.write_text(index)
         return ordered
 
 
@@ -618,7 +637,7 @@ def main(argv: list[str] | None = None) -> int:
     build.add_argument("--cache-dir", type=Path, default=None, help="default: $KTBED_CACHE/images")
     build.add_argument("--serial", action="store_true", help="one build at a time")
     imp = sub.add_parser("import", help="build, then import every archive into a containerd")
-    imp.add_argument("--address", default="/run/containerd/containerd.sock")
+    imp.add_argument("--address", required=True, help="containerd socket")
     imp.add_argument("--cache-dir", type=Path, default=None)
     sub.add_parser("base", help="make the Debian base image in buildah's storage if missing")
     args = parser.parse_args(argv)

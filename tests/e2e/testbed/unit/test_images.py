@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import pytest
@@ -85,3 +86,15 @@ def test_static_base_has_the_nonroot_user() -> None:
     assert isinstance(passwd[0], bytes)
     assert b":65532:65532:" in passwd[0]
     assert base["tmp"] == oci.Directory(0o1777)
+
+
+@pytest.mark.parametrize("n", [0, 1, 250, 251, 252, 251 * 4096 + 7, 3 * 251 * 4096])
+def test_echo_bytes_digest_matches_the_documented_pattern(n: int) -> None:
+    expected = hashlib.sha256(bytes(i % 251 for i in range(n))).hexdigest()
+    assert images.echo_bytes_sha256(n) == expected
+
+
+def test_echo_bytes_digest_of_100_mib() -> None:
+    # What `curl /bytes?n=104857600 | sha256sum` gave from ktbed-echo run from its image.
+    digest = "85a38859acdd54fd3381d9f1e0d4c8ad8158f2c66c0a496d1756585056ebed76"
+    assert images.echo_bytes_sha256(100 * 1024 * 1024) == digest
