@@ -182,15 +182,16 @@ class Laptop:
         )
 
 
-# Laptops 1 and 2 are the bed's standing ones; tests get their own from 10 up.
-_laptop_numbers = itertools.count(10)
+# Laptops 1 and 2 are the bed's standing ones; tests get their own (config.E2E_LAPTOPS).
+_laptop_numbers = itertools.count()
 
 
 @pytest.fixture
 def laptop(bed: Bed, request: pytest.FixtureRequest) -> Iterator[Laptop]:
     """A fresh laptop per test; parametrize indirectly with "plain" or "resolved"."""
     resolver_flavour = getattr(request, "param", "plain")
-    number = 10 + next(_laptop_numbers) % (config.MAX_LAPTOPS - 9)
+    span = config.E2E_LAPTOPS
+    number = span.start + next(_laptop_numbers) % len(span)
     name = hostnet.create_laptop(number, resolver_flavour)
     yield Laptop(number, name, resolver_flavour)
     hostnet.delete_laptop(name)

@@ -17,7 +17,6 @@ from .procs import run
 
 READY_MARKER = config.STATE_DIR / "ready"
 RESOLVER = "resolver"
-DEFAULT_LAPTOPS = (1, 2)
 
 
 def log(message: str) -> None:
@@ -186,7 +185,7 @@ def _wait_workloads() -> None:
 
 
 def _ensure_laptops() -> None:
-    for n in DEFAULT_LAPTOPS:
+    for n in config.BED_LAPTOPS:
         hostnet.create_laptop(n)
 
 

@@ -45,7 +45,11 @@ POD_BRIDGE = "cni0"
 LAPTOP_NET = ipaddress.ip_network("10.251.0.0/16")
 LAPTOP_PREFIX = "laptop-"
 LAPTOP_VETH_PREFIX = "ktlap-"
-MAX_LAPTOPS = 32
+MAX_LAPTOPS = 64
+# Who uses which laptop numbers, so suites running side by side never share one.
+BED_LAPTOPS = range(1, 3)  # made by `up`
+E2E_LAPTOPS = range(10, 40)  # the pytest `laptop` fixture
+INTEGRATION_LAPTOPS = range(40, 64)  # integration tests that need a laptop-like namespace
 
 # The bed's own resolver: answers TEST_DOMAIN, NXDOMAIN for the rest, logs every query.
 RESOLVER_IP = NODE_IP
