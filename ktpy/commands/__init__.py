@@ -9,4 +9,8 @@ from __future__ import annotations
 
 import click
 
-COMMANDS: tuple[click.Command, ...] = ()
+from ktpy.commands.clean import clean
+from ktpy.commands.connect import connect
+from ktpy.commands.status import status
+
+COMMANDS: tuple[click.Command, ...] = (connect, status, clean)

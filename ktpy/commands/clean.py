@@ -1,0 +1,105 @@
+"""`ktpy clean`: remove what dead or stale sessions left in the cluster, and put
+back what they modified. A live session is never touched."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import click
+
+from ktpy import params
+from ktpy.cluster import labels, sweep
+from ktpy.cluster.api import ApiError, ClusterApi, Conflict, Kind, NotFound
+from ktpy.cluster.bodies import JsonObject
+from ktpy.commands.common import check_local_process, make_api, settings_of
+from ktpy.commands.status import created_objects
+from ktpy.durations import format_duration
+from ktpy.errors import KtpyError
+
+MODIFIABLE_KINDS = (Kind.SERVICE, Kind.DEPLOYMENT)
+
+
+def modified_objects(api: ClusterApi, namespace: str | None) -> list[JsonObject]:
+    found: list[JsonObject] = []
+    for kind in MODIFIABLE_KINDS:
+        found += api.list_objects(kind, namespace, label_selector=labels.MODIFIED_SELECTOR).items
+    return found
+
+
+def carry_out(api: ClusterApi, plan: sweep.CleanPlan) -> list[str]:
+    """Restore first (traffic back to the user's pods), then delete. Returns problems."""
+    problems: list[str] = []
+    for restoration in plan.restore:
+        ref = restoration.ref
+        try:
+            api.replace(Kind(ref.kind), ref.namespace, ref.name, restoration.body)
+            click.echo(f"restored {ref}")
+        except Conflict:
+            problems.append(f"{ref} changed while cleaning; run ktpy clean again")
+        except (ApiError, KtpyError) as exc:
+            problems.append(f"{ref}: {exc}")
+    for ref in plan.delete:
+        try:
+            api.delete(Kind(ref.kind), ref.namespace, ref.name, uid=ref.uid)
+            click.echo(f"deleted {ref}")
+        except (NotFound, Conflict):
+            pass
+        except (ApiError, KtpyError) as exc:
+            problems.append(f"{ref}: {exc}")
+    return problems
+
+
+@click.command()
+@click.option(
+    "--threshold",
+    type=params.DURATION,
+    default=None,
+    help="A session whose heartbeat is older than this is stale.  [default: stale-after, 3m]",
+)
+@click.option("--dry-run", is_flag=True, help="Say what would be done; change nothing.")
+@click.option("-A", "--all-namespaces", is_flag=True, help="Clean every namespace.")
+@click.pass_context
+def clean(
+    ctx: click.Context, threshold: timedelta | None, dry_run: bool, all_namespaces: bool
+) -> None:
+    """Delete the objects of dead or stale sessions and restore what they modified.
+
+    A session whose process on this machine is gone counts as dead at once; one
+    of another machine, once its heartbeat is older than the threshold (at least
+    twice the heartbeat interval). Live sessions are never touched.
+    """
+    settings = settings_of(ctx)
+    threshold = threshold or settings.stale_after
+    sweep.check_threshold(threshold, settings.heartbeat_interval)
+    api = make_api(settings)
+    namespace = None if all_namespaces else settings.namespace
+    now = api.server_time()
+    plan = sweep.plan_clean(
+        modified_objects(api, namespace),
+        created_objects(api, namespace),
+        now=now,
+        threshold=threshold,
+        interval=settings.heartbeat_interval,
+        check_local=check_local_process,
+    )
+    for ref, reason in plan.unreadable:
+        click.echo(f"cannot restore {ref}: {reason}", err=True)
+    if plan.is_empty:
+        click.echo(
+            f"Nothing to clean ({len(plan.live_sessions)} live session(s) left alone, "
+            f"threshold {format_duration(threshold)})."
+        )
+        return
+    if dry_run:
+        for restoration in plan.restore:
+            click.echo(f"would restore {restoration.ref}")
+        for ref in plan.delete:
+            click.echo(f"would delete {ref}")
+        return
+    problems = carry_out(api, plan)
+    click.echo(
+        f"Cleaned {len(plan.removed_sessions)} session(s); "
+        f"{len(plan.live_sessions)} live session(s) left alone."
+    )
+    if problems:
+        raise KtpyError("; ".join(problems), hint="Run ktpy clean again, or use --debug.")

@@ -1,0 +1,122 @@
+"""`ktpy connect`: the cluster's pods, Services and names from this machine."""
+
+from __future__ import annotations
+
+import time
+
+import click
+
+from ktpy import params
+from ktpy.cluster import names
+from ktpy.cluster.labels import Role
+from ktpy.commands.common import Lifecycle, make_api, settings_of
+from ktpy.errors import UsageProblem
+from ktpy.net.socks_server import SocksServer
+from ktpy.session import Session, ShadowSpec
+
+READY_LINE = "All looks good, now you can access to resources in the kubernetes cluster"
+
+
+def pac_file(host: str, port: int) -> str:
+    """A proxy auto-config that sends cluster names through the SOCKS proxy, the rest direct."""
+    return (
+        "function FindProxyForURL(url, host) {\n"
+        '  if (dnsDomainIs(host, ".cluster.local") || dnsDomainIs(host, ".svc")'
+        " || isPlainHostName(host)) {\n"
+        f'    return "SOCKS5 {host}:{port}";\n'
+        "  }\n"
+        '  return "DIRECT";\n'
+        "}\n"
+    )
+
+
+def proxy_environment(host: str, port: int) -> str:
+    url = f"socks5h://{host}:{port}"
+    return "\n".join(
+        f"export {name}={url}" for name in ("ALL_PROXY", "all_proxy", "HTTPS_PROXY", "https_proxy")
+    )
+
+
+def _listen(session: Session, port: int) -> SocksServer:
+    # Bound before anything is created in the cluster: a busy port fails first.
+    try:
+        return SocksServer(session.open_flow, "127.0.0.1", port)
+    except OSError as exc:
+        raise UsageProblem(
+            f"cannot listen on 127.0.0.1:{port}: {exc.strerror}",
+            hint="Pick another port with --socks-port, or stop what uses this one.",
+        ) from exc
+
+
+@click.command()
+@click.option(
+    "--mode",
+    type=click.Choice(["socks"]),
+    default="socks",
+    show_default=True,
+    help="socks: a SOCKS5 proxy only; no root, no change to this machine.",
+)
+@click.option(
+    "--socks-port",
+    type=params.PORT,
+    default=None,
+    help="Port of the SOCKS5 proxy on 127.0.0.1.  [default: 2223]",
+)
+@click.option("--print-pac", is_flag=True, help="Print a proxy auto-config file for browsers.")
+@click.option("--print-env", is_flag=True, help="Print proxy environment variables for shells.")
+@click.pass_context
+def connect(
+    ctx: click.Context, mode: str, socks_port: int | None, print_pac: bool, print_env: bool
+) -> None:
+    """Reach the cluster's pods and Services from this machine.
+
+    \b
+    --mode socks runs a SOCKS5 proxy on 127.0.0.1 whose connections are made by
+    the shadow pod, names resolved on the cluster side:
+        curl --socks5-hostname 127.0.0.1:2223 http://nginx.default/
+    It needs no root and changes nothing on this machine.
+    Only TCP is carried; Linux only for now.
+    """
+    del mode  # one mode so far
+    settings = settings_of(ctx)
+    port = socks_port or settings.socks_port
+    started = time.monotonic()
+    api = make_api(settings)
+    spec = ShadowSpec(
+        role=Role.CONNECT,
+        namespace=settings.namespace,
+        pod_name=names.connect_shadow_name(),
+        image=settings.image,
+    )
+    lifecycle = Lifecycle()
+    with lifecycle.installed():
+        session = Session(api, settings, spec)
+        try:
+            server = _listen(session, port)
+            session.start()
+            server.start()
+        except BaseException:
+            session.close(hurry=True)
+            raise
+        lifecycle.running()
+        try:
+            host, bound = server.address
+            click.echo(
+                f"Shadow pod {spec.pod_name} in namespace {spec.namespace} (session {session.id})"
+            )
+            click.echo(f"SOCKS5 proxy on {host}:{bound}")
+            if print_pac:
+                click.echo(pac_file(host, bound))
+            if print_env:
+                click.echo(proxy_environment(host, bound))
+            timings = session.timings
+            click.echo(
+                f"Ready in {time.monotonic() - started:.1f}s (pod Ready after "
+                f"{timings.pod_ready:.1f}s, tunnel up after {timings.tunnel_up:.1f}s)"
+            )
+            click.echo(READY_LINE)
+            lifecycle.wait(session.lost, lambda: session.lost_reason)
+        finally:
+            server.stop()
+            session.close(hurry=lifecycle.hurry)
+    raise lifecycle.stop_reason()
