@@ -20,7 +20,7 @@ from typing import Any
 
 import paramiko
 
-from ktpy.cluster import labels, manifests, names
+from ktpy.cluster import labels, manifests, names, ops
 from ktpy.cluster.api import ApiError, ClusterApi, Conflict, Kind, NotFound, WatchEventType
 from ktpy.cluster.labels import PidStart, Role
 from ktpy.config import Settings
@@ -330,6 +330,11 @@ class Session:
                     "could not delete", kind=obj.kind.value, name=obj.name, reason=str(exc)
                 )
                 continue
+        if not hurry:
+            pods = [
+                (o.kind, o.namespace, o.name, o.uid) for o in self.created if o.kind is Kind.POD
+            ]
+            ops.wait_gone(self.api, pods)
         self.created.clear()
         for thread in self._threads:
             if thread is not threading.current_thread():

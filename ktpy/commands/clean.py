@@ -8,7 +8,7 @@ from datetime import timedelta
 import click
 
 from ktpy import params
-from ktpy.cluster import labels, sweep
+from ktpy.cluster import labels, ops, sweep
 from ktpy.cluster.api import ApiError, ClusterApi, Conflict, Kind, NotFound
 from ktpy.cluster.bodies import JsonObject
 from ktpy.commands.common import check_local_process, make_api, settings_of
@@ -46,6 +46,9 @@ def carry_out(api: ClusterApi, plan: sweep.CleanPlan) -> list[str]:
             pass
         except (ApiError, KtpyError) as exc:
             problems.append(f"{ref}: {exc}")
+    pods = [(Kind.POD, r.namespace, r.name, r.uid) for r in plan.delete if r.kind == Kind.POD]
+    if not ops.wait_gone(api, pods):
+        problems.append("some deleted pods are still terminating")
     return problems
 
 

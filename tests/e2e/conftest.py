@@ -10,9 +10,12 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import queue
 import secrets
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -182,19 +185,90 @@ class Laptop:
         )
 
 
+class RunningKtpy:
+    """A ktpy command running in a laptop; stdout lines collected as they come."""
+
+    READY = "All looks good"
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.proc = proc
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.output: list[str] = []
+        self.errors: list[str] = []
+        threading.Thread(target=self._pump, args=(proc.stdout, self.lines), daemon=True).start()
+        threading.Thread(target=self._collect_stderr, daemon=True).start()
+
+    @staticmethod
+    def _pump(stream: Any, sink: queue.Queue[str]) -> None:
+        for line in stream:
+            sink.put(line.rstrip("\n"))
+
+    def _collect_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.errors.append(line.rstrip("\n"))
+
+    def wait_for(self, marker: str, timeout: float = 60) -> list[str]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = self.lines.get(timeout=0.2)
+            except queue.Empty:
+                if self.proc.poll() is not None and self.lines.empty():
+                    break
+                continue
+            self.output.append(line)
+            if marker in line:
+                return self.output
+        raise AssertionError(
+            f"no {marker!r} within {timeout}s; exit {self.proc.poll()}; stdout {self.output}; "
+            f"stderr {self.errors[-20:]}"
+        )
+
+    def wait_ready(self, timeout: float = 60) -> list[str]:
+        return self.wait_for(self.READY, timeout)
+
+    def line_with(self, marker: str) -> str:
+        return next(line for line in self.output if marker in line)
+
+    def stop(self, sig: int = signal.SIGINT, timeout: float = 60) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(timeout)
+
+
+def run_ktpy(
+    laptop: Laptop, *args: str, user: str = "admin", env: dict[str, str] | None = None
+) -> RunningKtpy:
+    return RunningKtpy(laptop.popen(sys.executable, "-m", "ktpy", *args, user=user, env=env))
+
+
 # Laptops 1 and 2 are the bed's standing ones; tests get their own (config.E2E_LAPTOPS).
 _laptop_numbers = itertools.count()
+
+
+def _new_laptop(resolver_flavour: str) -> Laptop:
+    span = config.E2E_LAPTOPS
+    number = span.start + next(_laptop_numbers) % len(span)
+    hostnet.delete_laptop(config.laptop_name(number))  # a killed earlier run may have left it
+    return Laptop(number, hostnet.create_laptop(number, resolver_flavour), resolver_flavour)
+
+
+@pytest.fixture
+def other_laptop(bed: Bed) -> Iterator[Laptop]:
+    """A second laptop, for another developer."""
+    made = _new_laptop("plain")
+    yield made
+    hostnet.delete_laptop(made.name)
 
 
 @pytest.fixture
 def laptop(bed: Bed, request: pytest.FixtureRequest) -> Iterator[Laptop]:
     """A fresh laptop per test; parametrize indirectly with "plain" or "resolved"."""
     resolver_flavour = getattr(request, "param", "plain")
-    span = config.E2E_LAPTOPS
-    number = span.start + next(_laptop_numbers) % len(span)
-    name = hostnet.create_laptop(number, resolver_flavour)
-    yield Laptop(number, name, resolver_flavour)
-    hostnet.delete_laptop(name)
+    made = _new_laptop(resolver_flavour)
+    yield made
+    hostnet.delete_laptop(made.name)
 
 
 def echo_manifest(name: str = "echo", replicas: int = 2) -> str:

@@ -1,0 +1,146 @@
+"""The shadow-pod session end to end, through `ktpy connect --mode socks`, run in a
+laptop that reaches only the API server (issue 3's acceptance)."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import sys
+import time
+
+import pytest
+
+from tests.e2e.conftest import Bed, Laptop, echo_manifest, run_ktpy
+
+MANAGED = "app.kubernetes.io/managed-by=ktpy"
+
+
+def _ktpy_objects(bed: Bed, namespace: str) -> list[str]:
+    out = bed.kubectl("-n", namespace, "get", "pods,secrets,services", "-l", MANAGED, "-o", "name")
+    return out.stdout.split()
+
+
+def _socks_get(laptop: Laptop, port: int, url: str) -> dict[str, object]:
+    result = laptop.run(
+        "curl", "-sf", "--max-time", "10", "--socks5-hostname", f"127.0.0.1:{port}", url
+    )
+    body: dict[str, object] = json.loads(result.stdout)
+    return body
+
+
+def _shadow_ip(bed: Bed, namespace: str, output: list[str]) -> str:
+    pod = re.search(r"Shadow pod (\S+)", "\n".join(output))
+    assert pod, output
+    return str(bed.get_json("-n", namespace, "pod", pod.group(1))["status"]["podIP"])
+
+
+def test_socks_session_reaches_a_service_by_name_and_leaves_nothing(
+    bed: Bed, echo: str, laptop: Laptop, other_laptop: Laptop
+) -> None:
+    ns = echo
+    session = run_ktpy(laptop, "-n", ns, "connect", "--mode", "socks", "--socks-port", "2301")
+    try:
+        output = session.wait_ready()
+        body = _socks_get(laptop, 2301, f"http://echo.{ns}/")
+        # The echo server saw the shadow pod as its client: the request went through the tunnel.
+        assert str(body["client"]).split(":")[0] == _shadow_ip(bed, ns, output)
+        assert (
+            body["pod"]
+            in bed.kubectl("-n", ns, "get", "pods", "-l", "app=echo", "-o", "name").stdout
+        )
+        # Another developer, on another laptop, with namespace rights only, sees it live.
+        bed.grant(ns, "dev")
+        listed = other_laptop.run(
+            sys.executable, "-m", "ktpy", "-n", ns, "status", "-o", "json", user="dev"
+        )
+        rows = json.loads(listed.stdout)
+        assert [r["state"] for r in rows] == ["live"]
+        assert rows[0]["role"] == "connect"
+    finally:
+        code = session.stop(signal.SIGINT)
+    assert code == 130
+    assert _ktpy_objects(bed, ns) == []
+
+
+def test_kill9_session_is_cleaned_while_a_live_one_survives(
+    bed: Bed, echo: str, laptop: Laptop, other_laptop: Laptop
+) -> None:
+    ns = echo
+    fast = {"KTPY_HEARTBEAT_INTERVAL": "2s", "KTPY_STALE_AFTER": "6s"}
+    doomed = run_ktpy(laptop, "-n", ns, "connect", "--socks-port", "2302", env=fast)
+    survivor = run_ktpy(other_laptop, "-n", ns, "connect", "--socks-port", "2303", env=fast)
+    try:
+        doomed.wait_ready()
+        survivor.wait_ready()
+        doomed.stop(signal.SIGKILL)
+        rows = json.loads(
+            laptop.run(
+                sys.executable, "-m", "ktpy", "-n", ns, "status", "-o", "json", env=fast
+            ).stdout
+        )
+        states = [r["state"] for r in rows]
+        # The killed one is dead at once (its process is gone on this machine) or stale.
+        assert len(states) == 2
+        assert states.count("live") == 1
+        assert {"dead", "stale"} & set(states)
+        time.sleep(7)  # past the survivor's stale-after: only its heartbeat keeps it live
+        laptop.run(sys.executable, "-m", "ktpy", "-n", ns, "clean", env=fast)
+        left = _ktpy_objects(bed, ns)
+        survivor_session = json.loads(
+            laptop.run(
+                sys.executable, "-m", "ktpy", "-n", ns, "status", "-o", "json", env=fast
+            ).stdout
+        )
+        assert [r["state"] for r in survivor_session] == ["live"]
+        assert sorted(left) == sorted(
+            f"{o.split('/')[0]}/{o.split('/')[1]}" for o in survivor_session[0]["objects"]
+        )
+        assert _socks_get(other_laptop, 2303, f"http://echo.{ns}/")["pod"]
+    finally:
+        doomed.stop(signal.SIGKILL)
+        survivor.stop(signal.SIGINT)
+    assert _ktpy_objects(bed, ns) == []
+
+
+def test_missing_image_fails_fast_with_one_line_and_leaves_nothing(
+    bed: Bed, namespace: str, laptop: Laptop
+) -> None:
+    started = time.monotonic()
+    result = laptop.run(
+        sys.executable, "-m", "ktpy", "-n", namespace, "--image", "ktbed.local/not-built:0.0.1",
+        "connect", check=False, timeout=60,
+    )  # fmt: skip
+    elapsed = time.monotonic() - started
+    assert result.returncode == 30, result.stderr
+    assert elapsed < 15
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1
+    assert "ktbed.local/not-built:0.0.1" in errors[0]
+    assert _ktpy_objects(bed, namespace) == []
+
+
+@pytest.mark.parametrize("user", ["dev", "dev-noexec", "dev-nosecrets"])
+def test_session_in_the_restricted_namespace_as_a_namespace_developer(
+    bed: Bed, laptop: Laptop, user: str
+) -> None:
+    ns = "ktbed-restricted"
+    bed.kubectl("-n", ns, "delete", "rolebinding", f"{user}-binding", "--ignore-not-found")
+    bed.grant(ns, user)
+    try:
+        # A name of its own per user: a re-created Service would get a new ClusterIP
+        # that cluster DNS may not know yet (it caches for 30 s).
+        bed.apply(echo_manifest(name=f"echo-{user}", replicas=1), ns)
+        bed.kubectl(
+            "-n", ns, "rollout", "status", f"deployment/echo-{user}", "--timeout=90s", timeout=100
+        )
+        session = run_ktpy(laptop, "-n", ns, "connect", "--socks-port", "2304", user=user)
+        try:
+            session.wait_ready()
+            assert _socks_get(laptop, 2304, f"http://echo-{user}.{ns}/")["namespace"] == ns
+        finally:
+            assert session.stop(signal.SIGINT) == 130
+        assert _ktpy_objects(bed, ns) == []
+    finally:
+        bed.kubectl("-n", ns, "delete", "rolebinding", f"{user}-binding", "--ignore-not-found")
+        bed.kubectl("-n", ns, "delete", "deployment,service", f"echo-{user}", "--ignore-not-found")
