@@ -39,7 +39,6 @@ from dataclasses import dataclass, replace
 from ipaddress import IPv4Network, IPv6Network
 
 from dnslib import (
-    CLASS,
     EDNS0,
     QTYPE,
     RCODE,
@@ -52,6 +51,8 @@ from dnslib import (
 )
 
 Network = IPv4Network | IPv6Network
+
+CLASS_IN, CLASS_ANY = 1, 255  # dnslib's CLASS has no name for ANY
 
 # Never answer a cluster name from cache longer than this, whatever the TTL.
 MAX_TTL = 3600
@@ -329,6 +330,7 @@ class DnsStats:
     cluster_failures: int = 0
     upstream_failures: int = 0
     ignored: int = 0
+    dropped: int = 0  # the server was too busy to take the query
 
     @property
     def failures(self) -> int:
@@ -439,6 +441,9 @@ class DnsCore:
         for name, value in increments.items():
             setattr(self._stats, name, getattr(self._stats, name) + value)
 
+    def note_dropped(self) -> None:
+        self._count(dropped=1)
+
     def update_names(self, names: ClusterNames) -> None:
         """New knowledge from a watch. Cached negative answers go: the name a
         user just retried may exist now."""
@@ -463,7 +468,7 @@ class DnsCore:
         if (
             query.header.opcode != 0
             or len(query.questions) != 1
-            or query.q.qclass not in (CLASS.IN, CLASS.ANY)
+            or query.q.qclass not in (CLASS_IN, CLASS_ANY)
         ):
             return self._to_upstream(wire, query, _upstream("not-a-plain-query"))
         question: DNSQuestion = query.q

@@ -1,0 +1,495 @@
+"""DnsCore driven with scripted queries and answers: no sockets, a fake clock."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import replace
+
+import pytest
+from dnslib import EDNS0, QTYPE, RCODE, RR, SOA, A, DNSHeader, DNSQuestion, DNSRecord
+
+from ktpy.net.dns import (
+    MAX_NEGATIVE_TTL,
+    Answer,
+    AskCluster,
+    AskUpstream,
+    ClusterNames,
+    DnsCore,
+    DnsStats,
+    Ignore,
+    Route,
+    cache_ttl,
+)
+
+NAMES = ClusterNames(
+    domain="cluster.local",
+    namespace="default",
+    namespaces=frozenset({"team"}),
+    services=frozenset({"echo", "big"}),
+    cidrs=(ipaddress.ip_network("10.96.0.0/16"),),
+)
+FQDN = "echo.default.svc.cluster.local."
+SOA_RR = RR(
+    "cluster.local.",
+    QTYPE.SOA,
+    ttl=30,
+    rdata=SOA("ns.dns.cluster.local.", "hostmaster.cluster.local.", (1, 7200, 1800, 86400, 5)),
+)
+
+
+def query(name: str, qtype: str = "A", *, qid: int = 4321, edns: int | None = None) -> bytes:
+    record = DNSRecord(DNSHeader(id=qid, rd=1), q=DNSQuestion(name, getattr(QTYPE, qtype)))
+    if edns is not None:
+        record.add_ar(EDNS0(udp_len=edns))
+    wire: bytes = record.pack()
+    return wire
+
+
+def cluster_reply(
+    ask: bytes,
+    *zone: str,
+    rcode: int = RCODE.NOERROR,
+    auth: tuple[RR, ...] = (),
+) -> bytes:
+    """What cluster DNS says to ``ask``: records given in zone syntax."""
+    reply = DNSRecord.parse(ask).reply(aa=1)
+    reply.header.rcode = rcode
+    for line in zone:
+        reply.add_answer(*RR.fromZone(line))
+    reply.add_auth(*auth)
+    wire: bytes = reply.pack()
+    return wire
+
+
+def ask_cluster(core: DnsCore, wire: bytes, now: float = 0.0, *, udp: bool = True) -> AskCluster:
+    command = core.receive_query(wire, now, udp=udp)
+    assert isinstance(command, AskCluster), command
+    return command
+
+
+def answer(command: object) -> DNSRecord:
+    assert isinstance(command, Answer), command
+    return DNSRecord.parse(command.wire)
+
+
+def records(reply: DNSRecord) -> list[tuple[str, str, int, str]]:
+    return [(str(rr.rname), QTYPE[rr.rtype], rr.ttl, str(rr.rdata)) for rr in reply.rr]
+
+
+# --- cluster names: rewriting both ways -------------------------------------
+
+
+def test_short_name_is_expanded_and_the_answer_renamed_back() -> None:
+    core = DnsCore(NAMES)
+    asked = ask_cluster(core, query("Echo", qid=77))
+    sent = DNSRecord.parse(asked.wire)
+    assert str(sent.q.qname) == FQDN
+    assert sent.q.qtype == QTYPE.A
+    assert asked.pending.decision.rule == "service"
+
+    reply = answer(
+        core.cluster_answered(
+            asked.pending, cluster_reply(asked.wire, f"{FQDN} 30 A 10.96.7.7"), now=0.0
+        )
+    )
+    assert reply.header.id == 77
+    assert reply.header.qr == 1
+    assert reply.header.rcode == RCODE.NOERROR
+    # The stub checks the question it asked, letter case included.
+    assert reply.q.qname.label == (b"Echo",)
+    assert records(reply) == [("Echo.", "A", 30, "10.96.7.7")]
+
+
+@pytest.mark.parametrize("name", ["echo.team", "echo.team.svc", "echo.team.svc.cluster.local"])
+def test_namespace_forms_ask_the_full_name(name: str) -> None:
+    core = DnsCore(NAMES)
+    asked = ask_cluster(core, query(name))
+    assert str(DNSRecord.parse(asked.wire).q.qname) == "echo.team.svc.cluster.local."
+    reply = answer(
+        core.cluster_answered(
+            asked.pending,
+            cluster_reply(asked.wire, "echo.team.svc.cluster.local. 5 A 10.96.1.1"),
+            now=0.0,
+        )
+    )
+    assert records(reply) == [(name + ".", "A", 5, "10.96.1.1")]
+
+
+def test_cname_chain_of_an_external_name_service() -> None:
+    core = DnsCore(NAMES)
+    asked = ask_cluster(core, query("ext.team"))
+    wire = cluster_reply(
+        asked.wire,
+        "ext.team.svc.cluster.local. 5 CNAME db.example.org.",
+        "db.example.org. 60 CNAME db-1.example.org.",
+        "db-1.example.org. 60 A 192.0.2.10",
+    )
+    reply = answer(core.cluster_answered(asked.pending, wire, now=0.0))
+    # Only the owner the stub asked about changes; the chain after it stays.
+    assert records(reply) == [
+        ("ext.team.", "CNAME", 5, "db.example.org."),
+        ("db.example.org.", "CNAME", 60, "db-1.example.org."),
+        ("db-1.example.org.", "A", 60, "192.0.2.10"),
+    ]
+
+
+def test_headless_service_and_srv_records() -> None:
+    core = DnsCore(NAMES)
+    asked = ask_cluster(core, query("_http._tcp.echo", "SRV"))
+    assert str(DNSRecord.parse(asked.wire).q.qname) == "_http._tcp." + FQDN
+    wire = cluster_reply(
+        asked.wire,
+        f"_http._tcp.{FQDN} 5 SRV 0 50 80 a.{FQDN}",
+        f"_http._tcp.{FQDN} 5 SRV 0 50 80 b.{FQDN}",
+    )
+    reply = answer(core.cluster_answered(asked.pending, wire, now=0.0))
+    assert [r[0] for r in records(reply)] == ["_http._tcp.echo.", "_http._tcp.echo."]
+    assert [str(rr.rdata.target) for rr in reply.rr] == [f"a.{FQDN}", f"b.{FQDN}"]
+
+
+def test_reverse_lookup_in_a_cluster_range_goes_to_the_cluster() -> None:
+    core = DnsCore(NAMES)
+    name = "10.0.96.10.in-addr.arpa."
+    asked = ask_cluster(core, query(name, "PTR"))
+    assert str(DNSRecord.parse(asked.wire).q.qname) == name
+    wire = cluster_reply(asked.wire, f"{name} 5 PTR kube-dns.kube-system.svc.cluster.local.")
+    reply = answer(core.cluster_answered(asked.pending, wire, now=0.0))
+    assert records(reply) == [(name, "PTR", 5, "kube-dns.kube-system.svc.cluster.local.")]
+
+    outside = core.receive_query(query("1.0.168.192.in-addr.arpa", "PTR"), 0.0, udp=True)
+    assert isinstance(outside, AskUpstream)
+
+
+# --- everything else: untouched ----------------------------------------------
+
+
+def test_other_names_go_upstream_byte_for_byte() -> None:
+    core = DnsCore(NAMES)
+    wire = query("www.example.org", "AAAA", edns=1232)
+    command = core.receive_query(wire, 0.0, udp=True)
+    assert isinstance(command, AskUpstream)
+    assert command.wire == wire
+    assert command.pending.decision.route is Route.UPSTREAM
+    upstream_reply = DNSRecord.parse(wire).reply()
+    upstream_reply.add_answer(*RR.fromZone("www.example.org. 300 AAAA 2001:db8::1"))
+    raw = upstream_reply.pack()
+    assert core.upstream_answered(command.pending, raw, 0.0) == Answer(raw)
+
+
+def test_upstream_failure_is_servfail_to_the_client() -> None:
+    core = DnsCore(NAMES)
+    command = core.receive_query(query("www.example.org", qid=9), 0.0, udp=True)
+    assert isinstance(command, AskUpstream)
+    reply = answer(core.upstream_failed(command.pending, 0.0))
+    assert reply.header.rcode == RCODE.SERVFAIL
+    assert reply.header.id == 9
+    assert str(reply.q.qname) == "www.example.org."
+    assert core.stats().upstream_failures == 1
+
+
+@pytest.mark.parametrize(
+    "wire",
+    [
+        # Two questions: not what a stub sends; not ours to judge.
+        DNSRecord(q=DNSQuestion("echo"), questions=[DNSQuestion("echo")]).pack(),
+        # CHAOS class (version.bind).
+        DNSRecord(q=DNSQuestion("version.bind", QTYPE.TXT, 3)).pack(),
+        # Not a QUERY opcode.
+        DNSRecord(DNSHeader(opcode=5), q=DNSQuestion("echo")).pack(),
+        # Garbage after a valid header.
+        b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\xff\xff",
+    ],
+    ids=["two-questions", "chaos", "update", "garbage"],
+)
+def test_unusual_queries_go_upstream_untouched(wire: bytes) -> None:
+    core = DnsCore(NAMES)
+    command = core.receive_query(wire, 0.0, udp=True)
+    assert isinstance(command, AskUpstream)
+    assert command.wire == wire
+
+
+def test_unparseable_query_without_upstream_answer_is_dropped() -> None:
+    core = DnsCore(NAMES)
+    command = core.receive_query(b"\x12\x34\x01\x00\x00\x01" + b"\x00" * 6 + b"\xff", 0.0, udp=True)
+    assert isinstance(command, AskUpstream)
+    assert isinstance(core.upstream_failed(command.pending, 0.0), Ignore)
+
+
+@pytest.mark.parametrize(
+    "wire",
+    [b"", b"\x00" * 11, DNSRecord.question("echo").reply().pack()],
+    ids=["empty", "short", "a-response"],
+)
+def test_ignored(wire: bytes) -> None:
+    assert isinstance(DnsCore(NAMES).receive_query(wire, 0.0, udp=True), Ignore)
+
+
+# --- AAAA in an IPv4-only cluster ---------------------------------------------
+
+
+@pytest.mark.parametrize("qtype", ["AAAA", "HTTPS", "SVCB"])
+@pytest.mark.parametrize("name", ["echo", "echo.team", FQDN])
+def test_no_ipv6_types_answered_empty_at_once(name: str, qtype: str) -> None:
+    core = DnsCore(NAMES)
+    reply = answer(core.receive_query(query(name, qtype, qid=5), 0.0, udp=True))
+    assert reply.header.rcode == RCODE.NOERROR
+    assert reply.header.id == 5
+    assert reply.rr == []
+    assert str(reply.q.qname) == (name if name.endswith(".") else name + ".")
+    assert reply.q.qtype == getattr(QTYPE, qtype)
+    assert core.stats().synthesized == 1
+    assert core.stats().cluster_asked == 0
+
+
+def test_aaaa_of_a_name_known_missing_is_nxdomain() -> None:
+    core = DnsCore(NAMES)
+    asked = ask_cluster(core, query("gone.team"))
+    core.cluster_answered(
+        asked.pending, cluster_reply(asked.wire, rcode=RCODE.NXDOMAIN, auth=(SOA_RR,)), 0.0
+    )
+    reply = answer(core.receive_query(query("gone.team", "AAAA"), 1.0, udp=True))
+    assert reply.header.rcode == RCODE.NXDOMAIN
+    assert reply.rr == []
+    assert [QTYPE[rr.rtype] for rr in reply.auth] == ["SOA"]
+
+
+def test_aaaa_is_asked_in_a_dual_stack_cluster() -> None:
+    core = DnsCore(replace(NAMES, ipv6=True))
+    asked = ask_cluster(core, query("echo", "AAAA"))
+    assert DNSRecord.parse(asked.wire).q.qtype == QTYPE.AAAA
+
+
+@pytest.mark.parametrize("qtype", ["TXT", "SRV", "PTR", "CNAME", "A", "ANY", "SOA"])
+def test_other_types_are_asked(qtype: str) -> None:
+    ask_cluster(DnsCore(NAMES), query("echo", qtype))
+
+
+# --- cache ------------------------------------------------------------------
+
+
+def _answer_echo(core: DnsCore, name: str = "echo", now: float = 0.0, ttl: int = 30) -> None:
+    asked = ask_cluster(core, query(name), now)
+    core.cluster_answered(
+        asked.pending, cluster_reply(asked.wire, f"{FQDN} {ttl} A 10.96.7.7"), now
+    )
+
+
+def test_answers_are_cached_by_their_ttl() -> None:
+    core = DnsCore(NAMES)
+    _answer_echo(core, now=100.0, ttl=30)
+
+    hit = answer(core.receive_query(query("echo", qid=8), 112.4, udp=True))
+    assert hit.header.id == 8
+    assert records(hit) == [("echo.", "A", 18, "10.96.7.7")], "TTL counts down"
+    assert core.stats().cache_hits == 1
+
+    # The same cluster name in another form shares the entry.
+    other_form = answer(core.receive_query(query("ECHO.default"), 120.0, udp=True))
+    assert records(other_form) == [("ECHO.default.", "A", 10, "10.96.7.7")]
+
+    # Expired: asked again.
+    ask_cluster(core, query("echo"), 130.0)
+    assert core.stats().cluster_asked == 2
+
+
+def test_cache_key_has_the_type() -> None:
+    core = DnsCore(NAMES)
+    _answer_echo(core)
+    ask_cluster(core, query("echo", "TXT"), 1.0)
+
+
+def test_ttl_zero_is_not_cached() -> None:
+    core = DnsCore(NAMES)
+    _answer_echo(core, ttl=0)
+    ask_cluster(core, query("echo"), 0.0)
+
+
+def test_nxdomain_passes_through_and_is_cached_by_the_soa_minimum() -> None:
+    core = DnsCore(NAMES)
+    asked = ask_cluster(core, query("gone.team", qid=3), 0.0)
+    reply = answer(
+        core.cluster_answered(
+            asked.pending, cluster_reply(asked.wire, rcode=RCODE.NXDOMAIN, auth=(SOA_RR,)), 0.0
+        )
+    )
+    assert reply.header.rcode == RCODE.NXDOMAIN
+    assert reply.header.id == 3
+    assert str(reply.q.qname) == "gone.team."
+    assert str(reply.auth[0].rname) == "cluster.local."
+    assert core.stats().nxdomain == 1
+
+    # SOA minimum is 5 s: cached for 5 s, then asked again.
+    assert answer(core.receive_query(query("gone.team"), 4.9, udp=True)).header.rcode == (
+        RCODE.NXDOMAIN
+    )
+    ask_cluster(core, query("gone.team"), 5.0)
+
+
+def test_nxdomain_without_soa_is_not_cached() -> None:
+    core = DnsCore(NAMES)
+    asked = ask_cluster(core, query("gone.team"))
+    reply = answer(
+        core.cluster_answered(asked.pending, cluster_reply(asked.wire, rcode=RCODE.NXDOMAIN), 0.0)
+    )
+    assert reply.header.rcode == RCODE.NXDOMAIN
+    ask_cluster(core, query("gone.team"), 0.1)
+
+
+@pytest.mark.parametrize("rcode", [RCODE.SERVFAIL, RCODE.REFUSED])
+def test_failures_pass_through_and_are_not_cached(rcode: int) -> None:
+    core = DnsCore(NAMES)
+    asked = ask_cluster(core, query("echo"))
+    wire = cluster_reply(asked.wire, rcode=rcode, auth=(SOA_RR,))
+    assert answer(core.cluster_answered(asked.pending, wire, 0.0)).header.rcode == rcode
+    ask_cluster(core, query("echo"), 0.1)
+
+
+def test_cluster_unreachable_is_servfail_and_not_cached() -> None:
+    core = DnsCore(NAMES)
+    asked = ask_cluster(core, query("echo", qid=11))
+    reply = answer(core.cluster_failed(asked.pending, 0.0))
+    assert reply.header.rcode == RCODE.SERVFAIL
+    assert reply.header.id == 11
+    assert str(reply.q.qname) == "echo."
+    ask_cluster(core, query("echo"), 0.1)
+    assert core.stats().cluster_failures == 1
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        b"not dns",
+        DNSRecord.question("other.default.svc.cluster.local.").reply().pack(),
+        DNSRecord.question(FQDN, "TXT").reply().pack(),
+        DNSRecord.question(FQDN).pack(),  # a query, not an answer
+    ],
+    ids=["garbage", "other-name", "other-type", "not-a-response"],
+)
+def test_a_reply_to_something_else_is_a_failure(bad: bytes) -> None:
+    core = DnsCore(NAMES)
+    asked = ask_cluster(core, query("echo"))
+    assert answer(core.cluster_answered(asked.pending, bad, 0.0)).header.rcode == RCODE.SERVFAIL
+    ask_cluster(core, query("echo"), 0.1)
+
+
+def test_new_knowledge_forgets_negative_answers_only() -> None:
+    core = DnsCore(NAMES)
+    _answer_echo(core)
+    asked = ask_cluster(core, query("late.team"))
+    core.cluster_answered(
+        asked.pending, cluster_reply(asked.wire, rcode=RCODE.NXDOMAIN, auth=(SOA_RR,)), 0.0
+    )
+    assert len(core.cache) == 2
+    core.update_names(NAMES.with_known(services={"echo", "late"}))
+    assert len(core.cache) == 1
+    ask_cluster(core, query("late.team"), 1.0)
+    assert isinstance(core.receive_query(query("echo"), 1.0, udp=True), Answer)
+
+
+def test_cache_is_bounded() -> None:
+    core = DnsCore(NAMES, cache_entries=2)
+    for name in ("a.team", "b.team", "c.team"):
+        asked = ask_cluster(core, query(name))
+        fqdn = name + ".svc.cluster.local."
+        core.cluster_answered(asked.pending, cluster_reply(asked.wire, f"{fqdn} 30 A 10.96.0.1"), 0)
+    assert len(core.cache) == 2
+    ask_cluster(core, query("a.team"), 1.0)  # the oldest went first
+
+
+def test_cache_ttl() -> None:
+    q = DNSRecord.question(FQDN)
+    positive = q.reply()
+    positive.add_answer(*RR.fromZone(f"{FQDN} 30 A 10.0.0.1"), *RR.fromZone(f"{FQDN} 7 A 10.0.0.2"))
+    assert cache_ttl(positive) == 7
+    huge = q.reply()
+    huge.add_answer(*RR.fromZone(f"{FQDN} 999999 A 10.0.0.1"))
+    assert cache_ttl(huge) == 3600
+    negative = q.reply()
+    negative.header.rcode = RCODE.NXDOMAIN
+    big_soa = RR("cluster.local.", QTYPE.SOA, ttl=3600, rdata=SOA("a.", "b.", (1, 2, 3, 4, 3600)))
+    negative.add_auth(big_soa)
+    assert cache_ttl(negative) == MAX_NEGATIVE_TTL
+    no_data = q.reply()
+    no_data.add_auth(SOA_RR)
+    assert cache_ttl(no_data) == 5
+    truncated = q.reply()
+    truncated.header.tc = 1
+    truncated.add_answer(*RR.fromZone(f"{FQDN} 30 A 10.0.0.1"))
+    assert cache_ttl(truncated) is None
+
+
+# --- size limits --------------------------------------------------------------
+
+
+def _big_answer(core: DnsCore, wire: bytes, *, udp: bool) -> DNSRecord:
+    asked = ask_cluster(core, wire, udp=udp)
+    fqdn = "big.default.svc.cluster.local."
+    lines = [f"{fqdn} 30 A 10.244.{i // 250}.{i % 250 + 1}" for i in range(100)]
+    return answer(core.cluster_answered(asked.pending, cluster_reply(asked.wire, *lines), 0.0))
+
+
+def test_udp_answer_too_large_is_truncated() -> None:
+    reply = _big_answer(DnsCore(NAMES), query("big", qid=21), udp=True)
+    assert reply.header.tc == 1
+    assert reply.header.id == 21
+    assert reply.rr == []
+    assert str(reply.q.qname) == "big."
+
+
+def test_edns_client_gets_the_larger_answer_and_an_opt_record() -> None:
+    reply = _big_answer(DnsCore(NAMES), query("big", edns=4096), udp=True)
+    assert reply.header.tc == 0
+    assert len(reply.rr) == 100
+    assert [rr.rtype for rr in reply.ar] == [QTYPE.OPT]
+
+
+def test_tcp_answer_is_never_truncated() -> None:
+    reply = _big_answer(DnsCore(NAMES), query("big"), udp=False)
+    assert reply.header.tc == 0
+    assert len(reply.rr) == 100
+
+
+# --- statistics ---------------------------------------------------------------
+
+
+def test_statistics() -> None:
+    core = DnsCore(NAMES)
+    _answer_echo(core)  # cluster, asked
+    core.receive_query(query("echo"), 1.0, udp=True)  # cluster, cache hit
+    core.receive_query(query("echo", "AAAA"), 1.0, udp=True)  # cluster, synthesised
+    up = core.receive_query(query("example.org"), 1.0, udp=True)  # upstream
+    assert isinstance(up, AskUpstream)
+    nx = DNSRecord.parse(query("example.org")).reply()
+    nx.header.rcode = RCODE.NXDOMAIN
+    core.upstream_answered(up.pending, nx.pack(), 1.0)
+    core.receive_query(b"", 1.0, udp=True)  # ignored
+    core.note_dropped()
+    assert core.stats() == DnsStats(
+        queries=5,
+        cluster=3,
+        upstream=1,
+        cache_hits=1,
+        synthesized=1,
+        cluster_asked=1,
+        nxdomain=1,
+        ignored=1,
+        dropped=1,
+    )
+    assert core.stats().failures == 0
+
+
+def test_stats_are_a_snapshot() -> None:
+    core = DnsCore(NAMES)
+    before = core.stats()
+    core.receive_query(query("example.org"), 0.0, udp=True)
+    assert before.queries == 0
+    assert core.stats().queries == 1
+
+
+def test_answers_keep_an_address_record_intact() -> None:
+    core = DnsCore(NAMES)
+    asked = ask_cluster(core, query("echo"))
+    reply = answer(
+        core.cluster_answered(asked.pending, cluster_reply(asked.wire, f"{FQDN} 30 A 10.96.7.7"), 0)
+    )
+    assert reply.rr[0].rdata == A("10.96.7.7")
