@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from ktpy.errors import KtpyError
+
 DEFAULT_TIMEOUT = 15.0
 
 
@@ -56,3 +58,17 @@ def run(argv: Sequence[str]) -> Completed:
     except subprocess.TimeoutExpired:
         return Completed(args, 124, "", f"timed out after {DEFAULT_TIMEOUT:g}s")
     return Completed(args, done.returncode, done.stdout, done.stderr)
+
+
+class HostChangeFailed(KtpyError):
+    default_hint = (
+        "ktpy undoes what it changed before it exits; if it was killed, "
+        "run 'sudo ktpy clean --local'."
+    )
+
+
+def check(done: Completed, what: str) -> Completed:
+    """``done`` if it succeeded, else HostChangeFailed saying what could not be done."""
+    if not done.ok:
+        raise HostChangeFailed(f"cannot {what}: {done.describe()}")
+    return done

@@ -26,9 +26,7 @@ from ktpy.host.runner import Runner
 
 
 class UndoFailed(KtpyError):
-    default_hint = (
-        "The journal is kept; fix the cause and run 'sudo ktpy clean --local' again."
-    )
+    default_hint = "The journal is kept; fix the cause and run 'sudo ktpy clean --local' again."
 
 
 class BadJournalEntry(KtpyError):
