@@ -6,12 +6,14 @@ from __future__ import annotations
 import json
 import re
 import signal
+import subprocess
 import sys
 import time
 
 import pytest
 
 from tests.e2e.conftest import Bed, Laptop, echo_manifest, run_ktpy
+from tests.e2e.testbed import config
 
 MANAGED = "app.kubernetes.io/managed-by=ktpy"
 
@@ -144,3 +146,35 @@ def test_session_in_the_restricted_namespace_as_a_namespace_developer(
     finally:
         bed.kubectl("-n", ns, "delete", "rolebinding", f"{user}-binding", "--ignore-not-found")
         bed.kubectl("-n", ns, "delete", "deployment,service", f"echo-{user}", "--ignore-not-found")
+
+
+def test_tunnel_reconnects_after_the_api_server_restarts(
+    bed: Bed, echo: str, laptop: Laptop
+) -> None:
+    ns = echo
+    session = run_ktpy(laptop, "-n", ns, "connect", "--socks-port", "2305")
+    try:
+        session.wait_ready()
+        assert _socks_get(laptop, 2305, f"http://echo.{ns}/")["pod"]
+        restart = subprocess.run(
+            [sys.executable, "-m", "tests.e2e.testbed", "restart", "apiserver"],
+            cwd=config.REPO_ROOT, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert restart.returncode == 0, restart.stderr
+        deadline = time.monotonic() + 60
+        while True:
+            answer = laptop.run(
+                "curl", "-s", "--max-time", "5", "--socks5-hostname", "127.0.0.1:2305",
+                f"http://echo.{ns}/", check=False,
+            )  # fmt: skip
+            if answer.returncode == 0:
+                break
+            assert time.monotonic() < deadline, "the tunnel did not come back within 60 s"
+            time.sleep(1)
+        assert json.loads(answer.stdout)["namespace"] == ns
+        log = "\n".join(session.errors)
+        assert "tunnel dropped" in log
+        assert "tunnel reconnected" in log
+    finally:
+        assert session.stop(signal.SIGINT) == 130
+    assert _ktpy_objects(bed, ns) == []
