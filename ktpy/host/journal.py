@@ -66,7 +66,7 @@ class Owner:
         return cls(*procs.identity())
 
     def describe(self) -> str:
-        return f"pid {self.pid} (start tick {self.start_ticks}, boot {self.boot_id[:8]})"
+        return f"pid {self.pid}, start tick {self.start_ticks}, boot {self.boot_id[:8]}"
 
     def to_json(self) -> dict[str, Any]:
         return {"pid": self.pid, "start_ticks": self.start_ticks, "boot_id": self.boot_id}
