@@ -87,6 +87,11 @@ def select_dead(infos: Iterable[JournalInfo], check: ProcessCheck) -> Selection:
     return Selection(tuple(dead), tuple(live), tuple(unreadable))
 
 
+def running_sessions(directory: Path, check: ProcessCheck = owner_state) -> list[JournalInfo]:
+    """Journals whose owner still runs: another ``ktpy connect`` on this machine."""
+    return list(select_dead(list_journals(directory), check).live)
+
+
 @dataclass
 class CleanReport:
     replayed: list[UndoReport] = field(default_factory=list)

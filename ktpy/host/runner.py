@@ -8,6 +8,8 @@ shell is ever involved, and every call has a timeout: a hung ``resolvectl``
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -39,13 +41,25 @@ class Runner(Protocol):
     def __call__(self, argv: Sequence[str]) -> Completed: ...
 
 
+# ip and friends live in sbin, which a root shell reached by 'sudo -E' or 'su' may
+# lack in its PATH; clean --local must still find them.
+_SYSTEM_DIRS = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
+
+
+def _program(name: str) -> str:
+    if "/" in name:
+        return name
+    path = os.pathsep.join([os.environ.get("PATH", ""), *_SYSTEM_DIRS])
+    return shutil.which(name, path=path) or name
+
+
 def run(argv: Sequence[str]) -> Completed:
     """Run argv and collect its output; a missing program or a timeout is exit 127 / 124,
     as a shell would say, so callers handle one kind of failure."""
     args = tuple(argv)
     try:
         done = subprocess.run(
-            args,
+            (_program(args[0]), *args[1:]),
             capture_output=True,
             text=True,
             errors="replace",

@@ -2,7 +2,13 @@ import os
 import time
 from pathlib import Path
 
-from ktpy.host.clean import JournalInfo, clean_local, list_journals, select_dead
+from ktpy.host.clean import (
+    JournalInfo,
+    clean_local,
+    list_journals,
+    running_sessions,
+    select_dead,
+)
 from ktpy.host.journal import Change, Header, Journal, Owner
 from ktpy.host.procs import ProcessState
 from ktpy.host.undo import LinkDelete, RouteDelete
@@ -131,3 +137,11 @@ def test_stale_temporaries_go_young_ones_stay(tmp_path: Path) -> None:
     clean_local(tmp_path, runner=FakeHost(), check=check)
     assert not old.exists()
     assert young.exists()
+
+
+def test_running_sessions_are_the_live_journals(tmp_path: Path) -> None:
+    host = FakeHost()
+    live = journal_with_route(tmp_path, "live0001", LIVE, host)
+    journal_with_route(tmp_path, "dead0001", DEAD, host).close()
+    assert [i.session for i in running_sessions(tmp_path, check)] == ["live0001"]
+    live.close()
