@@ -244,6 +244,8 @@ class _BoundedPool:
         def run() -> None:
             try:
                 job()
+            except Exception:  # the pool would swallow it silently
+                log.exception("dns worker error")
             finally:
                 self._slots.release()
 
@@ -315,6 +317,9 @@ class DnsServer:
                 if port != 0:
                     raise
                 continue  # the TCP side of a free UDP port was taken; try another
+            # The loop reads only after select() says so; never block it anyway.
+            udp.setblocking(False)
+            tcp.setblocking(False)
             return udp, tcp
         raise OSError(f"no port free for both UDP and TCP on {host}")
 
@@ -392,10 +397,13 @@ class DnsServer:
             selector.register(self._wake_r, selectors.EVENT_READ, "wake")
             while not self._stopping.is_set():
                 for key, _ in selector.select():
-                    if key.data == "udp":
-                        self._receive_udp()
-                    elif key.data == "tcp":
-                        self._accept_tcp()
+                    try:
+                        if key.data == "udp":
+                            self._receive_udp()
+                        elif key.data == "tcp":
+                            self._accept_tcp()
+                    except Exception:  # one bad packet must not end DNS
+                        log.exception("dns loop error")
 
     def _receive_udp(self) -> None:
         try:
@@ -448,6 +456,8 @@ class DnsServer:
                     client.sendall(_framed(reply))
         except (OSError, EOFError):
             pass  # client gone, idle or the server stopping
+        except Exception:  # only this client's connection ends
+            log.exception("dns tcp client error")
         finally:
             with self._tcp_lock:
                 self._tcp_clients.discard(client)
