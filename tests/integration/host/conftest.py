@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -136,6 +137,17 @@ class Laptop:
         self.started.append(running)
         return running
 
+    def settle(self, timeout: float = 15.0) -> None:
+        """Wait until the kernel has finished its own changes to a fresh namespace: its
+        IPv6 link-local addresses leave the 'tentative' state (duplicate address
+        detection) a second or two after the link comes up, and a snapshot taken
+        before that would differ from every later one."""
+        deadline = time.monotonic() + timeout
+        while self.run("ip", "-o", "-6", "addr", "show", "tentative").stdout.strip():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{self.name}: IPv6 addresses still tentative")
+            time.sleep(0.2)
+
     def routes(self) -> list[dict[str, Any]]:
         found: list[dict[str, Any]] = json.loads(self.run("ip", "-j", "route", "show").stdout)
         return found
@@ -161,6 +173,7 @@ def make_laptop(host_tools: None) -> Iterator[MakeLaptop]:
             hostnet.delete_laptop(name)  # left by a killed run of this suite
         laptop = Laptop(hostnet.create_laptop(number, flavour), flavour, number)
         made.append(laptop)
+        laptop.settle()
         return laptop
 
     yield make
