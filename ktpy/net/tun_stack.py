@@ -1,0 +1,582 @@
+"""The TUN stack's I/O: a TUN device, the pure TCP core, and the threads that
+relay each flow to an app-side Flow.
+
+    stack = TunStack("ktpy0", open_flow)      # or an open TUN fd / TunTapDevice
+    stack.start()
+    ...
+    stack.stop()                              # resets every flow, joins threads
+
+Threads, and why:
+
+- one packet loop reads the TUN fd in batches (non-blocking reads until the
+  queue is empty), feeds them to ``TcpStack``, then flushes the ACKs for the
+  whole batch and fires due timers;
+- a small pool runs ``open_flow(host, port)``: it blocks (an SSH channel
+  open), and a slow target must not stall other flows. Its OSError becomes
+  the client's answer: ConnectionRefusedError a RST, ENETUNREACH or
+  EHOSTUNREACH (or a timeout) an ICMP unreachable, anything else a RST;
+- per flow, a reader (``Flow.recv`` -> the stack, only as much as the send
+  buffer has room for) and a writer (the stack's deliveries -> ``Flow.sendall``,
+  reporting what was written so the receive window reopens).
+
+One lock serializes the TcpStack and every write to the TUN fd, so segments
+of a flow leave in the order the stack made them. Memory per flow is bounded
+both ways by the TcpConfig buffers: a slow client closes its window and the
+reader stops reading the Flow; a slow Flow keeps deliveries unconsumed and the
+stack closes the client's window.
+
+Only IPv4 TCP is carried; IPv6 and UDP packets are read and dropped (DNS is
+served elsewhere).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import fcntl
+import functools
+import math
+import os
+import select
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from queue import Empty, SimpleQueue
+from typing import Protocol
+
+import structlog
+
+from ktpy.net.relay import Flow
+from ktpy.net.tcp import (
+    Action,
+    Connect,
+    Deliver,
+    DeliverEnd,
+    OpenFailure,
+    Release,
+    TcpConfig,
+    TcpStack,
+    Transmit,
+    Writable,
+)
+
+log = structlog.get_logger(__name__)
+
+OpenFlow = Callable[[str, int], Flow]
+
+# Measured (benchmarks/tun_stack.py, docs/performance.md): per-packet work is
+# what a Python stack pays for, so the largest MTU moves the most data.
+DEFAULT_MTU = 65000
+CHUNK = 256 * 1024  # largest read from a Flow
+BATCH = 64  # packets read from the TUN fd before the stack flushes ACKs
+READ_SIZE = 65536  # any IPv4 packet fits
+
+_TUNGETIFF = 0x800454D2
+_SIOCGIFMTU = 0x8921
+_SIOCSIFTXQLEN = 0x8943
+
+
+class TunDevice(Protocol):
+    """What TunStack uses of a python-pytun TunTapDevice."""
+
+    @property
+    def mtu(self) -> int: ...
+    def fileno(self) -> int: ...
+
+
+def open_failure_for(exc: OSError) -> OpenFailure:
+    """How the kernel client learns why its target could not be opened."""
+    if isinstance(exc, ConnectionRefusedError):
+        return OpenFailure.REFUSED
+    if exc.errno == errno.ENETUNREACH:
+        return OpenFailure.NET_UNREACHABLE
+    if exc.errno in (errno.EHOSTUNREACH, errno.ETIMEDOUT) or isinstance(exc, TimeoutError):
+        return OpenFailure.HOST_UNREACHABLE
+    return OpenFailure.FAILED
+
+
+def device_name(fd: int) -> str:
+    """The interface name of an open TUN fd."""
+    ifr = fcntl.ioctl(fd, _TUNGETIFF, bytes(40))
+    return ifr[:16].rstrip(b"\0").decode()
+
+
+def interface_mtu(name: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        ifr = fcntl.ioctl(s.fileno(), _SIOCGIFMTU, struct.pack("16si20x", name.encode(), 0))
+    return int(struct.unpack_from("i", ifr, 16)[0])
+
+
+def set_txqueuelen(name: str, length: int) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        fcntl.ioctl(s.fileno(), _SIOCSIFTXQLEN, struct.pack("16si20x", name.encode(), length))
+
+
+class _Marker:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+_EOF = _Marker("EOF")  # the client sent FIN: half-close the Flow
+_CLOSE = _Marker("CLOSE")  # done both ways: close the Flow after what is queued
+_ABORT = _Marker("ABORT")  # reset: stop at once, the Flow is being closed
+
+
+class _Handle:
+    """One relayed flow's app side."""
+
+    __slots__ = (
+        "conn",
+        "flow",
+        "queue",
+        "reader",
+        "released",
+        "running",
+        "space",
+        "target",
+        "writer",
+    )
+
+    def __init__(self, conn: int, flow: Flow, target: str) -> None:
+        self.conn = conn
+        self.flow = flow
+        self.target = target
+        self.queue: SimpleQueue[bytes | _Marker] = SimpleQueue()
+        self.space = threading.Event()
+        self.released = False
+        self.running = 2  # reader and writer threads not yet finished
+        self.reader: threading.Thread | None = None
+        self.writer: threading.Thread | None = None
+
+
+class _Workers:
+    """A few daemon threads for blocking calls (open_flow, Flow.close): daemon,
+    so a connect that never returns cannot hold up the interpreter's exit."""
+
+    def __init__(self, size: int, name: str) -> None:
+        self._size = size
+        self._name = name
+        self._tasks: SimpleQueue[Callable[[], None] | None] = SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._idle = 0
+        self._lock = threading.Lock()
+
+    def submit(self, task: Callable[[], None]) -> None:
+        with self._lock:
+            if self._idle <= 0 and len(self._threads) < self._size:
+                t = threading.Thread(
+                    target=self._run, name=f"{self._name}-{len(self._threads)}", daemon=True
+                )
+                self._threads.append(t)
+                self._idle += 1
+                t.start()
+            self._idle -= 1
+        self._tasks.put(task)
+
+    def _run(self) -> None:
+        while (task := self._tasks.get()) is not None:
+            try:
+                task()
+            except Exception:  # a task's own failure must not kill the worker
+                log.exception("tun worker task failed")
+            finally:
+                with self._lock:
+                    self._idle += 1
+
+    def stop(self, timeout: float) -> None:
+        for _ in self._threads:
+            self._tasks.put(None)
+        deadline = time.monotonic() + timeout
+        for t in self._threads:
+            t.join(max(deadline - time.monotonic(), 0))
+
+    @property
+    def threads(self) -> int:
+        return sum(t.is_alive() for t in self._threads)
+
+
+@dataclass
+class TunCounters:
+    packets_read: int = 0
+    packets_written: int = 0
+    write_errors: int = 0
+    open_failures: int = 0
+
+
+class TunStack:
+    """Terminates the TCP flows the kernel routes into a TUN device and relays
+    each to a Flow from ``open_flow``."""
+
+    def __init__(
+        self,
+        tun: int | str | TunDevice,
+        open_flow: OpenFlow,
+        *,
+        mtu: int | None = None,
+        config: TcpConfig | None = None,
+        connect_workers: int = 32,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._device: object | None = None  # a TunTapDevice we made and must close
+        if isinstance(tun, str):
+            import pytun  # only needed when we make the device
+
+            dev = pytun.TunTapDevice(name=tun, flags=pytun.IFF_TUN | pytun.IFF_NO_PI)
+            dev.mtu = mtu or DEFAULT_MTU
+            dev.up()
+            self._device = dev
+            self.fd: int = dev.fileno()
+            self.name: str = dev.name
+            self.mtu: int = dev.mtu
+        elif isinstance(tun, int):
+            self.fd = tun
+            self.name = device_name(tun)
+            self.mtu = mtu or interface_mtu(self.name)
+        else:
+            self.fd = tun.fileno()
+            self.name = device_name(self.fd)
+            self.mtu = mtu or tun.mtu
+        self.config = dataclasses.replace(config or TcpConfig(), mtu=self.mtu)
+        self.open_flow = open_flow
+        self.counters = TunCounters()
+        self._clock = clock
+        self._stack = TcpStack(self.config)
+        self._lock = threading.Lock()
+        self._handles: dict[int, _Handle] = {}  # flows whose app side is live
+        self._live: set[_Handle] = set()  # handles whose threads may still run
+        self._workers = _Workers(connect_workers, "tun-open")
+        self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._sleep_until = -math.inf  # the loop's wake-up time while it waits
+        self._stopping = False
+        self._started = False
+        self._closed = False
+        self._fd_usable = True  # False once stopping: the fd may be closed and its number reused
+        self.error: str | None = None  # why the packet loop died, if it did
+        self._loop_thread = threading.Thread(target=self._loop, name="tun-loop", daemon=True)
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    def start(self) -> TunStack:
+        os.set_blocking(self.fd, False)
+        self._started = True
+        self._loop_thread.start()
+        log.debug("tun stack started", device=self.name, mtu=self.mtu)
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Reset every flow, close every Flow, join the threads. Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        deadline = time.monotonic() + timeout
+        self._stopping = True
+        self._poke()
+        if self._started:
+            self._loop_thread.join(timeout)
+        with self._lock:
+            self._carry_out(self._stack.abort_all("the TUN stack stopped"))
+            self._fd_usable = False
+            handles = list(self._live)
+        for h in handles:
+            self._close_flow(h)
+        self._workers.stop(max(deadline - time.monotonic(), 0.1))
+        for h in handles:
+            for t in (h.reader, h.writer):
+                if t is not None:
+                    t.join(max(deadline - time.monotonic(), 0))
+        with self._lock:
+            os.close(self._wake)
+            if self._device is not None:
+                with contextlib.suppress(Exception):
+                    self._device.close()  # type: ignore[attr-defined]
+        log.debug("tun stack stopped", device=self.name)
+
+    def __enter__(self) -> TunStack:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- introspection -----------------------------------------------------------------
+
+    def buffered_bytes(self) -> int:
+        """Bytes held for all flows: the bound a slow reader on either side hits."""
+        with self._lock:
+            return self._stack.buffered_bytes()
+
+    def flows(self) -> int:
+        with self._lock:
+            return len(self._stack)
+
+    def relaying(self) -> int:
+        """Flows whose app-side threads are still running."""
+        with self._lock:
+            return len(self._live)
+
+    @property
+    def stats(self) -> dict[str, int]:
+        with self._lock:
+            s = self._stack.stats
+            return {
+                **self.counters.__dict__,
+                "flows": len(self._stack),
+                "relaying": len(self._live),
+                "buffered_bytes": self._stack.buffered_bytes(),
+                "malformed": s.malformed,
+                "ignored": s.ignored,
+                "retransmits": s.retransmits,
+                "resets_sent": s.resets_sent,
+                "resets_received": s.resets_received,
+                "out_of_order": s.out_of_order,
+                "workers": self._workers.threads,
+            }
+
+    # -- the packet loop ---------------------------------------------------------------
+
+    def _loop(self) -> None:
+        fd, stack, lock, clock, counters = (
+            self.fd,
+            self._stack,
+            self._lock,
+            self._clock,
+            self.counters,
+        )
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        poller.register(self._wake, select.POLLIN)
+        read = os.read
+        try:
+            while not self._stopping:
+                with lock:
+                    deadline = stack.next_deadline()
+                    self._sleep_until = math.inf if deadline is None else deadline
+                timeout = None
+                if deadline is not None:
+                    timeout = max(math.ceil((deadline - clock()) * 1000), 0)
+                events = poller.poll(timeout)
+                with lock:
+                    self._sleep_until = -math.inf
+                if any(efd == self._wake for efd, _ in events):
+                    with contextlib.suppress(BlockingIOError):
+                        os.eventfd_read(self._wake)
+                packets = []
+                for _ in range(BATCH):
+                    try:
+                        packets.append(read(fd, READ_SIZE))
+                    except BlockingIOError:
+                        break
+                counters.packets_read += len(packets)
+                now = clock()
+                with lock:
+                    actions: list[Action] = []
+                    for packet in packets:
+                        actions += stack.receive(packet, now)
+                    actions += stack.expire(now)
+                    actions += stack.flush(now)
+                    self._carry_out(actions)
+        except OSError as exc:
+            if not self._stopping:
+                self.error = str(exc)
+                log.exception("tun device read failed: stack stopped", device=self.name)
+                self._stopping = True
+
+    def _poke(self) -> None:
+        with contextlib.suppress(OSError):
+            os.eventfd_write(self._wake, 1)
+
+    def _after_event(self) -> None:
+        """Wake the loop if an event from another thread set an earlier timer. Lock held."""
+        deadline = self._stack.next_deadline()
+        if deadline is not None and deadline < self._sleep_until:
+            self._poke()
+
+    def _carry_out(self, actions: list[Action]) -> None:
+        """Lock held: writes to the fd are serialized and in the stack's order."""
+        for action in actions:
+            if type(action) is Transmit:
+                self._write(action.packet)
+            elif type(action) is Deliver:
+                h = self._handles.get(action.conn)
+                if h is not None:
+                    h.queue.put(action.data)
+            elif type(action) is Writable:
+                h = self._handles.get(action.conn)
+                if h is not None:
+                    h.space.set()
+            elif type(action) is DeliverEnd:
+                h = self._handles.get(action.conn)
+                if h is not None:
+                    h.queue.put(_EOF)
+            elif type(action) is Connect:
+                if not self._stopping:
+                    self._workers.submit(functools.partial(self._open, action))
+            elif type(action) is Release:
+                self._release(action)
+
+    def _write(self, packet: bytes) -> None:
+        if not self._fd_usable:
+            return
+        try:
+            os.write(self.fd, packet)
+            self.counters.packets_written += 1
+        except OSError as exc:
+            # A dropped packet is what the TCP core recovers from; a dead
+            # device shows up in the read loop.
+            self.counters.write_errors += 1
+            if self.counters.write_errors == 1:
+                log.warning("tun write failed", device=self.name, error=str(exc))
+
+    # -- opening flows ---------------------------------------------------------------
+
+    def _open(self, action: Connect) -> None:
+        target = f"{action.host}:{action.port}"
+        try:
+            flow = self.open_flow(action.host, action.port)
+        except OSError as exc:
+            failure = open_failure_for(exc)
+            log.info("tun flow failed", conn=action.conn, target=target, reason=str(exc))
+            self.counters.open_failures += 1
+            with self._lock:
+                self._carry_out(self._stack.open_failed(action.conn, failure, self._clock()))
+                self._after_event()
+            return
+        except Exception:
+            log.exception("open_flow raised", conn=action.conn, target=target)
+            self.counters.open_failures += 1
+            with self._lock:
+                actions = self._stack.open_failed(action.conn, OpenFailure.FAILED, self._clock())
+                self._carry_out(actions)
+            return
+        h = _Handle(action.conn, flow, target)
+        reader = threading.Thread(
+            target=self._read_app, args=(h,), name=f"tun-{h.conn}-up", daemon=True
+        )
+        writer = threading.Thread(
+            target=self._write_app, args=(h,), name=f"tun-{h.conn}-down", daemon=True
+        )
+        h.reader, h.writer = reader, writer
+        with self._lock:
+            actions = self._stack.opened(action.conn, self._clock())
+            gone = self._stopping or any(type(a) is Release for a in actions)
+            if not gone:
+                self._handles[h.conn] = h
+                self._live.add(h)
+            self._carry_out(actions)
+            self._after_event()
+        if gone:
+            with contextlib.suppress(OSError, EOFError):
+                flow.close()
+            return
+        log.debug("tun flow opened", conn=h.conn, target=target, client=action.client)
+        reader.start()
+        writer.start()
+
+    # -- relaying ------------------------------------------------------------------------
+
+    def _read_app(self, h: _Handle) -> None:
+        """Flow -> client, as fast as the client's window drains our send buffer."""
+        stack, lock, clock = self._stack, self._lock, self._clock
+        try:
+            while True:
+                h.space.clear()
+                with lock:
+                    space = stack.send_space(h.conn)
+                if space is None:
+                    return
+                if space == 0:
+                    h.space.wait()
+                    continue
+                data = h.flow.recv(min(space, CHUNK))
+                with lock:
+                    if data:
+                        self._carry_out(stack.app_data(h.conn, data, clock()))
+                    else:
+                        self._carry_out(stack.app_end(h.conn, clock()))
+                    self._after_event()
+                if not data:
+                    return
+        except (OSError, EOFError) as exc:
+            self._app_failed(h, exc)
+        finally:
+            self._thread_done(h)
+
+    def _write_app(self, h: _Handle) -> None:
+        """Client -> Flow; what was written reopens the client's window."""
+        stack, lock, clock, queue = self._stack, self._lock, self._clock, h.queue
+        try:
+            while True:
+                item = queue.get()
+                chunks: list[bytes] = []
+                marker: _Marker | None = None
+                while True:  # take everything queued: one sendall for a burst
+                    if isinstance(item, _Marker):
+                        marker = item
+                        break
+                    chunks.append(item)
+                    try:
+                        item = queue.get_nowait()
+                    except Empty:
+                        break
+                if chunks:
+                    data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+                    h.flow.sendall(data)
+                    with lock:
+                        self._carry_out(stack.app_consumed(h.conn, len(data), clock()))
+                        self._after_event()
+                if marker is _EOF:
+                    with contextlib.suppress(OSError, EOFError):
+                        h.flow.shutdown_write()
+                elif marker is _CLOSE:
+                    with contextlib.suppress(OSError, EOFError):
+                        h.flow.close()
+                    return
+                elif marker is _ABORT:
+                    return
+        except (OSError, EOFError) as exc:
+            self._app_failed(h, exc)
+        finally:
+            self._thread_done(h)
+
+    def _app_failed(self, h: _Handle, exc: BaseException) -> None:
+        if h.released:
+            return  # closing the Flow ourselves is what broke it
+        reason = str(exc) or type(exc).__name__
+        with self._lock:
+            self._carry_out(self._stack.app_failed(h.conn, reason, self._clock()))
+
+    def _release(self, action: Release) -> None:
+        """Lock held. The flow is over: the app side goes, cleanly or not."""
+        h = self._handles.pop(action.conn, None)
+        if h is None:
+            return
+        h.released = True
+        h.space.set()  # a reader waiting for room finds the flow gone
+        if action.reset:
+            log.debug("tun flow reset", conn=h.conn, target=h.target, reason=action.reason)
+            h.queue.put(_ABORT)
+            # Closing is what interrupts a blocked recv or sendall; it may
+            # block itself (an SSH channel close), so not on this thread.
+            self._workers.submit(lambda: self._close_flow(h))
+        else:
+            log.debug("tun flow closed", conn=h.conn, target=h.target)
+            h.queue.put(_CLOSE)
+
+    def _close_flow(self, h: _Handle) -> None:
+        h.released = True
+        h.space.set()
+        h.queue.put(_ABORT)
+        with contextlib.suppress(OSError, EOFError):
+            h.flow.close()
+
+    def _thread_done(self, h: _Handle) -> None:
+        with self._lock:
+            h.running -= 1
+            if h.running == 0:
+                self._live.discard(h)
