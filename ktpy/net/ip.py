@@ -49,6 +49,7 @@ ICMP_HOST_UNREACHABLE = 1
 _IP = struct.Struct("!BBHHHBBH4s4s")
 _TCP = struct.Struct("!HHIIBBHHH")
 _ICMP = struct.Struct("!BBHI")
+_HEADERS = struct.Struct("!BBHHHBBH4s4sHHIIBBHHH")  # IPv4 without options, then TCP
 _CHUNK = 16384  # even: each chunk starts on a 16-bit word
 
 
@@ -229,8 +230,42 @@ def parse_tcp(ip: Ipv4Packet, verify: bool = True) -> TcpSegment:
     )
 
 
-def parse_tcp_packet(packet: bytes, verify: bool = True) -> TcpSegment:
-    return parse_tcp(parse_ipv4(packet), verify)
+def parse_tcp_packet(packet: bytes, verify: bool = True, offset: int = 0) -> TcpSegment:
+    """The TCP segment in an IPv4 packet starting at packet[offset:] (after a
+    TUN virtio header, say); PacketError if it is malformed, not TCP, or (with
+    verify) a checksum is wrong. The per-packet path of the stack: one unpack
+    for both headers when the IP header has no options."""
+    end = len(packet)
+    if end - offset < _HEADERS.size:
+        return parse_tcp(parse_ipv4(packet[offset:]), verify)
+    (vihl, _tos, total, _ident, frag, _ttl, proto, _c, src, dst, sport, dport, seq, ack,
+     off, flags, window, _csum, _urg) = _HEADERS.unpack_from(packet, offset)  # fmt: skip
+    if vihl != 0x45 or proto != PROTO_TCP or total > end - offset or total < _HEADERS.size:
+        return parse_tcp(parse_ipv4(packet[offset:]), verify)  # the slow path says why
+    if ones_sum(packet[offset : offset + IPV4_HEADER]) % 0xFFFF:
+        raise PacketError("IP header checksum")
+    if frag & (_MORE_FRAGMENTS | _OFFSET_MASK):
+        raise PacketError("IP fragment")
+    hlen = (off >> 4) * 4
+    tcp_len = total - IPV4_HEADER
+    if hlen < TCP_HEADER or hlen > tcp_len:
+        raise PacketError(f"TCP data offset {hlen} in a {tcp_len}-byte segment")
+    start = offset + IPV4_HEADER
+    if (
+        verify
+        and ones_sum(packet[start : offset + total], _pseudo_sum(src, dst, PROTO_TCP, tcp_len))
+        % 0xFFFF
+    ):
+        raise PacketError("TCP checksum")
+    options = (
+        _parse_options(packet[start + TCP_HEADER : start + hlen])
+        if hlen > TCP_HEADER
+        else NO_OPTIONS
+    )
+    return TcpSegment(
+        src, dst, sport, dport, seq, ack, flags & 0x3F, window, options,
+        packet[start + hlen : offset + total],
+    )  # fmt: skip
 
 
 def ipv4_header(src: bytes, dst: bytes, proto: int, payload_length: int, ident: int = 0) -> bytes:
@@ -265,6 +300,69 @@ def encode_options(
     return bytes(out)
 
 
+class TcpHeaders:
+    """Builds one flow's packets. The sums of the fields that never change
+    (addresses, ports, TTL...) are added up once; each packet is then a single
+    struct pack plus its payload.
+
+    With partial=True the TCP checksum is left for the kernel to finish, as
+    a NIC would (CHECKSUM_PARTIAL through a TUN virtio header): the field holds
+    the pseudo-header sum and the payload is never summed in Python."""
+
+    __slots__ = ("_ip_sum", "_ports_sum", "_pseudo_sum", "dport", "dst", "partial", "sport", "src")
+
+    def __init__(self, src: bytes, dst: bytes, sport: int, dport: int, partial: bool = False):
+        self.src, self.dst, self.sport, self.dport = src, dst, sport, dport
+        self.partial = partial
+        s, d = int.from_bytes(src, "big"), int.from_bytes(dst, "big")
+        addresses = (s >> 16) + (s & 0xFFFF) + (d >> 16) + (d & 0xFFFF)
+        self._ip_sum = 0x4500 + _DONT_FRAGMENT + (DEFAULT_TTL << 8 | PROTO_TCP) + addresses
+        self._pseudo_sum = addresses + PROTO_TCP
+        self._ports_sum = sport + dport
+
+    def packet(
+        self,
+        seq: int,
+        ack: int,
+        flags: int,
+        window: int,
+        payload: bytes = b"",
+        options: bytes = b"",
+        ident: int = 0,
+    ) -> bytes:
+        if len(options) % 4:
+            raise ValueError("TCP options must be padded to a multiple of four bytes")
+        hlen = TCP_HEADER + len(options)
+        tcp_len = hlen + len(payload)
+        total = IPV4_HEADER + tcp_len
+        if total > 0xFFFF:
+            raise ValueError(f"IPv4 packet of {total} bytes")
+        seq &= 0xFFFFFFFF
+        ack &= 0xFFFFFFFF
+        ip_csum = finish_checksum(self._ip_sum + total + ident)
+        if self.partial:
+            csum = (self._pseudo_sum + tcp_len) % 0xFFFF
+        else:
+            word = hlen << 10 | flags  # data offset in 32-bit words, then the flags
+            fields = (
+                self._pseudo_sum + tcp_len + self._ports_sum + (seq >> 16) + (seq & 0xFFFF)
+                + (ack >> 16) + (ack & 0xFFFF) + word + window
+            )  # fmt: skip
+            if options:
+                fields += ones_sum(options)
+            if payload:
+                fields += ones_sum(payload)
+            csum = finish_checksum(fields)
+        header = _HEADERS.pack(
+            0x45, 0, total, ident, _DONT_FRAGMENT, DEFAULT_TTL, PROTO_TCP, ip_csum,
+            self.src, self.dst, self.sport, self.dport, seq, ack, hlen << 2, flags, window,
+            csum, 0,
+        )  # fmt: skip
+        if options:
+            return b"".join((header, options, payload))
+        return header + payload if payload else header
+
+
 def build_tcp(
     src: bytes,
     dst: bytes,
@@ -277,27 +375,12 @@ def build_tcp(
     payload: bytes = b"",
     options: bytes = b"",
     ident: int = 0,
-    payload_sum: int | None = None,
+    partial: bool = False,
 ) -> bytes:
-    """A whole IPv4 packet carrying one TCP segment, checksums filled in.
-
-    payload_sum, if given, is ones_sum(payload): lets a retransmission skip
-    summing the same bytes again."""
-    if len(options) % 4:
-        raise ValueError("TCP options must be padded to a multiple of four bytes")
-    hlen = TCP_HEADER + len(options)
-    length = hlen + len(payload)
-    header = _TCP.pack(
-        sport, dport, seq & 0xFFFFFFFF, ack & 0xFFFFFFFF, (hlen // 4) << 4, flags, window, 0, 0
-    )
-    if options:
-        header += options
-    if payload_sum is None:
-        payload_sum = ones_sum(payload) if payload else 0
-    total = ones_sum(header, _pseudo_sum(src, dst, PROTO_TCP, length) + payload_sum)
-    csum = finish_checksum(total).to_bytes(2, "big")
-    return b"".join(
-        (ipv4_header(src, dst, PROTO_TCP, length, ident), header[:16], csum, header[18:], payload)
+    """A whole IPv4 packet carrying one TCP segment, checksums filled in
+    (or, with partial, left for the kernel: see TcpHeaders)."""
+    return TcpHeaders(src, dst, sport, dport, partial).packet(
+        seq, ack, flags, window, payload, options, ident
     )
 
 

@@ -321,7 +321,8 @@ class TunEnv:
         subprocess.run(["ip", "netns", "del", self.ns], check=False, capture_output=True)
 
 
-def create(mtu: int) -> TunEnv:
+def create(mtu: int, offload: bool = True) -> TunEnv:
+    """offload: make the device with IFF_VNET_HDR, as TunStack does its own."""
     global _counter
     with _counter_lock:
         _counter += 1
@@ -330,9 +331,8 @@ def create(mtu: int) -> TunEnv:
     device = None
     try:
         run("ip", "-n", name, "link", "set", "lo", "up")
-        device = in_netns(
-            name, lambda: pytun.TunTapDevice(name=DEVICE, flags=pytun.IFF_TUN | pytun.IFF_NO_PI)
-        )
+        flags = pytun.IFF_TUN | pytun.IFF_NO_PI | (pytun.IFF_VNET_HDR if offload else 0)
+        device = in_netns(name, lambda: pytun.TunTapDevice(name=DEVICE, flags=flags))
         run("ip", "-n", name, "link", "set", DEVICE, "mtu", str(mtu), "up")
         run("ip", "-n", name, "addr", "add", f"{CLIENT}/32", "dev", DEVICE)
         run("ip", "-n", name, "route", "add", "198.18.0.0/24", "dev", DEVICE, "src", CLIENT)

@@ -47,7 +47,8 @@ def env(request: pytest.FixtureRequest) -> Iterator[TunEnv]:
     if shutil.which("ip") is None:
         _unavailable("no ip(8)")
     te.remove_stale()
-    e = te.create(getattr(request, "param", DEFAULT_MTU))
+    mtu, offload = getattr(request, "param", (DEFAULT_MTU, True))
+    e = te.create(mtu, offload)
     try:
         yield e
     finally:
@@ -88,7 +89,16 @@ def receive_all(sock: socket.socket) -> tuple[int, str]:
 # -- requests and responses -------------------------------------------------------------
 
 
-@pytest.mark.parametrize("env", [1500, 9000, 16000, DEFAULT_MTU], indirect=True)
+# (MTU, offloads): the stack makes its own device with offloads; a device
+# made without IFF_VNET_HDR is served packet by packet with checksums.
+FRAMINGS = [(m, o) for o in (True, False) for m in (1500, 9000, 16000, 65000)]
+
+
+def framing_id(spec: tuple[int, bool]) -> str:
+    return f"mtu{spec[0]}-{'offload' if spec[1] else 'plain'}"
+
+
+@pytest.mark.parametrize("env", FRAMINGS, indirect=True, ids=framing_id)
 def test_request_and_response(env: TunEnv) -> None:
     server = env.server(te.pong)
     stack = env.start()
@@ -209,8 +219,13 @@ def test_a_1_gib_upload_is_byte_exact(env: TunEnv) -> None:
     assert_clean(stack)
 
 
-@pytest.mark.parametrize("env", [1500, 9000], indirect=True)
-def test_bulk_both_ways_at_smaller_mtus(env: TunEnv) -> None:
+@pytest.mark.parametrize(
+    "env",
+    [(1500, False), (9000, False), (65000, False), (1500, True)],
+    indirect=True,
+    ids=framing_id,
+)
+def test_bulk_both_ways_in_other_framings(env: TunEnv) -> None:
     stack = env.start()
     _download(env, stack, 64 << 20)
     _upload(env, 64 << 20)

@@ -741,3 +741,50 @@ def test_the_mtu_is_checked(mtu: int) -> None:
 def test_flags_are_shown_like_tcpdump() -> None:
     assert ip.flag_names(SYN | ACK) == "S."
     assert ip.flag_names(FIN | PSH | ACK) == "FP."
+
+
+# -- offloads (a TUN device with a virtio-net header) ------------------------------------
+
+
+def test_with_offloads_segments_are_as_large_as_a_packet_allows() -> None:
+    pb, _ = established(offload=True)
+    big = MSS * (65495 // MSS)  # whole segments that fit one IPv4 packet
+    pb >> AppData(1, b"g" * 100_000)
+    pb << Seg(".", seq=1, payload=b"g" * big, gso=MSS)
+    pb << Seg("P.", seq=1 + big, payload=b"g" * (100_000 - big), gso=MSS)
+    pb >> AppData(1, b"small")
+    assert pb << Seg("P.", payload=b"small", gso=0)  # fits one MSS: no GSO
+
+
+def test_with_offloads_the_checksum_is_left_for_the_kernel() -> None:
+    pb, _ = established(offload=True)
+    (action,) = pb.stack.app_data(1, b"x" * 1000, pb.now)
+    packet = action.packet  # type: ignore[union-attr]
+    # Only the pseudo-header sum is there (CHECKSUM_PARTIAL): the kernel adds the rest.
+    pseudo = ip.ones_sum(packet[12:20]) + ip.PROTO_TCP + len(packet) - 20
+    assert int.from_bytes(packet[36:38], "big") == pseudo % 0xFFFF
+    assert ip.checksum(packet[:20]) == 0  # the IP header is ours to finish
+    with pytest.raises(ip.PacketError, match="TCP checksum"):
+        ip.parse_tcp_packet(packet)
+
+
+def test_a_packet_the_kernel_vouches_for_is_not_checked() -> None:
+    pb, c = established()
+    good = c.send(b"abc")
+    unfinished = good[:36] + b"\x12\x34" + good[38:]  # as the kernel hands it with NEEDS_CSUM
+    assert pb.stack.receive(unfinished, pb.now) == []
+    assert pb.stack.stats.malformed == 1
+    (deliver,) = pb.stack.receive(unfinished, pb.now, trusted=True)
+    assert deliver == Deliver(1, b"abc")
+
+
+def test_packets_after_a_virtio_header_are_read_in_place() -> None:
+    pb = book()
+    c = pb.client()
+    header = bytes(10)
+    syn = c.syn()
+    (connect,) = pb.stack.receive(header + syn, pb.now, offset=10)
+    assert connect == c.connect(1)
+    (icmp,) = pb.stack.open_failed(1, OpenFailure.HOST_UNREACHABLE, pb.now)
+    _, _, quoted = ip.parse_icmp(ip.parse_ipv4(icmp.packet))  # type: ignore[union-attr]
+    assert quoted == syn[:28]  # the SYN, not the virtio header

@@ -129,6 +129,7 @@ class Seg:
     wscale: int | None = None
     sack_permitted: bool | None = None
     sack: tuple[tuple[int, int], ...] | None = None  # relative to the client's ISN
+    gso: int | None = None  # the Transmit's GSO size (offloads)
     to: Client | None = field(default=None, repr=False)  # which client; any if None
     lost: bool = False  # the client never sees it
 
@@ -362,9 +363,12 @@ class Playbook:
             if not isinstance(actual, Transmit):
                 return "not a packet"
             try:
-                segment = ip.parse_tcp_packet(actual.packet)
+                # With offloads the kernel finishes our checksums: nothing to check yet.
+                segment = ip.parse_tcp_packet(actual.packet, not self.stack.config.offload)
             except ip.PacketError as exc:
                 return f"not a valid TCP packet: {exc}"
+            if expected.gso is not None and actual.gso != expected.gso:
+                return f"gso={actual.gso} (want {expected.gso})"
             owner = self._owner(segment, expected.to)
             problem = expected.mismatch(
                 segment,
