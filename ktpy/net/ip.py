@@ -330,6 +330,20 @@ class TcpHeaders:
         options: bytes = b"",
         ident: int = 0,
     ) -> bytes:
+        header = self.header(seq, ack, flags, window, payload, options, ident)
+        return header + payload if payload else header
+
+    def header(
+        self,
+        seq: int,
+        ack: int,
+        flags: int,
+        window: int,
+        payload: bytes = b"",
+        options: bytes = b"",
+        ident: int = 0,
+    ) -> bytes:
+        """The IP and TCP headers (options included) for a packet carrying payload."""
         if len(options) % 4:
             raise ValueError("TCP options must be padded to a multiple of four bytes")
         hlen = TCP_HEADER + len(options)
@@ -358,9 +372,7 @@ class TcpHeaders:
             self.src, self.dst, self.sport, self.dport, seq, ack, hlen << 2, flags, window,
             csum, 0,
         )  # fmt: skip
-        if options:
-            return b"".join((header, options, payload))
-        return header + payload if payload else header
+        return header + options if options else header
 
 
 def build_tcp(

@@ -128,11 +128,19 @@ def describe(packet: bytes) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Transmit:
+    """A packet for the TUN device: packet, then payload (kept apart so that
+    the write can gather them without copying the payload once more)."""
+
     packet: bytes
     gso: int = 0  # > 0: a segment larger than the client's MSS, for the kernel to cut (GSO)
+    payload: bytes = b""
+
+    @property
+    def wire(self) -> bytes:
+        return self.packet + self.payload
 
     def __repr__(self) -> str:
-        return f"Transmit({describe(self.packet)})"
+        return f"Transmit({describe(self.wire)})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,6 +247,7 @@ class _Flow:
     __slots__ = (
         "ack_pending",
         "conn",
+        "deadline",
         "dupacks",
         "failure",
         "fin_queued",
@@ -327,6 +336,7 @@ class _Flow:
         self.persist_backoff = 0
         self.timer: Timer | None = None
         self.timer_gen = 0
+        self.deadline = 0.0  # of the armed timer; its heap entry may be earlier
 
     @property
     def data_end(self) -> int:
@@ -518,13 +528,22 @@ class TcpStack:
             f = self._by_conn.get(conn)
             if f is None or f.timer is None or f.timer_gen != gen:
                 continue
+            if f.deadline > now:  # pushed back since this entry was made
+                heapq.heappush(timers, (f.deadline, conn, gen))
+                continue
             kind, f.timer = f.timer, None
             self._on_timer(f, kind, now, out)
         return out
 
     def _arm(self, f: _Flow, kind: Timer, deadline: float) -> None:
+        if f.timer is kind and deadline >= f.deadline:
+            # Pushing the same timer back (every ACK does, for the RTO): keep
+            # the heap entry, which re-queues itself when it comes due.
+            f.deadline = deadline
+            return
         f.timer = kind
         f.timer_gen += 1
+        f.deadline = deadline
         heapq.heappush(self._timers, (deadline, f.conn, f.timer_gen))
 
     def _disarm(self, f: _Flow, kind: Timer) -> None:
@@ -845,7 +864,9 @@ class TcpStack:
                 flags = ACK | PSH if n == unsent else ACK
                 if window is None:
                     window = self._window_field(f)
-                out.append(self._send(f, f.snd_nxt, flags, bytes(buf[sent : sent + n]), window))
+                with memoryview(buf) as view:  # one copy: a bytearray slice would make two
+                    data = bytes(view[sent : sent + n])
+                out.append(self._send(f, f.snd_nxt, flags, data, window))
                 if f.timed_seq is None:
                     f.timed_seq, f.timed_at = f.snd_nxt, now
                 f.snd_nxt = (f.snd_nxt + n) & MASK
@@ -958,8 +979,8 @@ class TcpStack:
         if flags & RST:
             self.stats.resets_sent += 1
         self._ident = (self._ident + 1) & 0xFFFF
-        packet = f.hdr.packet(seq, f.rcv_nxt, flags, window, payload, options, self._ident)
-        return Transmit(packet, f.snd_mss if len(payload) > f.snd_mss else 0)
+        header = f.hdr.header(seq, f.rcv_nxt, flags, window, payload, options, self._ident)
+        return Transmit(header, f.snd_mss if len(payload) > f.snd_mss else 0, payload)
 
     @staticmethod
     def _sack_blocks(f: _Flow) -> tuple[tuple[int, int], ...]:

@@ -255,6 +255,30 @@ class TunStack:
         device's, when it cannot be read here (a device in another network
         namespace)."""
         self._device: object | None = None  # a TunTapDevice we made and must close
+        try:
+            self._open_device(tun, mtu, offload)
+        except BaseException:
+            self._close_device()
+            raise
+        self.config = dataclasses.replace(config or TcpConfig(), mtu=self.mtu, offload=self.offload)
+        self.open_flow = open_flow
+        self.counters = TunCounters()
+        self._clock = clock
+        self._stack = TcpStack(self.config)
+        self._lock = threading.Lock()
+        self._handles: dict[int, _Handle] = {}  # flows whose app side is live
+        self._live: set[_Handle] = set()  # handles whose threads may still run
+        self._workers = _Workers(connect_workers, "tun-open")
+        self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._sleep_until = -math.inf  # the loop's wake-up time while it waits
+        self._stopping = False
+        self._started = False
+        self._closed = False
+        self._fd_usable = True  # False once stopping: the fd may be closed and its number reused
+        self.error: str | None = None  # why the packet loop died, if it did
+        self._loop_thread = threading.Thread(target=self._loop, name="tun-loop", daemon=True)
+
+    def _open_device(self, tun: int | str | TunDevice, mtu: int | None, offload: bool) -> None:
         if isinstance(tun, str):
             import pytun  # only needed when we make the device
 
@@ -286,23 +310,6 @@ class TunStack:
             self.vnet_header, b"\0"
         )
         self._plain_header = bytes(self.vnet_header)
-        self.config = dataclasses.replace(config or TcpConfig(), mtu=self.mtu, offload=self.offload)
-        self.open_flow = open_flow
-        self.counters = TunCounters()
-        self._clock = clock
-        self._stack = TcpStack(self.config)
-        self._lock = threading.Lock()
-        self._handles: dict[int, _Handle] = {}  # flows whose app side is live
-        self._live: set[_Handle] = set()  # handles whose threads may still run
-        self._workers = _Workers(connect_workers, "tun-open")
-        self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        self._sleep_until = -math.inf  # the loop's wake-up time while it waits
-        self._stopping = False
-        self._started = False
-        self._closed = False
-        self._fd_usable = True  # False once stopping: the fd may be closed and its number reused
-        self.error: str | None = None  # why the packet loop died, if it did
-        self._loop_thread = threading.Thread(target=self._loop, name="tun-loop", daemon=True)
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -336,10 +343,14 @@ class TunStack:
                     t.join(max(deadline - time.monotonic(), 0))
         with self._lock:
             os.close(self._wake)
-            if self._device is not None:
-                with contextlib.suppress(Exception):
-                    self._device.close()  # type: ignore[attr-defined]
+            self._close_device()
         log.debug("tun stack stopped", device=self.name)
+
+    def _close_device(self) -> None:
+        if self._device is not None:
+            with contextlib.suppress(Exception):
+                self._device.close()  # type: ignore[attr-defined]
+            self._device = None
 
     def __enter__(self) -> TunStack:
         return self.start()
@@ -397,17 +408,15 @@ class TunStack:
         read = os.read
         header = self.vnet_header
         trusted_flags = _VNET_NEEDS_CSUM | _VNET_DATA_VALID
+        with lock:
+            deadline = stack.next_deadline()
+            self._sleep_until = math.inf if deadline is None else deadline
         try:
             while not self._stopping:
-                with lock:
-                    deadline = stack.next_deadline()
-                    self._sleep_until = math.inf if deadline is None else deadline
                 timeout = None
                 if deadline is not None:
                     timeout = max(math.ceil((deadline - clock()) * 1000), 0)
                 events = poller.poll(timeout)
-                with lock:
-                    self._sleep_until = -math.inf
                 if any(efd == self._wake for efd, _ in events):
                     with contextlib.suppress(BlockingIOError):
                         os.eventfd_read(self._wake)
@@ -420,6 +429,7 @@ class TunStack:
                 counters.packets_read += len(packets)
                 now = clock()
                 with lock:
+                    self._sleep_until = -math.inf  # awake: no need to poke it
                     actions: list[Action] = []
                     for packet in packets:
                         if header:
@@ -430,6 +440,10 @@ class TunStack:
                     actions += stack.expire(now)
                     actions += stack.flush(now)
                     self._carry_out(actions)
+                    # Set while the lock is held: a timer armed by another thread
+                    # from now on pokes the loop if it is earlier.
+                    deadline = stack.next_deadline()
+                    self._sleep_until = math.inf if deadline is None else deadline
         except OSError as exc:
             if not self._stopping:
                 self.error = str(exc)
@@ -472,20 +486,19 @@ class TunStack:
     def _write(self, action: Transmit) -> None:
         if not self._fd_usable:
             return
-        packet = action.packet
+        packet, payload = action.packet, action.payload
         try:
             if not self.vnet_header:
-                os.write(self.fd, packet)
+                os.writev(self.fd, (packet, payload))
             elif packet[9] != 6:  # not TCP (an ICMP error): checksummed in full
-                os.writev(self.fd, (self._plain_header, packet))
+                os.writev(self.fd, (self._plain_header, packet, payload))
             elif action.gso:
-                header_length = 20 + (packet[32] >> 4) * 4
                 vnet = _VNET.pack(
-                    _VNET_NEEDS_CSUM, _VNET_GSO_TCPV4, header_length, action.gso, 20, 16
+                    _VNET_NEEDS_CSUM, _VNET_GSO_TCPV4, len(packet), action.gso, 20, 16
                 )
-                os.writev(self.fd, (vnet.ljust(self.vnet_header, b"\0"), packet))
+                os.writev(self.fd, (vnet.ljust(self.vnet_header, b"\0"), packet, payload))
             else:
-                os.writev(self.fd, (self._partial_header, packet))
+                os.writev(self.fd, (self._partial_header, packet, payload))
             self.counters.packets_written += 1
         except OSError as exc:
             # A dropped packet is what the TCP core recovers from; a dead

@@ -111,6 +111,24 @@ def test_request_and_response(env: TunEnv) -> None:
     assert_clean(stack)
 
 
+def test_a_stack_makes_its_own_device_with_offloads(env: TunEnv) -> None:
+    server = env.server(te.pong)
+    # Made in the namespace: the device lives where the thread making it is.
+    stack = te.in_netns(env.ns, lambda: TunStack("ktown0", env.open_flow))
+    env.stacks.append(stack)
+    assert (stack.name, stack.mtu, stack.offload) == ("ktown0", DEFAULT_MTU, True)
+    te.run("ip", "-n", env.ns, "addr", "add", "198.18.2.1/32", "dev", "ktown0")
+    te.run(
+        "ip", "-n", env.ns, "route", "add", "198.18.3.0/24", "dev", "ktown0", "src", "198.18.2.1"
+    )
+    stack.start()
+    with env.connect(server.port, host="198.18.3.7") as client:
+        client.sendall(b"own\n")
+        assert client.recv(100) == b"pong own\n"
+    stack.stop()
+    assert "ktown0" not in te.run("ip", "-n", env.ns, "link", "show")  # closed with the stack
+
+
 def test_curl_gets_a_page(env: TunEnv) -> None:
     if shutil.which("curl") is None:
         _unavailable("no curl")

@@ -600,7 +600,7 @@ def test_the_icmp_error_quotes_the_syn() -> None:
     syn = c.syn()
     pb >> syn << c.connect(1)
     (action,) = pb.stack.open_failed(1, OpenFailure.HOST_UNREACHABLE, pb.now)
-    packet = ip.parse_ipv4(action.packet)  # type: ignore[union-attr]
+    packet = ip.parse_ipv4(action.wire)  # type: ignore[union-attr]
     assert packet.src == ip.ip_bytes(c.dst)
     assert packet.dst == ip.ip_bytes(c.src)
     _, _, quoted = ip.parse_icmp(packet)
@@ -726,6 +726,16 @@ def test_timers_are_reported_and_cleared() -> None:
     assert pb.stack.next_deadline() is None
 
 
+def test_an_ack_pushes_the_retransmission_timer_back() -> None:
+    pb, c = established()
+    pb >> AppData(1, b"a" * 100) << Seg("P.", seq=1)
+    pb >> AppData(1, b"b" * 100) << Seg("P.", seq=101, lost=True)
+    pb >> Tick(0.1) >> c.ack(ack=101)  # progress: the RTO restarts from here
+    pb >> Tick(0.15)  # the first deadline has passed: nothing yet
+    pb >> Tick(0.05) << Seg(".", seq=101, payload=b"b" * 100)
+    assert pb.stack.stats.retransmits == 1
+
+
 def test_the_window_scale_covers_the_receive_buffer() -> None:
     assert TcpConfig(mtu=1500, receive_buffer=65535).window_scale == 0
     assert TcpConfig(receive_buffer=1 << 20).window_scale == 5
@@ -759,7 +769,7 @@ def test_with_offloads_segments_are_as_large_as_a_packet_allows() -> None:
 def test_with_offloads_the_checksum_is_left_for_the_kernel() -> None:
     pb, _ = established(offload=True)
     (action,) = pb.stack.app_data(1, b"x" * 1000, pb.now)
-    packet = action.packet  # type: ignore[union-attr]
+    packet = action.wire  # type: ignore[union-attr]
     # Only the pseudo-header sum is there (CHECKSUM_PARTIAL): the kernel adds the rest.
     pseudo = ip.ones_sum(packet[12:20]) + ip.PROTO_TCP + len(packet) - 20
     assert int.from_bytes(packet[36:38], "big") == pseudo % 0xFFFF
@@ -786,5 +796,5 @@ def test_packets_after_a_virtio_header_are_read_in_place() -> None:
     (connect,) = pb.stack.receive(header + syn, pb.now, offset=10)
     assert connect == c.connect(1)
     (icmp,) = pb.stack.open_failed(1, OpenFailure.HOST_UNREACHABLE, pb.now)
-    _, _, quoted = ip.parse_icmp(ip.parse_ipv4(icmp.packet))  # type: ignore[union-attr]
+    _, _, quoted = ip.parse_icmp(ip.parse_ipv4(icmp.wire))  # type: ignore[union-attr]
     assert quoted == syn[:28]  # the SYN, not the virtio header

@@ -364,7 +364,7 @@ class Playbook:
                 return "not a packet"
             try:
                 # With offloads the kernel finishes our checksums: nothing to check yet.
-                segment = ip.parse_tcp_packet(actual.packet, not self.stack.config.offload)
+                segment = ip.parse_tcp_packet(actual.wire, not self.stack.config.offload)
             except ip.PacketError as exc:
                 return f"not a valid TCP packet: {exc}"
             if expected.gso is not None and actual.gso != expected.gso:
@@ -381,7 +381,7 @@ class Playbook:
         if isinstance(expected, Icmp):
             if not isinstance(actual, Transmit):
                 return "not a packet"
-            pkt = ip.parse_ipv4(actual.packet)
+            pkt = ip.parse_ipv4(actual.wire)
             kind, code, quoted = ip.parse_icmp(pkt)
             if (kind, code) != (ip.ICMP_UNREACHABLE, expected.code):
                 return f"ICMP type {kind} code {code}"
