@@ -7,7 +7,6 @@ with the reason, so a developer without root can still run the other tiers.
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import queue
@@ -113,8 +112,6 @@ def bed() -> Bed:
         _unavailable(f"`python -m tests.e2e.testbed up` exited {up.returncode}")
     return Bed()
 
-
-_counter = itertools.count()
 
 
 @pytest.fixture
@@ -243,15 +240,44 @@ def run_ktpy(
     return RunningKtpy(laptop.popen(sys.executable, "-m", "ktpy", *args, user=user, env=env))
 
 
-# Laptops 1 and 2 are the bed's standing ones; tests get their own (config.E2E_LAPTOPS).
-_laptop_numbers = itertools.count()
+CLAIMS = config.RUN_DIR / "laptop-claims"
+
+
+def _claim_laptop_number() -> int:
+    """A laptop number no other live test process holds (pytest runs side by side
+    share the bed): claimed by creating RUN_DIR/laptop-claims/N exclusively."""
+    CLAIMS.mkdir(parents=True, exist_ok=True)
+    for number in config.E2E_LAPTOPS:
+        claim = CLAIMS / str(number)
+        try:
+            fd = os.open(claim, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            try:
+                holder = int(claim.read_text() or "0")
+            except (OSError, ValueError):
+                continue
+            if holder and Path(f"/proc/{holder}").exists():
+                continue
+            claim.unlink(missing_ok=True)  # its process is gone: take it over
+            try:
+                fd = os.open(claim, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                continue
+        with os.fdopen(fd, "w") as handle:
+            handle.write(str(os.getpid()))
+        return number
+    raise RuntimeError(f"all laptops {config.E2E_LAPTOPS} are claimed")
 
 
 def _new_laptop(resolver_flavour: str) -> Laptop:
-    span = config.E2E_LAPTOPS
-    number = span.start + next(_laptop_numbers) % len(span)
+    number = _claim_laptop_number()
     hostnet.delete_laptop(config.laptop_name(number))  # a killed earlier run may have left it
     return Laptop(number, hostnet.create_laptop(number, resolver_flavour), resolver_flavour)
+
+
+def _release_laptop(made: Laptop) -> None:
+    hostnet.delete_laptop(made.name)
+    (CLAIMS / str(made.number)).unlink(missing_ok=True)
 
 
 @pytest.fixture
@@ -259,7 +285,7 @@ def other_laptop(bed: Bed) -> Iterator[Laptop]:
     """A second laptop, for another developer."""
     made = _new_laptop("plain")
     yield made
-    hostnet.delete_laptop(made.name)
+    _release_laptop(made)
 
 
 @pytest.fixture
@@ -268,7 +294,7 @@ def laptop(bed: Bed, request: pytest.FixtureRequest) -> Iterator[Laptop]:
     resolver_flavour = getattr(request, "param", "plain")
     made = _new_laptop(resolver_flavour)
     yield made
-    hostnet.delete_laptop(made.name)
+    _release_laptop(made)
 
 
 def echo_manifest(name: str = "echo", replicas: int = 2) -> str:

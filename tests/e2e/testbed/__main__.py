@@ -9,6 +9,7 @@ python -m tests.e2e.testbed restart apiserver|kubelet|kube-proxy|coredns
 from __future__ import annotations
 
 import argparse
+import fcntl
 import os
 import sys
 from pathlib import Path
@@ -40,6 +41,11 @@ def main(argv: list[str] | None = None) -> int:
     p_restart = sub.add_parser("restart", help="restart one component (fault tests)")
     p_restart.add_argument("component", choices=sorted(bed.RESTARTABLE))
     args = parser.parse_args(argv)
+    if args.command in ("up", "down", "restart"):
+        # Test runs side by side may all ask for the bed at once: one at a time.
+        config.CACHE_DIR.mkdir(parents=True, exist_ok=True)
+        lock = (config.CACHE_DIR / "bed.lock").open("w")
+        fcntl.flock(lock, fcntl.LOCK_EX)
 
     if args.command == "up":
         bed.up(args.shadow_archive)
