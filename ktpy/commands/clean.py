@@ -4,6 +4,7 @@ back what they modified. A live session is never touched."""
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 
 import click
 
@@ -15,6 +16,7 @@ from ktpy.commands.common import check_local_process, make_api, settings_of
 from ktpy.commands.status import created_objects
 from ktpy.durations import format_duration
 from ktpy.errors import KtpyError
+from ktpy.host import clean as host_clean
 
 MODIFIABLE_KINDS = (Kind.SERVICE, Kind.DEPLOYMENT)
 
@@ -61,9 +63,19 @@ def carry_out(api: ClusterApi, plan: sweep.CleanPlan) -> list[str]:
 )
 @click.option("--dry-run", is_flag=True, help="Say what would be done; change nothing.")
 @click.option("-A", "--all-namespaces", is_flag=True, help="Clean every namespace.")
+@click.option(
+    "--local",
+    is_flag=True,
+    help="Only undo this machine's changes (routes, TUN device, resolver) left by a "
+    "crashed ktpy connect, from its journal. Needs the same rights as connect (sudo).",
+)
 @click.pass_context
 def clean(
-    ctx: click.Context, threshold: timedelta | None, dry_run: bool, all_namespaces: bool
+    ctx: click.Context,
+    threshold: timedelta | None,
+    dry_run: bool,
+    all_namespaces: bool,
+    local: bool,
 ) -> None:
     """Delete the objects of dead or stale sessions and restore what they modified.
 
@@ -72,6 +84,9 @@ def clean(
     twice the heartbeat interval). Live sessions are never touched.
     """
     settings = settings_of(ctx)
+    if local:
+        _clean_local(settings.journal_dir, dry_run)
+        return
     threshold = threshold or settings.stale_after
     sweep.check_threshold(threshold, settings.heartbeat_interval)
     api = make_api(settings)
@@ -106,3 +121,21 @@ def clean(
     )
     if problems:
         raise KtpyError("; ".join(problems), hint="Run ktpy clean again, or use --debug.")
+
+
+def _clean_local(journal_dir: Path, dry_run: bool) -> None:
+    if dry_run:
+        infos = host_clean.list_journals(journal_dir) if journal_dir.exists() else []
+        for info in infos:
+            click.echo(f"journal {info.path}")
+        if not infos:
+            click.echo(f"No journals in {journal_dir}.")
+        return
+    report = host_clean.clean_local(journal_dir)
+    for line in report.lines():
+        click.echo(line)
+    if not report.complete:
+        raise KtpyError(
+            "some host changes could not be undone",
+            hint=f"See the lines above; the journal stays in {journal_dir} for another try.",
+        )
