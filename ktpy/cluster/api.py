@@ -217,8 +217,11 @@ class ClusterApi(Protocol):
         """``namespace`` None lists across all namespaces (and cluster-scoped kinds)."""
         ...
 
-    def create(self, kind: Kind, namespace: str, body: Mapping[str, Any]) -> JsonObject:
-        """Raises AlreadyExists; PodSecurityRejected for a pod the namespace refuses."""
+    def create(
+        self, kind: Kind, namespace: str, body: Mapping[str, Any], *, dry_run: bool = False
+    ) -> JsonObject:
+        """Raises AlreadyExists; PodSecurityRejected for a pod the namespace refuses.
+        With ``dry_run`` the server validates and admits but stores nothing."""
         ...
 
     def replace(self, kind: Kind, namespace: str, name: str, body: Mapping[str, Any]) -> JsonObject:
@@ -481,7 +484,9 @@ class KubernetesApi:
         version = str((data.get("metadata") or {}).get("resourceVersion", ""))
         return ListResult(items, version)
 
-    def create(self, kind: Kind, namespace: str, body: Mapping[str, Any]) -> JsonObject:
+    def create(
+        self, kind: Kind, namespace: str, body: Mapping[str, Any], *, dry_run: bool = False
+    ) -> JsonObject:
         data, _ = self._call(
             "POST",
             resource_path(kind, namespace),
@@ -489,6 +494,7 @@ class KubernetesApi:
             kind=kind,
             namespace=namespace,
             body=dict(body),
+            query=[("dryRun", "All")] if dry_run else (),
         )
         return with_kind(kind, data)
 

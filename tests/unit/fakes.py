@@ -196,11 +196,15 @@ class FakeCluster:
         ]
         return ListResult(tuple(items), str(self._current_version()))
 
-    def create(self, kind: Kind, namespace: str, body: Mapping[str, Any]) -> JsonObject:
+    def create(
+        self, kind: Kind, namespace: str, body: Mapping[str, Any], *, dry_run: bool = False
+    ) -> JsonObject:
         stored = copy.deepcopy(dict(body))
         meta = stored.setdefault("metadata", {})
         name = meta.get("name")
         self._enter("create", kind, namespace, str(name))
+        if dry_run:
+            return stored
         if not name:
             raise Invalid("metadata.name is required")
         namespace = namespace if kind.namespaced else ""
