@@ -37,11 +37,19 @@ def _shared_processors() -> list[Processor]:
     ]
 
 
-def _renderer(log_format: LogFormat, stream: TextIO) -> Processor:
+def _one_line_exception(sio: TextIO, exc_info: Any) -> None:
+    """Without --debug an exception in a log line is its type and message, not a
+    traceback with every local variable."""
+    _, exc, _ = exc_info
+    sio.write(f" ({type(exc).__name__}: {exc})")
+
+
+def _renderer(log_format: LogFormat, stream: TextIO, debug: bool) -> Processor:
     if log_format is LogFormat.JSON:
         return structlog.processors.JSONRenderer(sort_keys=False)
     colors = hasattr(stream, "isatty") and stream.isatty()
-    return structlog.dev.ConsoleRenderer(colors=colors)
+    formatter = structlog.dev.plain_traceback if debug else _one_line_exception
+    return structlog.dev.ConsoleRenderer(colors=colors, exception_formatter=formatter)
 
 
 def configure(
@@ -65,7 +73,7 @@ def configure(
             structlog.processors.format_exc_info
             if log_format is LogFormat.JSON
             else structlog.processors.StackInfoRenderer(),
-            _renderer(log_format, out),
+            _renderer(log_format, out, debug),
         ],
     )
     handler = logging.StreamHandler(out)

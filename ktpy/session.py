@@ -270,6 +270,10 @@ class Session:
         """A connection to host:port opened by the shadow pod (SSH direct-tcpip)."""
         return ssh.open_channel(self.transport(), host, port)
 
+    def run(self, command: str) -> str:
+        """Run a command in the shadow pod over SSH (no pods/exec right needed)."""
+        return ssh.run_command(self.transport(), command)
+
     def add_remote_forward(self, port: int, handler: RemoteHandler) -> None:
         """Listen on the pod's port and hand connections to handler; kept across reconnects."""
         self._remote_forwards[port] = handler

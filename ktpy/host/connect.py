@@ -109,9 +109,21 @@ class Network:
 
 
 def open_network(
-    journal: Journal, facts: HostFacts, *, mtu: int = DEFAULT_MTU, runner: Runner = run
+    journal: Journal,
+    facts: HostFacts,
+    *,
+    mtu: int = DEFAULT_MTU,
+    runner: Runner = run,
+    offload: bool = False,
 ) -> Network:
-    tun = open_tun(journal, name=facts.tun_name, address=facts.tun_address, mtu=mtu, runner=runner)
+    tun = open_tun(
+        journal,
+        name=facts.tun_name,
+        address=facts.tun_address,
+        mtu=mtu,
+        runner=runner,
+        offload=offload,
+    )
     try:
         routed = add_routes(
             journal, tun.name, facts.routes.add, source={4: facts.tun_address}, runner=runner

@@ -85,6 +85,9 @@ class TunDevice:
         self._device.close()
 
 
+IFF_VNET_HDR = 0x4000  # linux/if_tun.h; python-pytun does not name it
+
+
 def open_tun(
     journal: Journal,
     *,
@@ -92,8 +95,11 @@ def open_tun(
     address: ipaddress.IPv4Address,
     mtu: int = DEFAULT_MTU,
     runner: Runner = run,
+    offload: bool = False,
 ) -> TunDevice:
-    """Make the TUN device ``name`` with ``address``/32 and ``mtu``, up.
+    """Make the TUN device ``name`` with ``address``/32 and ``mtu``, up. With
+    ``offload`` each packet carries a virtio-net header (IFF_VNET_HDR), which lets
+    the reader ask for TSO and checksum offloads (ktpy.net.tun_stack does).
 
     The MTU, address and up state belong to the device and go with it, so the one
     journal entry (delete the device) undoes them all."""
@@ -104,7 +110,8 @@ def open_tun(
         )
     journal.record(Change(f"TUN device {name}", LinkDelete(name)))
     try:
-        device = pytun.TunTapDevice(name=name, flags=pytun.IFF_TUN | pytun.IFF_NO_PI)
+        flags = pytun.IFF_TUN | pytun.IFF_NO_PI | (IFF_VNET_HDR if offload else 0)
+        device = pytun.TunTapDevice(name=name, flags=flags)
     except pytun.Error as exc:
         code = exc.args[0] if exc.args else None
         if code in (errno.EPERM, errno.EACCES):

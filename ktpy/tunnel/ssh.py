@@ -128,3 +128,19 @@ def request_remote_forward(
     if bound is None:
         raise SshError(f"the shadow pod refused to listen on port {port}")
     return int(bound)
+
+
+def run_command(transport: paramiko.Transport, command: str, timeout: float = 10.0) -> str:
+    """Run a command in the shadow pod (its own user, no shell tricks) and return stdout."""
+    channel = transport.open_session(timeout=timeout)
+    try:
+        channel.settimeout(timeout)
+        channel.exec_command(command)
+        chunks = []
+        while data := channel.recv(65536):
+            chunks.append(data)
+        if channel.recv_exit_status() != 0:
+            raise SshError(f"{command!r} failed in the shadow pod")
+        return b"".join(chunks).decode(errors="replace")
+    finally:
+        channel.close()

@@ -70,8 +70,12 @@ def test_kill9_session_is_cleaned_while_a_live_one_survives(
 ) -> None:
     ns = echo
     fast = {"KTPY_HEARTBEAT_INTERVAL": "2s", "KTPY_STALE_AFTER": "6s"}
-    doomed = run_ktpy(laptop, "-n", ns, "connect", "--socks-port", "2302", env=fast)
-    survivor = run_ktpy(other_laptop, "-n", ns, "connect", "--socks-port", "2303", env=fast)
+    doomed = run_ktpy(
+        laptop, "-n", ns, "connect", "--mode", "socks", "--socks-port", "2302", env=fast
+    )
+    survivor = run_ktpy(
+        other_laptop, "-n", ns, "connect", "--mode", "socks", "--socks-port", "2303", env=fast
+    )
     try:
         doomed.wait_ready()
         survivor.wait_ready()
@@ -136,7 +140,9 @@ def test_session_in_the_restricted_namespace_as_a_namespace_developer(
         bed.kubectl(
             "-n", ns, "rollout", "status", f"deployment/echo-{user}", "--timeout=90s", timeout=100
         )
-        session = run_ktpy(laptop, "-n", ns, "connect", "--socks-port", "2304", user=user)
+        session = run_ktpy(
+            laptop, "-n", ns, "connect", "--mode", "socks", "--socks-port", "2304", user=user
+        )
         try:
             session.wait_ready()
             assert _socks_get(laptop, 2304, f"http://echo-{user}.{ns}/")["namespace"] == ns
@@ -152,7 +158,7 @@ def test_tunnel_reconnects_after_the_api_server_restarts(
     bed: Bed, echo: str, laptop: Laptop
 ) -> None:
     ns = echo
-    session = run_ktpy(laptop, "-n", ns, "connect", "--socks-port", "2305")
+    session = run_ktpy(laptop, "-n", ns, "connect", "--mode", "socks", "--socks-port", "2305")
     try:
         session.wait_ready()
         assert _socks_get(laptop, 2305, f"http://echo.{ns}/")["pod"]

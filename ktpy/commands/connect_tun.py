@@ -1,0 +1,233 @@
+"""The TUN mode of `ktpy connect`: routes, a userspace TCP stack and cluster DNS.
+
+Order matters both ways. Up: read everything (ranges, domain, the laptop's
+resolver and routes) before changing anything; then journal and make each host
+change; point the resolver at ktpy's DNS server last. Down: put the resolver
+and routes back first (the journal, newest first), then stop ktpy's servers,
+then the shadow pod.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import socket
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+import click
+
+from ktpy.cluster import ranges
+from ktpy.cluster.api import ClusterApi, Kind
+from ktpy.cluster.manifests import DNS_PORT
+from ktpy.config import Settings
+from ktpy.errors import AlreadyRunning, Forbidden, KtpyError, NeedsRoot, NoTunDevice
+from ktpy.host import clean as host_clean
+from ktpy.host import connect as host
+from ktpy.host.journal import Journal
+from ktpy.host.resolver import ResolverKind
+from ktpy.logs import get_logger
+from ktpy.net.dns import ClusterNames
+from ktpy.net.dns_server import DnsServer, TcpExchange, tcp_exchange_over
+from ktpy.net.tun_stack import DEFAULT_MTU, TunStack
+from ktpy.session import Session
+
+TUN_DEVICE = Path("/dev/net/tun")
+KNOWN_NAMES_REFRESH = 10.0  # seconds between re-reads of namespaces and Services
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+log = get_logger("ktpy.connect")
+
+
+def preflight(settings: Settings) -> None:
+    """Everything that can be refused before anything changes."""
+    if os.geteuid() != 0:
+        raise NeedsRoot("ktpy connect makes a TUN device and routes, which needs root")
+    if not TUN_DEVICE.exists():
+        raise NoTunDevice(f"{TUN_DEVICE} does not exist: this kernel or container has no TUN")
+    running = host_clean.running_sessions(settings.journal_dir)
+    if running:
+        owner = running[0].header.owner.describe() if running[0].header else "unknown"
+        raise AlreadyRunning(f"another ktpy connect is running on this machine ({owner})")
+
+
+def api_addresses(api_url: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...]:
+    """The API server's addresses: never routed into the tunnel (it carries the tunnel)."""
+    host_name = urlparse(api_url).hostname or ""
+    try:
+        return (ipaddress.ip_address(host_name),)
+    except ValueError:
+        pass
+    found = {info[4][0] for info in socket.getaddrinfo(host_name, None, proto=socket.IPPROTO_TCP)}
+    return tuple(ipaddress.ip_address(str(a).split("%", 1)[0]) for a in sorted(found))
+
+
+def chosen_ranges(
+    found: Iterable[IPNetwork], include: Iterable[IPNetwork], exclude: Iterable[IPNetwork]
+) -> tuple[IPNetwork, ...]:
+    """The cluster's ranges plus --include-cidr, with every --exclude-cidr cut out."""
+    wanted: list[IPNetwork] = list(dict.fromkeys([*found, *include]))
+    for cut in exclude:
+        kept: list[IPNetwork] = []
+        for net in wanted:
+            if net.version != cut.version or not net.overlaps(cut):
+                kept.append(net)
+            elif not cut.supernet_of(net):  # type: ignore[arg-type]
+                kept.extend(net.address_exclude(cut))  # type: ignore[arg-type]
+        wanted = kept
+    return tuple(wanted)
+
+
+@dataclass
+class ClusterFacts:
+    service: ranges.Ranges
+    pods: ranges.Ranges
+    domain: str
+    domain_source: str
+    namespaces: frozenset[str]
+    namespaces_source: str
+    services: frozenset[str]
+
+
+def read_cluster(
+    api: ClusterApi, session: Session, namespace: str, dns_namespaces: Iterable[str]
+) -> ClusterFacts:
+    service = ranges.service_ranges(api, namespace)
+    pods = ranges.pod_ranges(api, namespace)
+    domain = ranges.cluster_domain(session.run("cat /etc/resolv.conf"))
+    domain_source = "the shadow pod's resolver search path"
+    if domain is None:
+        domain, domain_source = "cluster.local", "assumed (the shadow pod has no search path)"
+    namespaces, source = known_namespaces(api, namespace, dns_namespaces)
+    return ClusterFacts(
+        service, pods, domain, domain_source, namespaces, source, known_services(api, namespace)
+    )
+
+
+def known_namespaces(
+    api: ClusterApi, namespace: str, given: Iterable[str]
+) -> tuple[frozenset[str], str]:
+    try:
+        return frozenset([*api.namespaces(), namespace, *given]), "listed"
+    except Forbidden:
+        return frozenset([namespace, *given]), "the connect namespace and --dns-namespace"
+
+
+def known_services(api: ClusterApi, namespace: str) -> frozenset[str]:
+    listed = api.list_objects(Kind.SERVICE, namespace)
+    return frozenset(str(item["metadata"]["name"]) for item in listed.items)
+
+
+@dataclass
+class TunConnection:
+    """Everything the TUN mode made on this machine, so it can be taken down in order."""
+
+    journal: Journal | None = None
+    network: host.Network | None = None
+    stack: TunStack | None = None
+    dns: DnsServer | None = None
+    exchange: TcpExchange | None = None
+    lines: list[str] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def up(
+        self,
+        api: ClusterApi,
+        settings: Settings,
+        session: Session,
+        *,
+        include: Iterable[IPNetwork],
+        exclude: Iterable[IPNetwork],
+        dns_namespaces: Iterable[str],
+        force_routes: bool,
+        mtu: int | None,
+    ) -> None:
+        ns = settings.namespace
+        facts = read_cluster(api, session, ns, dns_namespaces)
+        wanted = chosen_ranges((*facts.service.networks, *facts.pods.networks), include, exclude)
+        request = host.HostRequest(
+            session=session.id,
+            ranges=wanted,
+            api_addresses=api_addresses(api.host) if hasattr(api, "host") else (),
+            routing_domains=(facts.domain, *sorted(facts.namespaces)),
+            mtu=mtu or DEFAULT_MTU,
+            force=force_routes,
+        )
+        survey = host.survey(request)
+        if survey.resolver.kind is ResolverKind.RESOLVED:
+            # resolved sends single-label names to no link's server: give it the
+            # connect namespace's search domain so `svc` becomes svc.<ns>.svc.<domain>.
+            request = dataclasses.replace(request, search_domains=(f"{ns}.svc.{facts.domain}",))
+        names = ClusterNames(
+            domain=facts.domain,
+            namespace=ns,
+            namespaces=facts.namespaces,
+            services=facts.services,
+            cidrs=wanted,
+        )
+        self.journal = Journal.create(settings.journal_dir, session.id)
+        self.network = host.open_network(self.journal, survey, mtu=request.mtu, offload=True)
+        self.stack = TunStack(self.network.tun, session.open_flow, mtu=request.mtu).start()
+        self.exchange = tcp_exchange_over(session.open_flow, "127.0.0.1", DNS_PORT)
+        self.dns = DnsServer(
+            names, self.exchange, survey.upstreams, host=str(survey.tun_address), port=53
+        ).start()
+        resolver = host.point_resolver(self.journal, survey, request)
+        threading.Thread(
+            target=self._refresh_names, args=(api, ns, dns_namespaces), daemon=True
+        ).start()
+
+        self.lines += [
+            f"Service range {', '.join(map(str, facts.service.networks))} "
+            f"(from {facts.service.source})",
+            f"Pod range {', '.join(map(str, facts.pods.networks))} (from {facts.pods.source})",
+            f"Routed through {survey.tun_name}: {', '.join(map(str, self.network.routed))}",
+        ]
+        self.lines += [f"Not routed: {warning}" for warning in survey.warnings()]
+        self.lines += [
+            f"Cluster domain {facts.domain} (from {facts.domain_source}); "
+            f"namespaces {facts.namespaces_source}",
+            f"DNS {survey.tun_address}:53 via {resolver.choice.kind.value}: cluster names "
+            "go to the cluster, everything else to "
+            f"{', '.join(survey.upstreams) or 'the original resolvers'}",
+        ]
+        self.lines += [f"Warning: {w}" for w in resolver.warnings]
+
+    def _refresh_names(self, api: ClusterApi, ns: str, given: Iterable[str]) -> None:
+        given = tuple(given)
+        while not self._stop.wait(KNOWN_NAMES_REFRESH):
+            try:
+                namespaces, _ = known_namespaces(api, ns, given)
+                if self.dns is not None:
+                    self.dns.set_known(namespaces=namespaces, services=known_services(api, ns))
+            except KtpyError as exc:
+                log.debug("could not refresh known names", reason=str(exc))
+
+    def down(self) -> list[str]:
+        """Undo in order; returns what could not be undone."""
+        self._stop.set()
+        problems: list[str] = []
+        # The stack first: it reads the device the journal is about to delete. The DNS
+        # server last: it answers until the resolver no longer points at it.
+        if self.stack is not None:
+            self.stack.stop()
+        if self.journal is not None:
+            report = host.tear_down(self.journal, self.network)
+            problems += report.failures
+            self.journal.close()
+        elif self.network is not None:
+            self.network.tun.close()
+        if self.dns is not None:
+            self.dns.stop()
+        if self.exchange is not None:
+            self.exchange.close()
+        return problems
+
+
+def show(lines: list[str]) -> None:
+    for line in lines:
+        click.echo(line)
