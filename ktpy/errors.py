@@ -171,8 +171,11 @@ class NameTaken(KtpyError):
     exit_code = 21
     default_hint = "Choose another name, or delete the existing object if it is yours."
 
-    def __init__(self, kind: str, name: str, namespace: str) -> None:
-        super().__init__(f"{kind} {name!r} already exists in namespace {namespace!r}")
+    def __init__(
+        self, kind: str, name: str, namespace: str, *, detail: str = "", hint: str | None = None
+    ) -> None:
+        message = f"{kind} {name!r} already exists in namespace {namespace!r}"
+        super().__init__(f"{message} ({detail})" if detail else message, hint=hint)
         self.kind = kind
         self.name = name
 

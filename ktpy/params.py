@@ -247,3 +247,72 @@ VERSION_MARK = VersionMarkType()
 CIDR = CidrType()
 DURATION = DurationType()
 PORT = PortType()
+
+
+@dataclass(frozen=True)
+class ForwardTarget:
+    """One ``SVC[.NAMESPACE] [LOCAL[:REMOTE]]`` of ``ktpy forward``.
+
+    ``local`` None: the same number as the Service port. ``remote`` None: the
+    Service's first TCP port; a name or number is resolved against the Service.
+    """
+
+    service: str
+    namespace: str | None = None
+    local: int | None = None
+    remote: int | str | None = None
+
+
+def _parse_forward_ports(text: str) -> tuple[int | None, int | str | None]:
+    local_text, colon, remote_text = text.partition(":")
+    local = parse_port_number(local_text) if local_text else None
+    if not colon:
+        return local, None
+    if not remote_text:
+        raise ValueError(f"{text!r}: nothing after ':'; expected LOCAL[:REMOTE]")
+    if remote_text.isdigit():
+        return local, parse_port_number(remote_text)
+    if is_port_name(remote_text):
+        return local, remote_text
+    raise ValueError(f"{remote_text!r} is neither a port number nor a port name")
+
+
+def parse_forward_targets(tokens: tuple[str, ...] | list[str]) -> tuple[ForwardTarget, ...]:
+    """``SVC [LOCAL[:REMOTE]] [SVC [LOCAL[:REMOTE]]]...``; also ``:REMOTE``.
+
+    A token starting with a digit or ':' is ports (a Service name starts with a
+    letter); anything else names a Service, optionally as ``svc.namespace``.
+    """
+    targets: list[ForwardTarget] = []
+    ports_given = False
+    for token in tokens:
+        if token[:1].isdigit() or token.startswith(":"):
+            if not targets:
+                raise ValueError(f"{token!r} comes before any Service; expected SVC first")
+            if ports_given:
+                raise ValueError(
+                    f"{token!r}: service {targets[-1].service!r} already has its ports"
+                )
+            local, remote = _parse_forward_ports(token)
+            last = targets[-1]
+            targets[-1] = ForwardTarget(last.service, last.namespace, local, remote)
+            ports_given = True
+            continue
+        service, dot, namespace = token.partition(".")
+        if not is_dns1123_label(service) or (dot and not is_dns1123_label(namespace)):
+            raise ValueError(f"{token!r} is not a Service name (SVC or SVC.NAMESPACE)")
+        targets.append(ForwardTarget(service, namespace or None))
+        ports_given = False
+    if not targets:
+        raise ValueError("name at least one Service")
+    return tuple(targets)
+
+
+def forward_targets_callback(
+    ctx: click.Context, param: click.Parameter, value: tuple[str, ...]
+) -> tuple[ForwardTarget, ...]:
+    """Click callback for ``ktpy forward``'s variadic argument."""
+    try:
+        return parse_forward_targets(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx, param) from exc

@@ -29,7 +29,7 @@ DEFAULT_INTERVAL = timedelta(seconds=30)
 DEFAULT_STALE_AFTER = timedelta(minutes=3)
 
 # A session's main role is that of its shadow pod; routers and stuntmen serve it.
-_SESSION_ROLES = (Role.CONNECT, Role.EXCHANGE, Role.MESH, Role.PREVIEW)
+_SESSION_ROLES = (Role.CONNECT, Role.EXCHANGE, Role.MESH, Role.PREVIEW, Role.FORWARD)
 
 
 class Liveness(StrEnum):

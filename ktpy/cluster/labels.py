@@ -6,7 +6,7 @@ Everything lives under one prefix, ``ktpy.dev/``, plus the well-known
 Labels (selectable, so short and label-value safe):
 
 - ``app.kubernetes.io/managed-by=ktpy`` on every object ktpy creates;
-- ``ktpy.dev/role``: connect, exchange, mesh, preview, router, stuntman;
+- ``ktpy.dev/role``: connect, exchange, mesh, preview, forward, router, stuntman;
 - ``ktpy.dev/session``: the session id (8 lowercase letters and digits);
 - ``ktpy.dev/modified-by``: on a user's object ktpy changed, the session id.
 
@@ -57,6 +57,7 @@ class Role(StrEnum):
     EXCHANGE = "exchange"
     MESH = "mesh"
     PREVIEW = "preview"
+    FORWARD = "forward"
     ROUTER = "router"
     STUNTMAN = "stuntman"
 

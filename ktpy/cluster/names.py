@@ -4,6 +4,7 @@
 object                 name
 =====================  ==================================
 connect shadow pod     ``kt-connect-shadow-<5 lowercase>``
+forward shadow pod     ``kt-forward-shadow-<5 lowercase>``
 exchange shadow pod    ``<svc>-kt-exchange-<5 lowercase>``
 mesh router pod        ``<svc>-kt-router``
 stuntman Service       ``<svc>-kt-stuntman``
@@ -88,6 +89,10 @@ def fit(base: str, suffix: str) -> str:
 
 def connect_shadow_name(rng: RandomSource = SYSTEM_RANDOM) -> str:
     return f"kt-connect-shadow-{random_suffix(rng)}"
+
+
+def forward_shadow_name(rng: RandomSource = SYSTEM_RANDOM) -> str:
+    return f"kt-forward-shadow-{random_suffix(rng)}"
 
 
 def exchange_shadow_name(target: str, rng: RandomSource = SYSTEM_RANDOM) -> str:

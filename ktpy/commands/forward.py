@@ -101,8 +101,7 @@ def forward(ctx: click.Context, targets: tuple[params.ForwardTarget, ...]) -> No
         session = Session(api, settings, spec)
         servers: list[ForwardServer] = []
         try:
-            for route in routes:
-                servers.append(_listen(session, route))
+            servers.extend(_listen(session, route) for route in routes)
             session.start()
             for server in servers:
                 server.start()
