@@ -75,8 +75,9 @@ log = structlog.get_logger(__name__)
 
 OpenFlow = Callable[[str, int], Flow]
 
-# Measured (benchmarks/tun_stack.py, docs/performance.md): per-packet work is
-# what a Python stack pays for, so the largest MTU moves the most data.
+# Measured (benchmarks/tun_stack.py, docs/performance.md): with offloads the
+# MTU hardly matters (64 KiB segments either way); on a plain device 65000
+# moves five to six times what 1500 does, Python paying per packet.
 DEFAULT_MTU = 65000
 CHUNK = 256 * 1024  # largest read from a Flow
 BATCH = 64  # packets read from the TUN fd before the stack flushes ACKs
@@ -269,6 +270,8 @@ class TunStack:
         self._handles: dict[int, _Handle] = {}  # flows whose app side is live
         self._live: set[_Handle] = set()  # handles whose threads may still run
         self._workers = _Workers(connect_workers, "tun-open")
+        # Apart, so that slow opens filling the pool cannot hold a reset flow open.
+        self._closers = _Workers(4, "tun-close")
         self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._sleep_until = -math.inf  # the loop's wake-up time while it waits
         self._stopping = False
@@ -337,6 +340,7 @@ class TunStack:
         for h in handles:
             self._close_flow(h)
         self._workers.stop(max(deadline - time.monotonic(), 0.1))
+        self._closers.stop(max(deadline - time.monotonic(), 0.1))
         for h in handles:
             for t in (h.reader, h.writer):
                 if t is not None:
@@ -389,7 +393,7 @@ class TunStack:
                 "resets_sent": s.resets_sent,
                 "resets_received": s.resets_received,
                 "out_of_order": s.out_of_order,
-                "workers": self._workers.threads,
+                "workers": self._workers.threads + self._closers.threads,
             }
 
     # -- the packet loop ---------------------------------------------------------------
@@ -637,7 +641,7 @@ class TunStack:
             h.queue.put(_ABORT)
             # Closing is what interrupts a blocked recv or sendall; it may
             # block itself (an SSH channel close), so not on this thread.
-            self._workers.submit(lambda: self._close_flow(h))
+            self._closers.submit(lambda: self._close_flow(h))
         else:
             log.debug("tun flow closed", conn=h.conn, target=h.target)
             h.queue.put(_CLOSE)
