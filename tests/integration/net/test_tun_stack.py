@@ -15,6 +15,7 @@ import shutil
 import socket
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -411,7 +412,8 @@ def test_no_thread_or_fd_leak_after_many_flows(env: TunEnv) -> None:
     wait_for(settled, 10, "every wave to end")
     assert env.flows.open == 0
     assert env.flows.total == 330
-    assert threads() == before
+    # Nothing new; a thread or fd of an earlier test may still be going away.
+    assert not Counter(threads()) - Counter(before)
     assert stack.stats["workers"] <= 32 + 4
-    assert te.open_fds() == fds
+    assert te.open_fds() <= fds
     assert_clean(stack)
