@@ -43,6 +43,14 @@ def _blank_volatile(text: str) -> str:
     return _VOLATILE.sub(r"\1 -", text)
 
 
+def _resolved_settings(status: str) -> str:
+    """`resolvectl status` without its runtime state: which server resolved last
+    picked ("Current DNS Server") comes and goes with queries and moves the column
+    alignment; it is not a setting anyone changed."""
+    lines = [line.strip() for line in status.splitlines()]
+    return "\n".join(line for line in lines if not line.startswith("Current DNS Server:")) + "\n"
+
+
 @dataclass(frozen=True)
 class Snapshot:
     sections: Mapping[str, str]
@@ -101,7 +109,8 @@ def take(
         "/etc/resolv.conf": _file(resolv_conf),
     }
     if resolved_running(runner):
-        sections["resolvectl status"] = _command(runner, ["resolvectl", "status", "--no-pager"])
+        status = _command(runner, ["resolvectl", "status", "--no-pager"])
+        sections["resolvectl status"] = _resolved_settings(status)
     return Snapshot(MappingProxyType({k: _blank_volatile(v) for k, v in sections.items()}))
 
 

@@ -191,7 +191,6 @@ def create_laptop(n: int, resolver: str = "plain") -> str:
     mnt.touch()
     script = [
         "set -e",
-        f"mount --bind {resolv} /etc/resolv.conf",
         # sysfs shows the devices of the network namespace that mounts it
         "umount -l /sys",
         "mount -t sysfs sysfs /sys",
@@ -199,11 +198,24 @@ def create_laptop(n: int, resolver: str = "plain") -> str:
     if resolver == "resolved":
         conf = etc / "resolved.conf"
         conf.write_text(RESOLVED_CONF.format(dns=config.RESOLVER_IP))
+        # As on a systemd laptop, /etc/resolv.conf is a link to resolved's stub file,
+        # which resolved keeps current (search domains included): an overlay on the
+        # laptop's /etc holds that link without touching the host's /etc.
+        layers = MOUNT_NS_DIR / f"{name}-etc"
+        for part in ("upper", "work"):
+            (layers / part).mkdir(parents=True, exist_ok=True)
+        link = layers / "upper" / "resolv.conf"
+        if not link.is_symlink():
+            link.symlink_to("../run/systemd/resolve/stub-resolv.conf")
         script += [
             "mount -t tmpfs -o mode=0755 laptop-run /run/dbus",
             "mount -t tmpfs -o mode=0755 laptop-run /run/systemd",
+            f"mount -t overlay laptop-etc -o lowerdir=/etc,upperdir={layers}/upper,"
+            f"workdir={layers}/work /etc",
             f"mount --bind {conf} /etc/systemd/resolved.conf",
         ]
+    else:
+        script.append(f"mount --bind {resolv} /etc/resolv.conf")
     run(
         [
             "unshare",
@@ -270,6 +282,7 @@ def delete_laptop(name: str) -> None:
     if mnt.exists():
         run(["umount", str(mnt)], check=False)
         mnt.unlink(missing_ok=True)
+    run(["rm", "-rf", str(MOUNT_NS_DIR / f"{name}-etc")], check=False)
     run(["ip", "netns", "delete", name], check=False)
     n = name.removeprefix(config.LAPTOP_PREFIX)
     run(["ip", "link", "delete", f"{config.LAPTOP_VETH_PREFIX}{n}"], check=False)

@@ -1,0 +1,322 @@
+"""`sudo ktpy connect` (TUN mode) end to end, in a laptop that reaches only the
+API server and the bed resolver (issue 4's acceptance)."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import Bed, Laptop, RunningKtpy, run_ktpy
+from tests.e2e.testbed import config, images
+
+MANAGED = "app.kubernetes.io/managed-by=ktpy"
+ECHO_BINARY = sorted((config.CACHE_DIR / "images" / "bin").glob("ktbed-echo-*"))
+
+
+def _snapshot(laptop: Laptop) -> dict[str, str]:
+    # Settle first: a fresh veth's IPv6 link-local address is "tentative" for a moment.
+    deadline = time.monotonic() + 10
+    while "tentative" in laptop.run("ip", "-6", "addr").stdout and time.monotonic() < deadline:
+        time.sleep(0.2)
+    snapshot: dict[str, str] = json.loads(
+        laptop.run(sys.executable, "-m", "ktpy.host", "snapshot").stdout
+    )
+    return snapshot
+
+
+def _get(laptop: Laptop, url: str, *extra: str) -> dict[str, object]:
+    body: dict[str, object] = json.loads(
+        laptop.run("curl", "-sf", "--max-time", "10", *extra, url).stdout
+    )
+    return body
+
+
+def _shadow_ip(bed: Bed, namespace: str, session: RunningKtpy) -> str:
+    pod = re.search(r"Shadow pod (\S+)", "\n".join(session.output))
+    assert pod, session.output
+    return str(bed.get_json("-n", namespace, "pod", pod.group(1))["status"]["podIP"])
+
+
+def _coredns_names(bed: Bed, since: datetime) -> list[str]:
+    logs = bed.kubectl(
+        "-n", "kube-system", "logs", "deployment/coredns",
+        f"--since-time={since.isoformat(timespec='seconds').replace('+00:00', 'Z')}",
+    ).stdout  # fmt: skip
+    # `log` lines: [INFO] 10.244.0.9:41234 - 512 "A IN echo.ns.svc.cluster.local. udp 54 ..."
+    return re.findall(r'"\w+ IN (\S+) ', logs)
+
+
+def _connect(laptop: Laptop, namespace: str, *extra: str) -> RunningKtpy:
+    session = run_ktpy(laptop, "-n", namespace, "connect", "--socks-port", "2310", *extra)
+    session.wait_ready(90)
+    return session
+
+
+@pytest.mark.parametrize("laptop", ["plain", "resolved"], indirect=True)
+def test_pods_services_and_names_work_and_other_names_stay_local(
+    bed: Bed, echo: str, laptop: Laptop
+) -> None:
+    ns = echo
+    before = _snapshot(laptop)
+    since = datetime.now(UTC)
+    bed_queries_before = len(bed.resolver_queries())
+    session = _connect(laptop, ns)
+    try:
+        shadow = _shadow_ip(bed, ns, session)
+        cluster_ip = bed.get_json("-n", ns, "service", "echo")["spec"]["clusterIP"]
+        pod_ip = bed.get_json("-n", ns, "pods", "-l", "app=echo")["items"][0]["status"]["podIP"]
+        for url in (
+            f"http://{cluster_ip}/",
+            f"http://{pod_ip}:8080/",
+            "http://echo/",
+            f"http://echo.{ns}/",
+            f"http://echo.{ns}.svc.{config.CLUSTER_DOMAIN}/",
+        ):
+            body = _get(laptop, url)
+            # The echo server saw the shadow pod: the request went through the tunnel.
+            assert str(body["client"]).rsplit(":", 1)[0] == shadow, url
+        missing = laptop.run("getent", "hosts", f"missing.{ns}.svc.{config.CLUSTER_DOMAIN}",
+                             check=False)  # fmt: skip
+        assert missing.returncode == 2  # not found (NXDOMAIN), not a failure to ask
+        bed_name = laptop.run("getent", "hosts", f"www.{config.TEST_DOMAIN}").stdout.split()
+        assert bed_name[0] == config.NODE_IP
+    finally:
+        assert session.stop(signal.SIGINT) == 130
+    assert _snapshot(laptop) == before
+
+    _, laptop_address = config.laptop_addresses(laptop.number)
+    at_bed = [q["name"] for q in bed.resolver_queries()[bed_queries_before:]
+              if q["src"] == laptop_address]  # fmt: skip
+    assert f"www.{config.TEST_DOMAIN}." in at_bed
+    cluster_like = [n for n in at_bed if config.CLUSTER_DOMAIN in n or n.startswith("echo.")]
+    assert cluster_like == [], "cluster names reached the laptop's own resolver"
+    at_cluster = _coredns_names(bed, since)
+    assert f"echo.{ns}.svc.{config.CLUSTER_DOMAIN}." in at_cluster
+    assert [n for n in at_cluster if config.TEST_DOMAIN in n] == [], (
+        "a laptop name reached the cluster"
+    )
+
+
+def test_routes_are_the_clusters_ranges_and_a_vpn_route_is_left_alone(
+    bed: Bed, echo: str, laptop: Laptop
+) -> None:
+    ns = echo
+    host_end, _ = config.laptop_addresses(laptop.number)
+    # A "corporate VPN" route that overlaps the pod range, installed before connect.
+    laptop.run("ip", "route", "add", config.CLUSTER_CIDR, "via", host_end)
+    before = _snapshot(laptop)
+    session = _connect(laptop, ns)
+    try:
+        text = "\n".join(session.output)
+        assert f"Service range {config.SERVICE_CIDR} (from ServiceCIDR objects)" in text
+        assert f"Pod range {config.NODE_POD_CIDR} (from the Nodes' spec.podCIDRs)" in text
+        routed = re.search(r"Routed through (\S+): (.*)", text)
+        assert routed, text
+        assert routed.group(2).split(", ") == [config.SERVICE_CIDR]
+        skipped = [line for line in session.output if line.startswith("Not routed:")]
+        assert len(skipped) == 1
+        assert config.NODE_POD_CIDR in skipped[0]
+        assert config.CLUSTER_CIDR in skipped[0]
+        routes = laptop.run("ip", "route").stdout
+        assert f"{config.CLUSTER_CIDR} via {host_end}" in routes
+        assert f"{config.SERVICE_CIDR} dev {routed.group(1)}" in routes
+    finally:
+        assert session.stop(signal.SIGINT) == 130
+    assert _snapshot(laptop) == before
+
+
+@pytest.mark.parametrize("laptop", ["plain", "resolved"], indirect=True)
+def test_kill9_then_clean_local_restores_the_laptop(bed: Bed, echo: str, laptop: Laptop) -> None:
+    ns = echo
+    before = _snapshot(laptop)
+    session = _connect(laptop, ns)
+    assert _get(laptop, f"http://echo.{ns}/")["pod"]
+    session.stop(signal.SIGKILL)
+    if laptop.resolver == "plain":
+        # The kernel drops the TUN device and its routes with the killed process (and
+        # resolved forgets the device's settings); the edited resolv.conf stays.
+        assert _snapshot(laptop)["/etc/resolv.conf"] != before["/etc/resolv.conf"]
+    cleaned = laptop.run(sys.executable, "-m", "ktpy", "clean", "--local")
+    assert "host changes all undone" in cleaned.stdout
+    assert _snapshot(laptop) == before
+    laptop.run(sys.executable, "-m", "ktpy", "-n", ns, "clean")
+    objects = bed.kubectl("-n", ns, "get", "pods,secrets", "-l", MANAGED, "-o", "name").stdout
+    assert objects.split() == []
+
+
+def test_many_connections_bulk_download_and_a_slow_reader(
+    bed: Bed, echo: str, laptop: Laptop
+) -> None:
+    ns = echo
+    session = _connect(laptop, ns)
+    try:
+        ktpy_pid = session.proc.pid
+        held = 200
+        script = (
+            "import json, socket, sys\n"
+            f"host = 'echo.{ns}'\n"
+            "socks = []\n"
+            f"for i in range({held}):\n"
+            "    s = socket.create_connection((host, 80), timeout=20)\n"
+            "    s.sendall(b'GET /healthz HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n')\n"
+            "    assert s.recv(4096).startswith(b'HTTP/1.1 200'), i\n"
+            "    socks.append(s)\n"
+            "# every one is held open (keep-alive) while the server counts them\n"
+            "pod_open = {}\n"
+            "for _ in range(20):\n"
+            "    s = socket.create_connection((host, 80), timeout=20)\n"
+            "    s.sendall(b'GET /stats HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n')\n"
+            "    data = b''\n"
+            "    while chunk := s.recv(65536):\n"
+            "        data += chunk\n"
+            "    body = json.loads(data.split(b'\\r\\n\\r\\n', 1)[1])\n"
+            "    pod_open[body['pod']] = body['open'] - 1\n"
+            "print(json.dumps({'held': len(socks), 'open_at_servers': sum(pod_open.values())}))\n"
+        )
+        counted = json.loads(laptop.run(sys.executable, "-c", script, timeout=120).stdout)
+        assert counted["held"] == held
+        assert counted["open_at_servers"] >= held
+
+        size = 1 << 30
+        digest = laptop.run(
+            "sh", "-c",
+            f"curl -sf --max-time 300 http://echo.{ns}/bytes?n={size} | sha256sum", timeout=320,
+        ).stdout.split()[0]  # fmt: skip
+        assert digest == images.echo_bytes_sha256(size)
+
+        rss_before = _rss_kib(ktpy_pid)
+        slow = laptop.popen(
+            "sh", "-c",
+            f"curl -sf --max-time 120 --limit-rate 40M http://echo.{ns}/bytes?n={size} "
+            "| sha256sum",
+        )  # fmt: skip
+        peak = rss_before
+        while slow.poll() is None:
+            peak = max(peak, _rss_kib(ktpy_pid))
+            time.sleep(0.5)
+        out, _ = slow.communicate()
+        assert out.split()[0] == images.echo_bytes_sha256(size)
+        growth_mib = (peak - rss_before) / 1024
+        print(f"slow reader: ktpy RSS {rss_before / 1024:.0f} MiB -> peak {peak / 1024:.0f} MiB")
+        assert growth_mib < 64, f"ktpy grew by {growth_mib:.0f} MiB behind a slow reader"
+    finally:
+        assert session.stop(signal.SIGINT) == 130
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+GRPC_MANIFEST = """
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: greeter}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: greeter}}
+  template:
+    metadata: {labels: {app: greeter}}
+    spec:
+      containers:
+      - name: greeter
+        image: ktbed.local/echo:0.1.0
+        imagePullPolicy: Never
+        args: [grpc, --listen, ":9090"]
+        env:
+        - name: POD_NAME
+          valueFrom: {fieldRef: {fieldPath: metadata.name}}
+        ports: [{containerPort: 9090}]
+        securityContext:
+          runAsNonRoot: true
+          runAsUser: 65532
+          allowPrivilegeEscalation: false
+          capabilities: {drop: [ALL]}
+          seccompProfile: {type: RuntimeDefault}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: greeter}
+spec:
+  selector: {app: greeter}
+  ports: [{name: grpc, port: 9090, targetPort: 9090}]
+"""
+
+
+def test_websocket_and_grpc_through_the_tunnel(bed: Bed, echo: str, laptop: Laptop) -> None:
+    ns = echo
+    assert ECHO_BINARY, "the bed's echo binary is not in the image cache"
+    client = str(ECHO_BINARY[-1])
+    bed.apply(GRPC_MANIFEST, ns)
+    bed.kubectl("-n", ns, "rollout", "status", "deployment/greeter", "--timeout=90s", timeout=100)
+    session = _connect(laptop, ns)
+    try:
+        ws = laptop.run(client, "ws-client", "--url", f"ws://echo.{ns}/ws", "--message", "hello")
+        assert "hello" in ws.stdout
+        grpc = laptop.run(client, "grpc-client", "--addr", f"greeter.{ns}:9090", "--name", "ktpy")
+        assert "ktpy" in grpc.stdout
+        assert "greeter-" in grpc.stdout  # the reply names the pod that served it
+    finally:
+        assert session.stop(signal.SIGINT) == 130
+
+
+@pytest.fixture(scope="session")
+def nonroot_ktpy() -> Path:
+    """ktpy installed for an ordinary user: a venv of Debian's python3 outside /root."""
+    venv = config.CACHE_DIR / "nonroot-venv"
+    if not (venv / "bin" / "ktpy").exists():
+        subprocess.run(["/usr/bin/python3", "-m", "venv", str(venv)], check=True)
+    subprocess.run(
+        [str(venv / "bin" / "pip"), "install", "-q", "--force-reinstall", "--no-deps",
+         str(config.REPO_ROOT)],
+        check=True, timeout=300,
+    )  # fmt: skip
+    subprocess.run(
+        [str(venv / "bin" / "pip"), "install", "-q", str(config.REPO_ROOT)], check=True, timeout=600
+    )
+    for path in (config.CACHE_DIR, venv):
+        path.chmod(0o755)
+    return venv / "bin" / "ktpy"
+
+
+def test_socks_mode_works_as_a_non_root_user(
+    bed: Bed, echo: str, laptop: Laptop, nonroot_ktpy: Path
+) -> None:
+    ns = echo
+    bed.grant(ns, "dev")
+    as_nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"]
+    refused = laptop.run(*as_nobody, str(nonroot_ktpy), "-n", ns, "connect", check=False,
+                         user="dev", env={"HOME": "/tmp"})  # fmt: skip
+    assert refused.returncode == 4  # NeedsRoot, before anything changed
+    assert "--mode socks" in refused.stderr
+    session = RunningKtpy(
+        laptop.popen(
+            *as_nobody,
+            str(nonroot_ktpy),
+            "-n",
+            ns,
+            "connect",
+            "--mode",
+            "socks",
+            "--socks-port",
+            "2311",
+            user="dev",
+            env={"HOME": "/tmp"},
+        )  # fmt: skip
+    )
+    try:
+        session.wait_ready()
+        body = _get(laptop, f"http://echo.{ns}/", "--socks5-hostname", "127.0.0.1:2311")
+        assert body["namespace"] == ns
+    finally:
+        assert session.stop(signal.SIGINT) == 130
