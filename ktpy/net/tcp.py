@@ -643,9 +643,13 @@ class TcpStack:
             if flags & RST:
                 return
             self._want_ack(f)
-            # RFC 793: with a zero window, still take the ACK of a segment at rcv_nxt.
-            if flags & ACK and wnd == 0 and seq == f.rcv_nxt and state is not State.SYN_RECEIVED:
-                self._ack(f, seg, now, out)
+            # RFC 793 takes the ACK of such a segment when our window is zero;
+            # take it whenever the segment is not an old one: a window update
+            # from a client whose data we could not take (our app is slow)
+            # must not be lost. Safe: acks are bounded by snd_max, windows by
+            # the SND.WL1/WL2 rule.
+            if flags & ACK and seq_le(f.rcv_nxt, seq) and state is not State.SYN_RECEIVED:
+                self._ack(f, seg, now, out, duplicate_ok=False)
                 if f.state is not State.CLOSED:
                     self._output(f, now, out)
             return
@@ -693,7 +697,9 @@ class TcpStack:
         f.timed_seq = None
         self._disarm(f, Timer.RETRANSMIT)
 
-    def _ack(self, f: _Flow, seg: TcpSegment, now: float, out: list[Action]) -> bool:
+    def _ack(
+        self, f: _Flow, seg: TcpSegment, now: float, out: list[Action], duplicate_ok: bool = True
+    ) -> bool:
         """Process the ACK field; False if the segment must be dropped."""
         ack = seg.ack
         if seq_lt(f.snd_max, ack):
@@ -705,7 +711,8 @@ class TcpStack:
             if f.state is State.CLOSED:
                 return True
         elif (
-            ack == f.snd_una
+            duplicate_ok
+            and ack == f.snd_una
             and not seg.payload
             and not seg.flags & (SYN | FIN)
             and window == f.snd_wnd

@@ -233,6 +233,7 @@ class TunCounters:
     packets_written: int = 0
     write_errors: int = 0
     open_failures: int = 0
+    packet_errors: int = 0  # packets the TCP core raised on (a bug: logged)
 
 
 class TunStack:
@@ -436,11 +437,16 @@ class TunStack:
                     self._sleep_until = -math.inf  # awake: no need to poke it
                     actions: list[Action] = []
                     for packet in packets:
-                        if header:
-                            trusted = bool(packet[0] & trusted_flags)
-                            actions += stack.receive(packet, now, trusted, header)
-                        else:
-                            actions += stack.receive(packet, now)
+                        try:
+                            if header:
+                                trusted = bool(packet[0] & trusted_flags)
+                                actions += stack.receive(packet, now, trusted, header)
+                            else:
+                                actions += stack.receive(packet, now)
+                        except Exception:
+                            # A bug on one packet must not stop every flow: drop it, say so.
+                            counters.packet_errors += 1
+                            log.exception("tun stack failed on a packet", device=self.name)
                     actions += stack.expire(now)
                     actions += stack.flush(now)
                     self._carry_out(actions)

@@ -74,6 +74,7 @@ def assert_clean(stack: TunStack) -> None:
     stats = stack.stats
     assert stats["malformed"] == 0
     assert stats["write_errors"] == 0
+    assert stats["packet_errors"] == 0
 
 
 def receive_all(sock: socket.socket) -> tuple[int, str]:

@@ -351,6 +351,17 @@ def test_a_zero_window_probe_from_the_client_gets_our_window() -> None:
     assert pb >> probe << Seg(".", window=2 * MSS)
 
 
+def test_a_window_update_is_heard_while_our_own_window_is_closed() -> None:
+    pb, c = established(receive_buffer=2 * MSS)
+    pb >> c.send(b"a" * MSS) << Deliver(1, b"a" * MSS) << Seg(".", window=MSS)
+    pb >> c.send(b"b" * MSS) << Deliver(1, b"b" * MSS) << Seg(".", window=0)
+    pb >> c.send(b"c" * MSS) << Seg(".", ack=2 * MSS + 1, window=0)  # not taken
+    pb >> c.ack(window=0) << Seg(".", window=0)  # the client's window closes too
+    pb >> AppData(1, b"x" * 100)
+    # Its update carries a seq beyond what we took: the ACK field still counts.
+    assert pb >> c.ack(window=100) << Seg("P.", seq=1, payload=b"x" * 100)
+
+
 def test_send_space_tells_the_app_side_to_wait_for_writable() -> None:
     pb, c = established(send_buffer=16384)
     assert pb.stack.send_space(1) == 16384
