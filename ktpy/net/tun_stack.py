@@ -588,6 +588,9 @@ class TunStack:
                     return
         except (OSError, EOFError) as exc:
             self._app_failed(h, exc)
+        except Exception as exc:  # a Flow's own error type: the client must still hear
+            log.exception("tun flow relay failed", conn=h.conn, target=h.target)
+            self._app_failed(h, exc)
         finally:
             self._thread_done(h)
 
@@ -618,12 +621,15 @@ class TunStack:
                     with contextlib.suppress(OSError, EOFError):
                         h.flow.shutdown_write()
                 elif marker is _CLOSE:
-                    with contextlib.suppress(OSError, EOFError):
+                    with contextlib.suppress(Exception):
                         h.flow.close()
                     return
                 elif marker is _ABORT:
                     return
         except (OSError, EOFError) as exc:
+            self._app_failed(h, exc)
+        except Exception as exc:  # a Flow's own error type: the client must still hear
+            log.exception("tun flow relay failed", conn=h.conn, target=h.target)
             self._app_failed(h, exc)
         finally:
             self._thread_done(h)
@@ -656,7 +662,7 @@ class TunStack:
         h.released = True
         h.space.set()
         h.queue.put(_ABORT)
-        with contextlib.suppress(OSError, EOFError):
+        with contextlib.suppress(Exception):
             h.flow.close()
 
     def _thread_done(self, h: _Handle) -> None:

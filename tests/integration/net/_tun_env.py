@@ -36,6 +36,7 @@ TARGET = "198.18.0.10"  # any address in the range: open_flow goes by port
 UNREACHABLE = "198.18.0.66"  # open_flow fails with EHOSTUNREACH
 NET_UNREACHABLE = "198.18.0.67"  # ... with ENETUNREACH
 SLOW = "198.18.0.68"  # open_flow takes SLOW_SECONDS
+BROKEN = "198.18.0.69"  # the flow opens, then its recv raises something not an OSError
 CLIENT = "198.18.1.1"
 SLOW_SECONDS = 3.0
 _CLONE_NEWNET = 0x40000000
@@ -110,6 +111,23 @@ class TestFlow:
         if self.sock.fileno() != -1:
             self.sock.close()
             self.tracker.closed()
+
+
+class BrokenFlow:
+    """A Flow that fails the way no socket does (an SSH library's own error)."""
+
+    def recv(self, size: int, /) -> bytes:
+        time.sleep(0.2)
+        raise RuntimeError("the flow broke in its own way")
+
+    def sendall(self, data: bytes, /) -> None:
+        pass
+
+    def shutdown_write(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 @dataclass
@@ -277,13 +295,15 @@ class TunEnv:
         self.servers.append(s)
         return s
 
-    def open_flow(self, host: str, port: int) -> TestFlow:
+    def open_flow(self, host: str, port: int) -> TestFlow | BrokenFlow:
         if host == UNREACHABLE:
             raise OSError(errno.EHOSTUNREACH, "No route to host (test)")
         if host == NET_UNREACHABLE:
             raise OSError(errno.ENETUNREACH, "Network is unreachable (test)")
         if host == SLOW:
             time.sleep(SLOW_SECONDS)
+        if host == BROKEN:
+            return BrokenFlow()
         return TestFlow(socket.create_connection(("127.0.0.1", port), timeout=5), self.flows)
 
     def start(self, config: TcpConfig | None = None, **kw: Any) -> TunStack:

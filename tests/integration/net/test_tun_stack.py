@@ -291,6 +291,13 @@ def test_a_server_reset_resets_the_client(env: TunEnv) -> None:
     assert stack.stats["resets_sent"] >= 1
 
 
+def test_a_flow_failing_in_its_own_way_resets_the_client(env: TunEnv) -> None:
+    stack = env.start()
+    with env.connect(80, host=te.BROKEN) as client, pytest.raises(ConnectionResetError):
+        client.recv(100)
+    wait_for(lambda: stack.flows() == 0 and stack.relaying() == 0, 5, "the flow to go")
+
+
 def test_a_client_closing_early_stops_the_server(env: TunEnv) -> None:
     server = env.server(te.download)
     stack = env.start()
