@@ -160,6 +160,8 @@ def test_many_connections_bulk_download_and_a_slow_reader(
     try:
         ktpy_pid = session.proc.pid
         held = 200
+        pods = bed.get_json("-n", ns, "pods", "-l", "app=echo")["items"]
+        pod_ips = [p["status"]["podIP"] for p in pods]
         script = (
             "import json, socket, sys\n"
             f"host = 'echo.{ns}'\n"
@@ -169,16 +171,16 @@ def test_many_connections_bulk_download_and_a_slow_reader(
             "    s.sendall(b'GET /healthz HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n')\n"
             "    assert s.recv(4096).startswith(b'HTTP/1.1 200'), i\n"
             "    socks.append(s)\n"
-            "# every one is held open (keep-alive) while the server counts them\n"
+            "# every one is held open (keep-alive) while the servers count them\n"
             "pod_open = {}\n"
-            "for _ in range(20):\n"
-            "    s = socket.create_connection((host, 80), timeout=20)\n"
+            f"for pod_ip in {pod_ips!r}:\n"
+            "    s = socket.create_connection((pod_ip, 8080), timeout=20)\n"
             "    s.sendall(b'GET /stats HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n')\n"
             "    data = b''\n"
             "    while chunk := s.recv(65536):\n"
             "        data += chunk\n"
             "    body = json.loads(data.split(b'\\r\\n\\r\\n', 1)[1])\n"
-            "    pod_open[body['pod']] = body['open'] - 1\n"
+            "    pod_open[pod_ip] = body['open'] - 1  # less the one asking\n"
             "print(json.dumps({'held': len(socks), 'open_at_servers': sum(pod_open.values())}))\n"
         )
         counted = json.loads(laptop.run(sys.executable, "-c", script, timeout=120).stdout)
