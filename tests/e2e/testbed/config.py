@@ -48,6 +48,7 @@ LAPTOP_VETH_PREFIX = "ktlap-"
 MAX_LAPTOPS = 64
 # Who uses which laptop numbers, so suites running side by side never share one.
 BED_LAPTOPS = range(1, 3)  # made by `up`
+BENCH_LAPTOPS = range(3, 10)  # benchmarks/
 E2E_LAPTOPS = range(10, 40)  # the pytest `laptop` fixture
 INTEGRATION_LAPTOPS = range(40, 64)  # integration tests that need a laptop-like namespace
 

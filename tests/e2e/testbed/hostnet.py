@@ -130,6 +130,7 @@ def setup() -> None:
 
 
 MOUNT_NS_DIR = config.RUN_DIR / "laptops"
+KTPY_STATE = Path("/var/lib/ktpy")  # a mount point only: each laptop mounts its own
 RESOLVER_FLAVOURS = ("plain", "resolved")
 RESOLVED_CONF = """[Resolve]
 DNS={dns}
@@ -189,11 +190,17 @@ def create_laptop(n: int, resolver: str = "plain") -> str:
     )
     _ensure_private_dir(MOUNT_NS_DIR)
     mnt.touch()
+    # Each laptop is its own machine: its own /var/lib/ktpy (ktpy's journal of host
+    # changes), or one laptop's live connect would block every other's.
+    state = MOUNT_NS_DIR / f"{name}-state"
+    state.mkdir(parents=True, exist_ok=True)
+    KTPY_STATE.mkdir(parents=True, exist_ok=True)
     script = [
         "set -e",
         # sysfs shows the devices of the network namespace that mounts it
         "umount -l /sys",
         "mount -t sysfs sysfs /sys",
+        f"mount --bind {state} {KTPY_STATE}",
     ]
     if resolver == "resolved":
         conf = etc / "resolved.conf"
@@ -282,7 +289,8 @@ def delete_laptop(name: str) -> None:
     if mnt.exists():
         run(["umount", str(mnt)], check=False)
         mnt.unlink(missing_ok=True)
-    run(["rm", "-rf", str(MOUNT_NS_DIR / f"{name}-etc")], check=False)
+    for leftover in (f"{name}-etc", f"{name}-state"):
+        run(["rm", "-rf", str(MOUNT_NS_DIR / leftover)], check=False)
     run(["ip", "netns", "delete", name], check=False)
     n = name.removeprefix(config.LAPTOP_PREFIX)
     run(["ip", "link", "delete", f"{config.LAPTOP_VETH_PREFIX}{n}"], check=False)
@@ -329,6 +337,8 @@ def leftover_chains() -> list[str]:
 def teardown() -> None:
     for name in laptops():
         delete_laptop(name)
+    with contextlib.suppress(OSError):
+        KTPY_STATE.rmdir()  # only if empty: a real ktpy on this host may use it
     netns = Path("/run/netns")
     for ns in netns.glob("cni-*") if netns.exists() else ():
         run(["ip", "netns", "delete", ns.name], check=False)
