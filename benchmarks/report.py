@@ -25,6 +25,9 @@ def connect_section(latest: dict) -> str:  # type: ignore[type-arg]
         for k, v in median.items()
     )
     ratios, added = latest["ratios"], latest["latency_added_p50_ms"]
+    bulk_ratio = ratios["connect_bulk_vs_port_forward"]
+    socks_ratio = ratios["socks_bulk_vs_port_forward"]
+    ready = latest["connect_ready_after_pod_ready_s"]
     return f"""### ktpy connect vs kubectl port-forward
 
 `sudo .venv/bin/python -m benchmarks.connect --mib 256 --runs 3` (results:
@@ -39,10 +42,12 @@ Date {latest["date"]}, {latest["machine"]}.
 |---|---:|---:|---:|---:|
 {rows}
 
-- `connect_bulk_vs_port_forward` = **{ratios["connect_bulk_vs_port_forward"]:.2f}** (bar: at least 0.70);
-  `socks_bulk_vs_port_forward` = **{ratios["socks_bulk_vs_port_forward"]:.2f}**.
-- Added p50 latency of connect over port-forward: **{added["connect_tun"]:.2f} ms** (bar: within 1 ms).
-- connect is ready **{latest["connect_ready_after_pod_ready_s"]:.1f} s** after its shadow pod is Ready (bar: 3 s after Running).
+- `connect_bulk_vs_port_forward` = **{bulk_ratio:.2f}** (bar: at least 0.70);
+  `socks_bulk_vs_port_forward` = **{socks_ratio:.2f}**.
+- Added p50 latency of connect over port-forward: **{added["connect_tun"]:.2f} ms**
+  (bar: within 1 ms).
+- connect is ready **{ready:.1f} s** after its shadow pod is Ready
+  (bar: 3 s after Running).
 
 ![bulk throughput](performance-connect.svg)
 """
