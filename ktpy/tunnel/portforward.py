@@ -16,12 +16,16 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import errno
 import os
+import select
 import socket
+import ssl
 import struct
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import structlog
 import websocket
@@ -32,6 +36,9 @@ ERROR_CHANNEL = 1
 READ_CHUNK = 256 * 1024
 
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
+# What a non-blocking read or write of a plain or TLS socket raises when it must wait.
+_WOULD_BLOCK = (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 
 
 # The cluster module opens the WebSocket (it owns the API connection and its
@@ -179,7 +186,14 @@ class Stream:
     def __init__(self, raw: socket.socket, target: Target) -> None:
         self._raw = raw
         self.target = target
+        # Frames are written whole, one at a time (paramiko's packets, our pongs).
         self._send_lock = threading.Lock()
+        # One TLS call at a time: OpenSSL's connection object must not be used by two
+        # threads at once, and CPython drops the GIL inside SSL_read/SSL_write. A read
+        # racing a write corrupted the stream under load (about 80 new SSH channels a
+        # second) and the runtime's WebSocket server dropped the port-forward. Waiting
+        # for the socket happens outside this lock; only the call itself is inside.
+        self._io_lock = threading.Lock()
         self._reader = FrameReader()
         self._buf = bytearray(READ_CHUNK)
         self._view = memoryview(self._buf)
@@ -233,12 +247,50 @@ class Stream:
 
     # --- frames -------------------------------------------------------------------
 
+    def _now(self, call: Callable[[memoryview], T], buffer: memoryview) -> T:
+        """Run one socket call without waiting, holding the TLS lock."""
+        with self._io_lock:
+            timeout = self._raw.gettimeout()
+            self._raw.setblocking(False)
+            try:
+                return call(buffer)
+            finally:
+                self._raw.settimeout(timeout)
+
+    def _wait(self, events: int, timeout: float | None) -> bool:
+        if self._raw.fileno() < 0:
+            raise OSError(errno.EBADF, "port-forward stream closed")
+        poller = select.poll()
+        poller.register(self._raw, events)
+        return bool(poller.poll(None if timeout is None else timeout * 1000))
+
     def _send(self, frame: bytes) -> None:
+        # Never give up part way through a frame: half a frame followed by paramiko's
+        # retry of the whole packet (with a new mask) would corrupt the stream.
+        view = memoryview(frame)
         with self._send_lock:
-            self._raw.sendall(frame)
+            while view:
+                try:
+                    sent = self._now(self._raw.send, view)
+                except _WOULD_BLOCK:
+                    sent = 0
+                view = view[sent:]
+                if view and not sent:
+                    self._wait(select.POLLOUT, self._raw.gettimeout())
 
     def _fill(self) -> None:
-        n = self._raw.recv_into(self._buf)  # socket.timeout propagates, as paramiko expects
+        while True:
+            buffered = False
+            if isinstance(self._raw, ssl.SSLSocket):
+                with self._io_lock:
+                    buffered = self._raw.pending() > 0  # decrypted bytes poll cannot see
+            if not buffered and not self._wait(select.POLLIN, self._raw.gettimeout()):
+                raise TimeoutError("timed out")  # as a read with a timeout: paramiko expects it
+            try:
+                n = self._now(self._raw.recv_into, self._view)
+            except _WOULD_BLOCK:
+                continue  # part of a TLS record: wait for the rest
+            break
         if not n:
             self._eof = True
             return
