@@ -305,6 +305,7 @@ def main() -> None:
 
         def open_flow(host: str, target_port: int) -> SocketFlow:
             s = socket.create_connection(("127.0.0.1", target_port), timeout=10)
+            s.settimeout(None)  # for connecting only: a relayed flow may idle
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             return SocketFlow(s)
 

@@ -577,7 +577,14 @@ class TunStack:
                 if space == 0:
                     h.space.wait()
                     continue
-                data = h.flow.recv(min(space, CHUNK))
+                try:
+                    data = h.flow.recv(min(space, CHUNK))
+                except TimeoutError:
+                    # A Flow with a timeout set: an idle flow is no failure, and
+                    # a recv that timed out took nothing, so asking again is safe.
+                    if h.released:
+                        return
+                    continue
                 with lock:
                     if data:
                         self._carry_out(stack.app_data(h.conn, data, clock()))

@@ -37,6 +37,7 @@ UNREACHABLE = "198.18.0.66"  # open_flow fails with EHOSTUNREACH
 NET_UNREACHABLE = "198.18.0.67"  # ... with ENETUNREACH
 SLOW = "198.18.0.68"  # open_flow takes SLOW_SECONDS
 BROKEN = "198.18.0.69"  # the flow opens, then its recv raises something not an OSError
+IMPATIENT = "198.18.0.70"  # the flow's socket keeps a 0.2 s timeout
 CLIENT = "198.18.1.1"
 SLOW_SECONDS = 3.0
 _CLONE_NEWNET = 0x40000000
@@ -304,7 +305,9 @@ class TunEnv:
             time.sleep(SLOW_SECONDS)
         if host == BROKEN:
             return BrokenFlow()
-        return TestFlow(socket.create_connection(("127.0.0.1", port), timeout=5), self.flows)
+        sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        sock.settimeout(0.2 if host == IMPATIENT else None)
+        return TestFlow(sock, self.flows)
 
     def start(self, config: TcpConfig | None = None, **kw: Any) -> TunStack:
         stack = TunStack(self.device.fileno(), self.open_flow, mtu=self.mtu, config=config, **kw)

@@ -298,6 +298,16 @@ def test_a_flow_failing_in_its_own_way_resets_the_client(env: TunEnv) -> None:
     wait_for(lambda: stack.flows() == 0 and stack.relaying() == 0, 5, "the flow to go")
 
 
+def test_an_idle_flow_with_a_timeout_is_not_a_failure(env: TunEnv) -> None:
+    server = env.server(te.pong)
+    stack = env.start()
+    with env.connect(server.port, host=te.IMPATIENT) as client:
+        time.sleep(1.0)  # five of the flow's timeouts go by
+        client.sendall(b"late\n")
+        assert client.recv(100) == b"pong late\n"
+    assert stack.stats["resets_sent"] == 0
+
+
 def test_a_client_closing_early_stops_the_server(env: TunEnv) -> None:
     server = env.server(te.download)
     stack = env.start()
