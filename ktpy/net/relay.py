@@ -39,6 +39,9 @@ class SocketFlow:
         self.sock.shutdown(socket.SHUT_WR)
 
     def close(self) -> None:
+        # shutdown first: close() alone does not wake a recv blocked in another thread
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
         self.sock.close()
 
 
