@@ -169,13 +169,19 @@ def test_many_connections_bulk_download_and_a_slow_reader(
             f"for i in range({held}):\n"
             "    s = socket.create_connection((host, 80), timeout=20)\n"
             "    s.sendall(b'GET /healthz HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n')\n"
-            "    assert s.recv(4096).startswith(b'HTTP/1.1 200'), i\n"
+            "    head = b''\n"
+            "    while b'\\r\\n\\r\\n' not in head:\n"
+            "        chunk = s.recv(4096)\n"
+            "        assert chunk, f'connection {i} closed before its answer'\n"
+            "        head += chunk\n"
+            "    assert head.startswith(b'HTTP/1.1 200'), (i, head[:80])\n"
             "    socks.append(s)\n"
             "# every one is held open (keep-alive) while the servers count them\n"
             "pod_open = {}\n"
             f"for pod_ip in {pod_ips!r}:\n"
             "    s = socket.create_connection((pod_ip, 8080), timeout=20)\n"
-            "    s.sendall(b'GET /stats HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n')\n"
+            "    s.sendall(b'GET /stats HTTP/1.1\\r\\nHost: x\\r\\n'\n"
+            "              b'Connection: close\\r\\n\\r\\n')\n"
             "    data = b''\n"
             "    while chunk := s.recv(65536):\n"
             "        data += chunk\n"
@@ -314,7 +320,7 @@ def test_socks_mode_works_as_a_non_root_user(
             "2311",
             user="dev",
             env={"HOME": "/tmp"},
-        )  # fmt: skip
+        )
     )
     try:
         session.wait_ready()
