@@ -7,6 +7,7 @@ kube-proxy picks a ready endpoint every time and replaced pods are followed
 
 from __future__ import annotations
 
+import errno
 import time
 
 import click
@@ -18,10 +19,16 @@ from ktpy.cluster.labels import Role
 from ktpy.cluster.service_target import ServiceRoute
 from ktpy.commands.common import Lifecycle, make_api, settings_of
 from ktpy.errors import ServiceNotFound, UsageProblem
-from ktpy.net.forwarding import ForwardServer
+from ktpy.net.forwarding import ForwardServer, OpenFlow
+from ktpy.net.relay import Flow
 from ktpy.session import Session, ShadowSpec
+from ktpy.tunnel import ssh
 
 READY_LINE = "All looks good, now you can access the forwarded services on 127.0.0.1"
+# Per attempt: a Service connection normally opens in milliseconds; one that has not
+# after this went to an endpoint that is gone (kube-proxy lags a rollout), and
+# ForwardServer tries again. Far below a client's own timeout.
+OPEN_TIMEOUT = 2.0
 
 
 def resolve(
@@ -50,11 +57,41 @@ def _target(route: ServiceRoute, namespace: str) -> str:
     return f"service/{where}{route.service}"
 
 
+def flow_opener(session: Session, timeout: float = OPEN_TIMEOUT) -> OpenFlow:
+    """session.open_flow with a short timeout, its failures told apart for retrying:
+    ETIMEDOUT for no answer in time, ECONNABORTED for a tunnel that dropped meanwhile.
+
+    If the shadow's connect answers after we gave up, paramiko keeps that channel
+    unread until the session ends (it offers no way to cancel an open); rare, and
+    bounded by the session.
+    """
+
+    def open_flow(host: str, port: int) -> Flow:
+        transport = session.transport()
+        started = time.monotonic()
+        try:
+            return ssh.open_channel(transport, host, port, timeout=timeout)
+        except ConnectionError as exc:
+            if isinstance(exc, ConnectionRefusedError):
+                raise
+            if not transport.is_active():
+                raise ConnectionAbortedError(
+                    errno.ECONNABORTED, f"{host}:{port}: the tunnel dropped while opening"
+                ) from exc
+            if time.monotonic() - started >= timeout:
+                raise TimeoutError(
+                    errno.ETIMEDOUT, f"{host}:{port}: no answer within {timeout:g}s"
+                ) from exc
+            raise
+
+    return open_flow
+
+
 def _listen(session: Session, route: ServiceRoute) -> ForwardServer:
     # Bound before anything is created in the cluster: a busy port fails first.
     try:
         return ForwardServer(
-            session.open_flow,
+            flow_opener(session),
             route.host,
             route.target_port,
             listen_port=route.local,

@@ -3,9 +3,9 @@
 - `ForwardServer` (``ktpy forward``): a loopback listener; each connection is
   carried to one host:port by the injected `open_flow` (an SSH direct-tcpip
   channel from the shadow pod, wired by the command). Opening is retried when
-  the target refuses or is unreachable: nothing has been read from the client
-  yet, so a retry is invisible to it, and during a rolling restart the next try
-  usually lands on a pod that is still (or already) serving.
+  the target refuses, is unreachable or does not answer in time: nothing has
+  been read from the client yet, so a retry is invisible to it, and during a
+  rolling restart the next try usually lands on a pod that is still serving.
 - `ReverseForwarder` (``ktpy preview``): connections that arrive through remote
   forwards, each relayed to a local port (127.0.0.1, then ::1).
 
@@ -33,10 +33,15 @@ Dial = Callable[[int], socket.socket]
 
 LOCAL_HOSTS = ("127.0.0.1", "::1")
 DIAL_TIMEOUT = 3.0
-# Refused or unreachable: worth another try, the Service may pick another endpoint.
-RETRY_ERRNOS = frozenset({errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH})
+# Refused, unreachable or silent: worth another try, the Service may pick another
+# endpoint (during a rollout, kube-proxy still sends some connections to a pod that
+# has stopped listening, or whose address is already gone).
+# ECONNABORTED: the tunnel dropped while opening; the next try waits for its reconnect.
+RETRY_ERRNOS = frozenset(
+    {errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ETIMEDOUT, errno.ECONNABORTED}
+)
 OPEN_ATTEMPTS = 4
-RETRY_DELAY = 0.25
+RETRY_DELAY = 0.2
 
 
 def dial_local(port: int, timeout: float = DIAL_TIMEOUT) -> socket.socket:
@@ -150,6 +155,9 @@ class ForwardServer:
 
     def _serve(self, client: socket.socket, conn: int) -> None:
         host, port = self.target
+        # Small requests go out at once, not after Nagle's delay.
+        with contextlib.suppress(OSError):
+            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
             flow = open_with_retries(self.open_flow, host, port)
         except OSError as exc:

@@ -13,12 +13,15 @@ from ktpy.params import (
     PORT,
     VERSION_MARK,
     DurationType,
+    ForwardTarget,
     PortMapping,
     VersionMark,
+    forward_targets_callback,
     is_dns1123_label,
     is_port_name,
     parse_cidr,
     parse_expose,
+    parse_forward_targets,
     parse_version_mark,
 )
 
@@ -205,3 +208,41 @@ class TestParamTypesAtTheEdge:
         assert code == 2
         assert "Invalid value" in out
         assert message in out
+
+
+class TestForwardTargets:
+    def test_services_with_and_without_ports(self) -> None:
+        assert parse_forward_targets(["web", "8080:http", "db.data", "5432", "cache", ":6379"]) == (
+            ForwardTarget("web", None, 8080, "http"),
+            ForwardTarget("db", "data", 5432, None),
+            ForwardTarget("cache", None, None, 6379),
+        )
+        assert parse_forward_targets(["web", "api"]) == (ForwardTarget("web"), ForwardTarget("api"))
+
+    @pytest.mark.parametrize(
+        ("tokens", "message"),
+        [
+            (["8080", "web"], "before any Service"),
+            (["web", "8080", "9090"], "already has its ports"),
+            (["web", "8080:"], "nothing after ':'"),
+            (["web", "70000"], "out of range"),
+            (["web", "80:Http"], "neither a port number nor a port name"),
+            (["Web"], "not a Service name"),
+            (["web.a.b"], "not a Service name"),
+            ([], "at least one Service"),
+        ],
+    )
+    def test_refusals(self, tokens: list[str], message: str) -> None:
+        with pytest.raises(ValueError, match=message):
+            parse_forward_targets(tokens)
+
+    def test_click_reports_a_usage_error(self) -> None:
+        @click.command()
+        @click.argument("targets", nargs=-1, callback=forward_targets_callback)
+        def cmd(targets: tuple[ForwardTarget, ...]) -> None:
+            click.echo(repr(targets))
+
+        result = CliRunner().invoke(cmd, ["8080"])
+        assert result.exit_code == 2
+        assert "before any Service" in result.output
+        assert "ForwardTarget(service='web'" in CliRunner().invoke(cmd, ["web"]).output
