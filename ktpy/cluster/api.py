@@ -282,6 +282,7 @@ class ClusterApi(Protocol):
 
 WATCH_READ_MARGIN_SECONDS = 10
 DEFAULT_TIMEOUT_SECONDS = 15.0
+CONNECT_TIMEOUT = 5.0
 
 
 def resource_path(
@@ -354,14 +355,21 @@ class KubernetesApi:
         *,
         timeout: float = DEFAULT_TIMEOUT_SECONDS,
     ) -> KubernetesApi:
-        from kubernetes import config as kube_config  # slow import: only when used
+        from kubernetes import client as kube_client  # slow imports: only when used
+        from kubernetes import config as kube_config
 
+        configuration = kube_client.Configuration()
         try:
-            client = kube_config.new_client_from_config(  # type: ignore[no-untyped-call]
+            kube_config.load_kube_config(  # type: ignore[no-untyped-call]
                 config_file=os.pathsep.join(str(p) for p in paths),
                 context=context,
+                client_configuration=configuration,
                 persist_config=False,
             )
+            # One retry, not urllib3's default three: an unreachable API server must be
+            # reported in seconds, and ktpy's own loops retry where that makes sense.
+            configuration.retries = 1
+            client = kube_client.ApiClient(configuration)
         except kube_config.ConfigException as exc:
             raise ClusterUnreachable(
                 f"cannot use the kubeconfig: {exc}",
@@ -404,7 +412,10 @@ class KubernetesApi:
                 url,
                 header_params=headers,
                 body=body,
-                _request_timeout=timeout if timeout is not None else self._timeout,
+                # (connect, read): a dead address fails fast, a slow answer may take longer
+                _request_timeout=timeout
+                if timeout is not None
+                else (CONNECT_TIMEOUT, self._timeout),
             )
         except (HTTPError, OSError, ApiException) as exc:
             reason = getattr(exc, "reason", None) or exc

@@ -328,3 +328,44 @@ def test_socks_mode_works_as_a_non_root_user(
         assert body["namespace"] == ns
     finally:
         assert session.stop(signal.SIGINT) == 130
+
+
+def _ktpy_objects(bed: Bed, namespace: str) -> list[str]:
+    out = bed.kubectl("-n", namespace, "get", "pods,secrets", "-l", MANAGED, "-o", "name")
+    return out.stdout.split()
+
+
+def test_refusals_come_before_any_change(
+    bed: Bed, echo: str, laptop: Laptop, tmp_path: Path
+) -> None:
+    ns = echo
+    before = _snapshot(laptop)
+    ktpy = (sys.executable, "-m", "ktpy", "-n", ns, "connect")
+
+    no_tun = laptop.run(
+        "unshare", "--mount", "--propagation", "private", "--", "sh", "-c",
+        "mount -t tmpfs none /dev/net && exec \"$@\"", "sh", *ktpy, check=False,
+    )  # fmt: skip
+    assert no_tun.returncode == 5, no_tun.stderr
+    assert "/dev/net/tun" in no_tun.stderr
+
+    unreachable = tmp_path / "unreachable.yaml"
+    unreachable.write_text(
+        bed.kubeconfig().read_text().replace(config.API_URL, f"https://{config.NODE_IP}:1")
+    )
+    refused = laptop.run(*ktpy, check=False, env={"KUBECONFIG": str(unreachable)})
+    assert refused.returncode == 10, refused.stderr
+    assert [line for line in refused.stderr.splitlines() if line.startswith("Error:")]
+
+    first = _connect(laptop, ns)
+    try:
+        during = _snapshot(laptop)
+        second = laptop.run(*ktpy, "--socks-port", "2312", check=False)
+        assert second.returncode == 6, second.stderr
+        assert "another ktpy connect is running" in second.stderr
+        assert _snapshot(laptop) == during
+        assert len(_ktpy_objects(bed, ns)) == 2  # the first session's pod and Secret only
+    finally:
+        assert first.stop(signal.SIGINT) == 130
+    assert _snapshot(laptop) == before
+    assert _ktpy_objects(bed, ns) == []
