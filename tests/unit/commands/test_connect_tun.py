@@ -8,8 +8,8 @@ def test_include_adds_and_exclude_cuts_ranges() -> None:
     got = chosen_ranges(found, [ip_network("172.30.0.0/24")], [ip_network("10.244.0.128/25")])
     assert got == (
         ip_network("10.96.0.0/16"),
-        ip_network("172.30.0.0/24"),
         ip_network("10.244.0.0/25"),
+        ip_network("172.30.0.0/24"),
     )
 
 
