@@ -149,74 +149,81 @@ def main() -> None:
                              "jsonpath={.spec.clusterIP}")  # fmt: skip
 
         connect = laptop.popen(sys.executable, "-m", "ktpy", "-n", NAMESPACE, "connect")
-        ready = wait_line(connect, "All looks good")
-        timing = re.search(r"Ready in ([\d.]+)s \(pod Ready after ([\d.]+)s", "\n".join(ready))
-        assert timing, ready
-        ready_after_pod = float(timing.group(1)) - float(timing.group(2))
-
-        paths: dict[str, tuple[Callable[[], object] | None, list[str]]] = {
-            "port_forward_websocket": (
-                lambda: port_forward(laptop, pod, True),
-                ["127.0.0.1", "18100"],
-            ),
-            "port_forward_spdy": (lambda: port_forward(laptop, pod, False), ["127.0.0.1", "18100"]),
-            "connect_tun": (None, [cluster_ip, "80"]),
-            "connect_socks": (None, [f"echo.{NAMESPACE}", "80", "--socks", "2223"]),
-        }
-        bulk: dict[str, list[float]] = {name: [] for name in paths}
-        p50: dict[str, list[float]] = {name: [] for name in paths}
-        p99: dict[str, list[float]] = {name: [] for name in paths}
-        for _ in range(args.runs):  # interleaved: drift hits every path alike
-            for name, (start, target) in paths.items():
-                helper = start() if start else None
-                try:
-                    extra = target[2:]
-                    bulk[name].append(
-                        laptop.probe("bulk", *target[:2], str(size), *extra)["gbit_s"]
-                    )
-                    lat = laptop.probe("latency", *target[:2], str(args.requests), *extra)
-                    p50[name].append(lat["p50_ms"])
-                    p99[name].append(lat["p99_ms"])
-                finally:
-                    if isinstance(helper, subprocess.Popen):
-                        stop(helper)
-        stop(connect)
-
-        median = {name: statistics.median(v) for name, v in bulk.items()}
-        p50m = {name: statistics.median(v) for name, v in p50.items()}
-        p99m = {name: statistics.median(v) for name, v in p99.items()}
-        base = median["port_forward_websocket"]
-        summary = {
-            "date": datetime.now(UTC).isoformat(timespec="seconds"),
-            "machine": f"{platform.node()}, {os.cpu_count()} cpu, {platform.machine()}, "
-            f"Python {platform.python_version()}",
-            "bulk_bytes": size,
-            "bulk_gbit_s": {"median": median, "runs": bulk},
-            "latency_ms": {"p50": p50m, "p99": p99m},
-            "connect_ready_after_pod_ready_s": ready_after_pod,
-            "ratios": {
-                "connect_bulk_vs_port_forward": median["connect_tun"] / base,
-                "socks_bulk_vs_port_forward": median["connect_socks"] / base,
-                "spdy_bulk_vs_port_forward": median["port_forward_spdy"] / base,
-            },
-            "latency_added_p50_ms": {
-                "connect_tun": p50m["connect_tun"] - p50m["port_forward_websocket"],
-                "connect_socks": p50m["connect_socks"] - p50m["port_forward_websocket"],
-            },
-        }
+        try:
+            summary = measure_all(laptop, connect, pod, cluster_ip, size, args)
+        finally:
+            stop(connect)  # even when a measurement fails: it undoes its changes
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         RESULTS.write_text(json.dumps(summary, indent=2) + "\n")
-        CHART.write_text(
-            svg_chart(
-                median,
-                "Gbit/s",
-                f"Bulk download through the tunnel ({args.mib} MiB, median of {args.runs})",
-            )
-        )
+        median = summary["bulk_gbit_s"]["median"]  # type: ignore[index]
+        title = f"Bulk download through the tunnel ({args.mib} MiB, median of {args.runs})"
+        CHART.write_text(svg_chart(median, "Gbit/s", title))
         print(json.dumps(summary, indent=2))
     finally:
         laptop.close()
         kubectl("delete", "namespace", NAMESPACE, "--wait=false")
+
+
+def measure_all(
+    laptop: Laptop,
+    connect: subprocess.Popen[str],
+    pod: str,
+    cluster_ip: str,
+    size: int,
+    args: argparse.Namespace,
+) -> dict[str, object]:
+    ready = wait_line(connect, "All looks good")
+    timing = re.search(r"Ready in ([\d.]+)s \(pod Ready after ([\d.]+)s", "\n".join(ready))
+    assert timing, ready
+    ready_after_pod = float(timing.group(1)) - float(timing.group(2))
+
+    paths: dict[str, tuple[Callable[[], object] | None, list[str]]] = {
+        "port_forward_websocket": (
+            lambda: port_forward(laptop, pod, True),
+            ["127.0.0.1", "18100"],
+        ),
+        "port_forward_spdy": (lambda: port_forward(laptop, pod, False), ["127.0.0.1", "18100"]),
+        "connect_tun": (None, [cluster_ip, "80"]),
+        "connect_socks": (None, [f"echo.{NAMESPACE}", "80", "--socks", "2223"]),
+    }
+    bulk: dict[str, list[float]] = {name: [] for name in paths}
+    p50: dict[str, list[float]] = {name: [] for name in paths}
+    p99: dict[str, list[float]] = {name: [] for name in paths}
+    for _ in range(args.runs):  # interleaved: drift hits every path alike
+        for name, (start, target) in paths.items():
+            helper = start() if start else None
+            try:
+                extra = target[2:]
+                bulk[name].append(laptop.probe("bulk", *target[:2], str(size), *extra)["gbit_s"])
+                lat = laptop.probe("latency", *target[:2], str(args.requests), *extra)
+                p50[name].append(lat["p50_ms"])
+                p99[name].append(lat["p99_ms"])
+            finally:
+                if isinstance(helper, subprocess.Popen):
+                    stop(helper)
+
+    median = {name: statistics.median(v) for name, v in bulk.items()}
+    p50m = {name: statistics.median(v) for name, v in p50.items()}
+    p99m = {name: statistics.median(v) for name, v in p99.items()}
+    base = median["port_forward_websocket"]
+    return {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": f"{platform.node()}, {os.cpu_count()} cpu, {platform.machine()}, "
+        f"Python {platform.python_version()}",
+        "bulk_bytes": size,
+        "bulk_gbit_s": {"median": median, "runs": bulk},
+        "latency_ms": {"p50": p50m, "p99": p99m},
+        "connect_ready_after_pod_ready_s": ready_after_pod,
+        "ratios": {
+            "connect_bulk_vs_port_forward": median["connect_tun"] / base,
+            "socks_bulk_vs_port_forward": median["connect_socks"] / base,
+            "spdy_bulk_vs_port_forward": median["port_forward_spdy"] / base,
+        },
+        "latency_added_p50_ms": {
+            "connect_tun": p50m["connect_tun"] - p50m["port_forward_websocket"],
+            "connect_socks": p50m["connect_socks"] - p50m["port_forward_websocket"],
+        },
+    }
 
 
 if __name__ == "__main__":
