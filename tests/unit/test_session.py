@@ -1,0 +1,64 @@
+"""The pure part of the session: reading a pod's status while it starts."""
+
+from typing import Any
+
+import pytest
+
+from ktpy.errors import ImageUnavailable, PodStartFailed
+from ktpy.session import pod_is_ready
+
+IMAGE = "ghcr.io/ktpy/shadow:0.1.0"
+
+
+def pod(conditions: list[dict[str, Any]], containers: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"status": {"conditions": conditions, "containerStatuses": containers}}
+
+
+def waiting(reason: str, message: str = "") -> dict[str, Any]:
+    return {"state": {"waiting": {"reason": reason, "message": message}}, "restartCount": 0}
+
+
+def test_ready_pod() -> None:
+    assert pod_is_ready(pod([{"type": "Ready", "status": "True"}], []), IMAGE)
+
+
+def test_pending_pod_is_not_ready_yet() -> None:
+    assert not pod_is_ready(pod([{"type": "Ready", "status": "False"}], []), IMAGE)
+    assert not pod_is_ready(pod([], [waiting("ContainerCreating")]), IMAGE)
+
+
+@pytest.mark.parametrize(
+    "reason", ["ErrImagePull", "ImagePullBackOff", "ErrImageNeverPull", "InvalidImageName"]
+)
+def test_image_problems_fail_at_once_naming_the_image(reason: str) -> None:
+    with pytest.raises(ImageUnavailable) as caught:
+        pod_is_ready(pod([], [waiting(reason, "not found")]), IMAGE)
+    assert IMAGE in caught.value.format_message()
+    assert reason in caught.value.format_message()
+
+
+@pytest.mark.parametrize("reason", ["CreateContainerConfigError", "CreateContainerError"])
+def test_container_problems_fail_with_the_reason(reason: str) -> None:
+    with pytest.raises(PodStartFailed, match=reason):
+        pod_is_ready(pod([], [waiting(reason, "secret missing")]), IMAGE)
+
+
+def test_unschedulable_fails_with_the_schedulers_message() -> None:
+    condition = {
+        "type": "PodScheduled",
+        "status": "False",
+        "reason": "Unschedulable",
+        "message": "0/1 nodes are available: 1 Insufficient cpu.",
+    }
+    with pytest.raises(PodStartFailed, match="Insufficient cpu"):
+        pod_is_ready(pod([condition], []), IMAGE)
+
+
+def test_a_crashing_container_fails_after_its_first_restart() -> None:
+    crashed = {
+        "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+        "lastState": {"terminated": {"reason": "Error", "exitCode": 1}},
+        "restartCount": 1,
+    }
+    with pytest.raises(PodStartFailed, match="code 1"):
+        pod_is_ready(pod([], [crashed]), IMAGE)
