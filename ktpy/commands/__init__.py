@@ -11,6 +11,8 @@ import click
 
 from ktpy.commands.clean import clean
 from ktpy.commands.connect import connect
+from ktpy.commands.forward import forward
+from ktpy.commands.preview import preview
 from ktpy.commands.status import status
 
-COMMANDS: tuple[click.Command, ...] = (connect, status, clean)
+COMMANDS: tuple[click.Command, ...] = (connect, preview, forward, status, clean)

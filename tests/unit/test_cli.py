@@ -63,8 +63,10 @@ def test_help_shows_kubectls_global_options_and_only_working_commands() -> None:
     ):
         assert option in result.output
     listed = result.output.split("Commands:", 1)[1].split()
-    # Only commands proven end to end are listed (connect, status, clean so far).
-    assert [word for word in listed if word in KNOWN_COMMANDS] == ["clean", "connect", "status"]
+    # Only commands proven end to end are listed.
+    assert [word for word in listed if word in KNOWN_COMMANDS] == [
+        "clean", "connect", "forward", "preview", "status",
+    ]  # fmt: skip
     assert f"ghcr.io/ktpy/shadow:{__version__}" in result.output
 
 
