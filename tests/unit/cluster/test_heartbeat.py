@@ -96,6 +96,14 @@ class TestSessionsFromObjects:
         (view,) = sessions_from_objects(objects)
         assert view.role is Role.MESH
 
+    def test_a_forward_session_is_one(self) -> None:
+        objects = [
+            created("Secret", "kt-forward-shadow-abcde", "s1", role=Role.FORWARD, heartbeat=NOW),
+            created("Pod", "kt-forward-shadow-abcde", "s1", role=Role.FORWARD, heartbeat=NOW),
+        ]
+        (view,) = sessions_from_objects(objects)
+        assert view.role is Role.FORWARD
+
     def test_owner_and_pid_start_are_read(self) -> None:
         (view,) = sessions_from_objects(
             [created("Pod", "p", "s1", owner="bob@box", pid_start=PID, heartbeat=NOW)]

@@ -114,3 +114,7 @@ def test_preview_service_name_must_be_a_service_name(name: str, ok: bool) -> Non
     else:
         with pytest.raises(ValueError, match="cannot name a Service"):
             names.check_preview_service_name(name)
+
+
+def test_forward_shadow_name_pattern() -> None:
+    assert re.fullmatch(r"kt-forward-shadow-[a-z]{5}", names.forward_shadow_name(rng()))
