@@ -55,15 +55,15 @@ def call(handler: Inbound, remote_port: int, payload: bytes) -> bytes:
     caller, channel = socket.socketpair()
     with caller:
         handler(SocketFlow(channel), ("10.244.0.7", 40000), ("0.0.0.0", remote_port))
-        caller.sendall(payload)
-        caller.shutdown(socket.SHUT_WR)
         caller.settimeout(5)
         answer = b""
         try:
+            caller.sendall(payload)
+            caller.shutdown(socket.SHUT_WR)
             while chunk := caller.recv(1024):
                 answer += chunk
-        except ConnectionResetError:
-            pass  # closed with our bytes unread: the caller sees a reset, also prompt
+        except (ConnectionResetError, BrokenPipeError):
+            pass  # closed before or with our bytes unread: a prompt reset, as intended
         return answer
 
 
