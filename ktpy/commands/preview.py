@@ -21,7 +21,7 @@ from ktpy.cluster.labels import Role
 from ktpy.cluster.manifests import ShadowPort
 from ktpy.commands.common import Lifecycle, make_api, settings_of
 from ktpy.errors import KtpyError, NameTaken, UsageProblem
-from ktpy.net.forwarding import ReverseForwarder, listens_locally
+from ktpy.net.inbound import Inbound, listening
 from ktpy.session import Created, Session, ShadowSpec, local_owner_identity
 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
@@ -178,7 +178,7 @@ def preview(
     api = make_api(settings)
     check_name_free(api, settings.namespace, name)
     for remote, local in ports.items():
-        if not listens_locally(local):
+        if not listening(local):
             click.echo(
                 f"Warning: nothing listens on localhost:{local} yet; connections to "
                 f"{name}:{remote} are closed at once until something does.",
@@ -192,14 +192,14 @@ def preview(
         target=f"service/{name}",
         ports=shadow_ports,
     )
-    forwarder = ReverseForwarder(ports)
+    inbound = Inbound(ports)
     lifecycle = Lifecycle()
     with lifecycle.installed():
         session = Session(api, settings, spec)
         try:
             session.start()
             for remote in ports:
-                session.add_remote_forward(remote, forwarder)
+                session.add_remote_forward(remote, inbound)
             service = _create_service(api, session, name, shadow_ports, external)
             if not wait_routed(api, spec.namespace, name, spec.pod_name):
                 click.echo(

@@ -1,15 +1,12 @@
-"""Plain TCP forwarding through the tunnel, both ways, around injected openers.
+"""``ktpy forward``'s loopback listener: each connection carried to one host:port.
 
-- `ForwardServer` (``ktpy forward``): a loopback listener; each connection is
-  carried to one host:port by the injected `open_flow` (an SSH direct-tcpip
-  channel from the shadow pod, wired by the command). Opening is retried when
-  the target refuses, is unreachable or does not answer in time: nothing has
-  been read from the client yet, so a retry is invisible to it, and during a
-  rolling restart the next try usually lands on a pod that is still serving.
-- `ReverseForwarder` (``ktpy preview``): connections that arrive through remote
-  forwards, each relayed to a local port (127.0.0.1, then ::1).
-
-Neither knows SSH: a paramiko channel is a `Flow` as it is.
+The injected `open_flow` opens the far end (an SSH direct-tcpip channel from
+the shadow pod, wired by the command); this module does not know SSH. Opening
+is retried when the target refuses, is unreachable or does not answer in time:
+nothing has been read from the client yet, so a retry is invisible to it, and
+during a rolling restart the next try usually lands on a pod that is still
+serving. (The other direction, remote forwards to local ports, is
+`ktpy.net.inbound`.)
 """
 
 from __future__ import annotations
@@ -20,7 +17,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
 import structlog
 
@@ -29,10 +26,7 @@ from ktpy.net.relay import Flow, SocketFlow, relay
 log = structlog.get_logger(__name__)
 
 OpenFlow = Callable[[str, int], Flow]
-Dial = Callable[[int], socket.socket]
 
-LOCAL_HOSTS = ("127.0.0.1", "::1")
-DIAL_TIMEOUT = 3.0
 # Refused, unreachable or silent: worth another try, the Service may pick another
 # endpoint (during a rollout, kube-proxy still sends some connections to a pod that
 # has stopped listening, or whose address is already gone).
@@ -42,34 +36,6 @@ RETRY_ERRNOS = frozenset(
 )
 OPEN_ATTEMPTS = 4
 RETRY_DELAY = 0.2
-
-
-def dial_local(port: int, timeout: float = DIAL_TIMEOUT) -> socket.socket:
-    """A connection to localhost:port: IPv4 loopback first, then IPv6 (a server may
-    listen on ``localhost`` resolved to ::1 only)."""
-    last: OSError | None = None
-    for host in LOCAL_HOSTS:
-        try:
-            sock = socket.create_connection((host, port), timeout=timeout)
-        except OSError as exc:
-            # ::1 may be missing altogether (IPv6 off): that is a refusal too.
-            last = exc
-            continue
-        sock.settimeout(None)
-        return sock
-    raise ConnectionRefusedError(
-        errno.ECONNREFUSED, f"nothing listens on localhost port {port} ({last})"
-    )
-
-
-def listens_locally(port: int, dial: Dial = dial_local) -> bool:
-    """Whether a local server accepts on port (a connection is made and closed at once)."""
-    try:
-        sock = dial(port)
-    except OSError:
-        return False
-    sock.close()
-    return True
 
 
 def open_with_retries(
@@ -168,61 +134,3 @@ class ForwardServer:
             _reset(client)
             return
         relay(SocketFlow(client), flow, name=f"{self.name}-{conn}")
-
-
-class ReverseForwarder:
-    """Connections arriving through remote forwards, relayed to local ports.
-
-    paramiko keeps one handler per transport for all its remote forwards (the
-    last one registered), and calls it on its reader thread: so one object
-    serves every port, dispatching on the port the connection arrived at, and
-    gives each connection a thread of its own. Nothing listening locally closes
-    the connection at once, so the caller in the cluster fails fast.
-    """
-
-    def __init__(self, ports: Mapping[int, int], dial: Dial = dial_local) -> None:
-        self.ports = dict(ports)  # remote (in the pod) -> local
-        self.dial = dial
-        self.connections = 0
-        self._warned: set[int] = set()
-        self._lock = threading.Lock()
-
-    def __call__(self, channel: Flow, origin: tuple[str, int], server: tuple[str, int]) -> None:
-        local = self.ports.get(server[1])
-        if local is None:
-            with contextlib.suppress(OSError, EOFError):
-                channel.close()
-            return
-        with self._lock:
-            self.connections += 1
-            conn = self.connections
-        threading.Thread(
-            target=self._serve,
-            args=(channel, local, server[1], conn, origin),
-            name=f"reverse-{conn}",
-            daemon=True,
-        ).start()
-
-    def _serve(
-        self, channel: Flow, local: int, remote: int, conn: int, origin: tuple[str, int]
-    ) -> None:
-        try:
-            sock = self.dial(local)
-        except OSError as exc:
-            with self._lock:
-                first = local not in self._warned
-                self._warned.add(local)
-            # Once per outage, not once per connection.
-            (log.warning if first else log.debug)(
-                "nothing listens locally; connection closed",
-                port=remote,
-                local=local,
-                origin=f"{origin[0]}:{origin[1]}",
-                reason=str(exc),
-            )
-            with contextlib.suppress(OSError, EOFError):
-                channel.close()
-            return
-        with self._lock:
-            self._warned.discard(local)
-        relay(channel, SocketFlow(sock), name=f"reverse-{conn}")

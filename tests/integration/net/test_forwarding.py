@@ -1,4 +1,4 @@
-"""ForwardServer and the local dialler on real loopback sockets (no root needed)."""
+"""ForwardServer on real loopback sockets (no root needed)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from ktpy.net.forwarding import ForwardServer, dial_local, listens_locally
+from ktpy.net.forwarding import ForwardServer
 from ktpy.net.relay import Flow, SocketFlow
 
 pytestmark = pytest.mark.integration
@@ -34,41 +34,11 @@ def _echo_server(family: socket.AddressFamily, host: str) -> tuple[socket.socket
     return listener, listener.getsockname()[1]
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest.fixture
 def upstream() -> Iterator[int]:
     listener, port = _echo_server(socket.AF_INET, "127.0.0.1")
     yield port
     listener.close()
-
-
-def test_dial_local_falls_back_to_ipv6_loopback() -> None:
-    if not socket.has_ipv6:
-        pytest.skip("no IPv6")
-    try:
-        listener, port = _echo_server(socket.AF_INET6, "::1")
-    except OSError as exc:
-        pytest.skip(f"no ::1 here: {exc}")
-    try:
-        with dial_local(port) as sock:
-            assert sock.family == socket.AF_INET6
-            sock.sendall(b"v6")
-            assert sock.recv(10) == b"V6"
-        assert listens_locally(port)
-    finally:
-        listener.close()
-
-
-def test_dial_local_with_nothing_listening_is_a_refusal() -> None:
-    port = _free_port()
-    with pytest.raises(ConnectionRefusedError, match=f"nothing listens on localhost port {port}"):
-        dial_local(port)
-    assert not listens_locally(port)
 
 
 def test_each_connection_goes_to_the_target_by_open_flow(upstream: int) -> None:

@@ -1,12 +1,10 @@
 import errno
-import socket
 import threading
-import time
 from collections.abc import Iterator
 
 import pytest
 
-from ktpy.net.forwarding import OpenFlow, ReverseForwarder, open_with_retries
+from ktpy.net.forwarding import OpenFlow, open_with_retries
 
 
 class FakeFlow:
@@ -76,39 +74,3 @@ class TestOpenWithRetries:
         with pytest.raises(ConnectionError):
             open_with_retries(open_flow2, "h", 1, sleep=lambda _: None)
         assert len(calls) == len(calls2) == 1
-
-
-class TestReverseForwarder:
-    def test_dispatches_on_the_port_the_connection_arrived_at(self) -> None:
-        dialled: list[int] = []
-        local_ends: list[socket.socket] = []
-
-        def dial(port: int) -> socket.socket:
-            dialled.append(port)
-            ours, theirs = socket.socketpair()
-            local_ends.append(theirs)
-            return ours
-
-        forwarder = ReverseForwarder({8080: 3001, 8081: 3002}, dial=dial)
-        channel = FakeFlow()
-        forwarder(channel, ("10.244.0.9", 50000), ("0.0.0.0", 8081))
-        deadline = time.monotonic() + 2
-        while not local_ends and time.monotonic() < deadline:
-            time.sleep(0.01)  # the connection is served on a thread of its own
-        assert dialled == [3002]
-        local_ends[0].sendall(b"hello")
-        local_ends[0].close()
-        channel.closed.wait(2)
-        assert b"".join(channel.sent) == b"hello"
-
-    def test_nothing_listening_or_an_unknown_port_closes_the_channel(self) -> None:
-        def refuse(port: int) -> socket.socket:
-            raise ConnectionRefusedError(errno.ECONNREFUSED, f"nothing on {port}")
-
-        forwarder = ReverseForwarder({8080: 3001}, dial=refuse)
-        refused, unknown = FakeFlow(), FakeFlow()
-        forwarder(refused, ("10.244.0.9", 50000), ("0.0.0.0", 8080))
-        forwarder(unknown, ("10.244.0.9", 50001), ("0.0.0.0", 9999))
-        assert refused.closed.wait(2)
-        assert unknown.closed.is_set()
-        assert forwarder.connections == 1
