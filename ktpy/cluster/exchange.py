@@ -16,6 +16,7 @@ Nothing here talks to the API server; ``ktpy.cluster.switch`` does.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -270,6 +271,15 @@ def selector_of(service: Mapping[str, Any]) -> dict[str, str]:
     return dict((service.get("spec") or {}).get("selector") or {})
 
 
+def original_selector(service: Mapping[str, Any]) -> dict[str, str]:
+    """The Service's own selector: the recorded original if ktpy switched it."""
+    with contextlib.suppress(ValueError):
+        for change in modify.recorded_originals(service):
+            if change.path == SELECTOR_PATH and isinstance(change.value, dict):
+                return dict(change.value)
+    return selector_of(service)
+
+
 def check_selector(service: Mapping[str, Any]) -> dict[str, str]:
     """The Service's selector, or NoSelector: hand-made endpoints cannot be switched."""
     selector = selector_of(service)
@@ -496,18 +506,25 @@ def back_to_original(ready: frozenset[str], shadow: str, originals: Iterable[str
 # --- scale mode -------------------------------------------------------------------------------
 
 
+def _template(deployment: Mapping[str, Any]) -> Mapping[str, Any]:
+    return (deployment.get("spec") or {}).get("template") or {}
+
+
+def selects_pods_of(selector: Mapping[str, str], deployment: Mapping[str, Any]) -> bool:
+    """Whether a Service with ``selector`` selects the pods ``deployment`` makes."""
+    template_meta = _template(deployment).get("metadata") or {}
+    return labels.selector_matches(selector, template_meta.get("labels") or {})
+
+
+def template_spec(deployment: Mapping[str, Any]) -> Mapping[str, Any]:
+    return _template(deployment).get("spec") or {}
+
+
 def backing_deployment(
     service: str, selector: Mapping[str, str], deployments: Iterable[Mapping[str, Any]]
 ) -> JsonObject:
     """The one Deployment whose pods the Service selects (scale mode)."""
-    found = [
-        dict(d)
-        for d in deployments
-        if labels.selector_matches(
-            selector,
-            ((d.get("spec") or {}).get("template") or {}).get("metadata", {}).get("labels") or {},
-        )
-    ]
+    found = [dict(d) for d in deployments if selects_pods_of(selector, d)]
     if len(found) == 1:
         return found[0]
     names = ", ".join(sorted(str(d["metadata"]["name"]) for d in found))
@@ -524,7 +541,7 @@ def template_labels(deployment: Mapping[str, Any]) -> dict[str, str]:
     Never ``pod-template-hash`` (the ReplicaSet would adopt and delete the pod), and
     never one of ktpy's own keys (ktpy's labels win, as on every shadow).
     """
-    template = ((deployment.get("spec") or {}).get("template") or {}).get("metadata") or {}
+    template = _template(deployment).get("metadata") or {}
     own = set(labels.session_labels("x", Role.EXCHANGE))
     return {
         k: v

@@ -69,7 +69,7 @@ def take(
     name: str,
     *,
     build: Callable[[JsonObject], JsonObject],
-    check: Callable[[JsonObject], None] = lambda _: None,
+    check: Callable[[JsonObject], object] = lambda _: None,
     session_id: str,
     stale_after: timedelta,
     check_local: LocalProcessCheck = no_local_check,

@@ -426,3 +426,22 @@ def test_label_patches_add_and_remove() -> None:
 def test_the_lock_on_the_object_is_plain_json() -> None:
     lock = Lock.decode(held()["metadata"]["annotations"][labels.LOCK])
     assert json.loads(lock.encode())["owner"] == "alice@lap"
+
+
+def test_the_original_selector_is_the_recorded_one_while_switched() -> None:
+    service = user_service(selector={"app": "nginx", "tier": "web"})
+    assert plan.original_selector(service) == {"app": "nginx", "tier": "web"}
+    switched = plan.switched_service(service, plan.lock_for("s1", "alice@lap", NOW))
+    assert plan.original_selector(switched) == {"app": "nginx", "tier": "web"}
+    locked = plan.locked_service(service, plan.lock_for("s1", "alice@lap", NOW))
+    assert plan.original_selector(locked) == {"app": "nginx", "tier": "web"}
+
+
+def test_selects_pods_of_and_the_template_spec() -> None:
+    web = deployment("web", {"app": "nginx", "tier": "web"})
+    web["spec"]["template"]["spec"] = {"containers": []}
+    assert plan.selects_pods_of({"app": "nginx"}, web)
+    assert not plan.selects_pods_of({"app": "other"}, web)
+    assert not plan.selects_pods_of({}, web)
+    assert plan.template_spec(web) == {"containers": []}
+    assert plan.template_spec({}) == {}
