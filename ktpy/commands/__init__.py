@@ -11,8 +11,18 @@ import click
 
 from ktpy.commands.clean import clean
 from ktpy.commands.connect import connect
+from ktpy.commands.exchange import exchange
 from ktpy.commands.forward import forward
 from ktpy.commands.preview import preview
+from ktpy.commands.recover import recover
 from ktpy.commands.status import status
 
-COMMANDS: tuple[click.Command, ...] = (connect, preview, forward, status, clean)
+COMMANDS: tuple[click.Command, ...] = (
+    connect,
+    exchange,
+    preview,
+    forward,
+    status,
+    clean,
+    recover,
+)

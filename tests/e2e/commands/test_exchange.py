@@ -1,0 +1,581 @@
+"""`ktpy exchange` and `ktpy recover` end to end (issue 5's acceptance).
+
+A client pod in the cluster calls the echo Service with an open-loop load (a new
+connection per request, no retries) while ktpy exchange runs in a laptop whose
+local server answers {"pod": "laptop"}. The failed requests from 2 s before to
+5 s after each switch are counted; in selector mode there must be none.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from tests.e2e.conftest import Bed, Laptop, RunningKtpy, run_ktpy
+
+MANAGED = "app.kubernetes.io/managed-by=ktpy"
+READY = "All looks good"
+FAST = {"KTPY_HEARTBEAT_INTERVAL": "2s", "KTPY_STALE_AFTER": "6s"}
+
+# The laptop's stand-in for the echo server: JSON naming itself, a big accept queue
+# (the load opens a new connection for every request), one thread per connection.
+LOCAL_SERVER = r"""
+import json, socket, sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+port, marker = int(sys.argv[1]), sys.argv[2]
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.0"
+
+    def do_GET(self):
+        body = json.dumps({"pod": marker, "client": self.client_address[0]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 512
+
+server = Server(("127.0.0.1", port), Handler)
+print("listening", flush=True)
+server.serve_forever()
+"""
+
+
+def local_server(laptop: Laptop, port: int, marker: str = "laptop") -> subprocess.Popen[str]:
+    proc = laptop.popen(sys.executable, "-c", LOCAL_SERVER, str(port), marker)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert line.strip() == "listening", proc.stderr.read() if proc.stderr else line
+    return proc
+
+
+def ktpy_run(
+    laptop: Laptop, *args: str, env: dict[str, str] | None = None, timeout: float = 90
+) -> subprocess.CompletedProcess[str]:
+    return laptop.run(sys.executable, "-m", "ktpy", *args, check=False, timeout=timeout, env=env)
+
+
+def ktpy_objects(bed: Bed, namespace: str) -> list[str]:
+    out = bed.kubectl("-n", namespace, "get", "pods,secrets,services", "-l", MANAGED, "-o", "name")
+    return out.stdout.split()
+
+
+def exact(body: dict[str, Any]) -> str:
+    """An object as JSON, without what the server changes on any write."""
+    meta = body["metadata"]
+    for key in ("resourceVersion", "managedFields", "generation"):
+        meta.pop(key, None)
+    body.pop("status", None)
+    return json.dumps(body, sort_keys=True)
+
+
+def service_text(bed: Bed, namespace: str, name: str = "echo") -> str:
+    return exact(bed.get_json("-n", namespace, "service", name))
+
+
+def deployment_text(bed: Bed, namespace: str, name: str = "echo") -> str:
+    return exact(bed.get_json("-n", namespace, "deployment", name))
+
+
+def selector(bed: Bed, namespace: str, name: str = "echo") -> dict[str, str]:
+    spec = bed.get_json("-n", namespace, "service", name)["spec"]
+    return dict(spec.get("selector") or {})
+
+
+def curl(
+    bed: Bed, namespace: str, url: str, timeout: float = 5
+) -> subprocess.CompletedProcess[str]:
+    return bed.kubectl(
+        "-n", namespace, "exec", "client", "--",
+        "curl", "-sS", "--max-time", str(timeout), url,
+        check=False,
+    )  # fmt: skip
+
+
+def answer(bed: Bed, namespace: str, url: str) -> str:
+    result = curl(bed, namespace, url)
+    assert result.returncode == 0, result.stderr
+    return str(json.loads(result.stdout)["pod"])
+
+
+def wait_answer(bed: Bed, namespace: str, url: str, want: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    seen = ""
+    while time.monotonic() < deadline:
+        result = curl(bed, namespace, url)
+        if result.returncode == 0:
+            seen = str(json.loads(result.stdout)["pod"])
+            if seen == want or (want == "cluster" and seen.startswith("echo-")):
+                return
+        time.sleep(0.3)
+    raise AssertionError(f"{url} did not answer from {want} within {timeout}s (last: {seen!r})")
+
+
+def error_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith("Error:")]
+
+
+def exchange(
+    laptop: Laptop, namespace: str, *args: str, env: dict[str, str] | None = None
+) -> RunningKtpy:
+    """`ktpy exchange echo ARGS` in the laptop."""
+    return run_ktpy(laptop, "-n", namespace, "exchange", "echo", *args, env=env)
+
+
+def drain(session: RunningKtpy) -> list[str]:
+    """Every stdout line so far, also those after the ready line."""
+    time.sleep(0.3)  # the reader thread hands over what the process wrote last
+    while not session.lines.empty():
+        session.output.append(session.lines.get())
+    return session.output
+
+
+def shadow_name(session: RunningKtpy) -> str:
+    found = re.search(r"Shadow pod (\S+)", "\n".join(session.output))
+    assert found, session.output
+    return found.group(1)
+
+
+# --- load -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Load:
+    """`ktbed-echo load` in the client pod, its JSON lines gathered as they come."""
+
+    proc: subprocess.Popen[str]
+    results: list[dict[str, Any]] = field(default_factory=list)
+    summary: dict[str, Any] | None = None
+
+    @classmethod
+    def start(cls, bed: Bed, namespace: str, url: str, rate: int, seconds: int) -> Load:
+        proc = subprocess.Popen(
+            [
+                *_kubectl(bed), "-n", namespace, "exec", "client", "--",
+                "ktbed-echo", "load", "--url", url, "--rate", str(rate),
+                "--duration", f"{seconds}s", "--timeout", "2s",
+            ],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        load = cls(proc)
+        threading.Thread(target=load._read, daemon=True).start()
+        return load
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            data = json.loads(line)
+            if data.get("summary"):
+                self.summary = data
+            else:
+                self.results.append(data)
+
+    def wait(self, timeout: float) -> None:
+        self.proc.wait(timeout)
+        deadline = time.monotonic() + 5
+        while self.summary is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert self.summary is not None, self.proc.stderr.read() if self.proc.stderr else ""
+
+    def seen_from(self, pod: str, since: float) -> bool:
+        return any(r["ok"] and r["pod"] == pod and r["t"] >= since for r in list(self.results))
+
+
+def _kubectl(bed: Bed) -> list[str]:
+    from tests.e2e.testbed import config
+
+    return [str(config.BIN_DIR / "kubectl"), f"--kubeconfig={bed.kubeconfig()}"]
+
+
+@dataclass
+class Window:
+    name: str
+    at: float
+    requests: int
+    failed: int
+    errors: dict[str, int]
+
+    def __str__(self) -> str:
+        return (
+            f"{self.name}: {self.requests} requests from 2 s before to 5 s after, "
+            f"{self.failed} failed {self.errors or ''}"
+        )
+
+
+def window(results: list[dict[str, Any]], name: str, at: float) -> Window:
+    inside = [r for r in results if at - 2 <= r["t"] <= at + 5]
+    failed = [r for r in inside if not r["ok"]]
+    errors: dict[str, int] = {}
+    for r in failed:
+        key = r["err"] or f"status {r['status']}"
+        errors[key] = errors.get(key, 0) + 1
+    return Window(name, at, len(inside), len(failed), errors)
+
+
+def switch_windows(results: list[dict[str, Any]]) -> tuple[Window, Window]:
+    """The windows around the two switches, found where the answers flip."""
+    laptop = sorted(r["t"] for r in results if r["ok"] and r["pod"] == "laptop")
+    assert laptop, "no request reached the laptop"
+    return window(results, "switch in", laptop[0]), window(results, "switch out", laptop[-1])
+
+
+def report(name: str, windows: tuple[Window, ...], load: Load) -> None:
+    lines = [f"[{name}] {w}" for w in windows]
+    lines.append(f"[{name}] whole run: {load.summary}")
+    text = "\n".join(lines)
+    print(text)
+    with open("/tmp/ktpy-exchange-windows.txt", "a") as out:  # noqa: PTH123
+        out.write(text + "\n")
+
+
+def run_with_load(
+    bed: Bed, namespace: str, laptop: Laptop, mode: str, rate: int = 80
+) -> tuple[Window, Window, Load, RunningKtpy]:
+    """Load before, during and after an exchange; Ctrl-C once the laptop answered a while."""
+    server = local_server(laptop, 3001)
+    load = Load.start(bed, namespace, f"http://echo.{namespace}/", rate, 55)
+    try:
+        time.sleep(4)  # answered by the cluster before the switch
+        session = exchange(laptop, namespace, "--expose", "3001:80", "--mode", mode)
+        try:
+            session.wait_ready(timeout=60)
+            ready_at = time.time()
+            deadline = time.monotonic() + 20
+            while not load.seen_from("laptop", ready_at + 12):
+                assert time.monotonic() < deadline, "the laptop stopped answering"
+                time.sleep(0.2)
+        finally:
+            code = session.stop(signal.SIGINT, timeout=120)
+        assert code == 130, session.errors
+        stopped_at = time.time()
+        assert stopped_at < load.results[0]["t"] + 48, "the load ended too soon to see after"
+        load.wait(timeout=90)
+    finally:
+        server.kill()
+        if load.proc.poll() is None:
+            load.proc.kill()
+    windows = switch_windows(load.results)
+    after = [r for r in load.results if r["t"] > windows[1].at + 5]
+    assert after
+    assert all(r["pod"].startswith("echo-") for r in after if r["ok"])
+    return windows[0], windows[1], load, session
+
+
+# --- tests ------------------------------------------------------------------------------------
+
+
+def test_selector_mode_switches_both_ways_without_a_failed_request(
+    bed: Bed, echo: str, laptop: Laptop
+) -> None:
+    ns = echo
+    before = service_text(bed, ns)
+    switch_in, switch_out, load, session = run_with_load(bed, ns, laptop, "selector")
+    report("selector", (switch_in, switch_out), load)
+    assert switch_in.requests >= 300
+    assert switch_out.requests >= 300
+    assert switch_in.failed == 0, str(switch_in)
+    assert switch_out.failed == 0, str(switch_out)
+    assert service_text(bed, ns) == before
+    assert ktpy_objects(bed, ns) == []
+    assert "Restored the selector of service echo" in drain(session)
+
+
+def test_scale_mode_restores_the_replica_count(bed: Bed, echo: str, laptop: Laptop) -> None:
+    ns = echo
+    before_service = service_text(bed, ns)
+    before_deployment = deployment_text(bed, ns)
+    switch_in, switch_out, load, _ = run_with_load(bed, ns, laptop, "scale")
+    report("scale", (switch_in, switch_out), load)
+    assert bed.get_json("-n", ns, "deployment", "echo")["spec"]["replicas"] == 2
+    assert deployment_text(bed, ns) == before_deployment
+    assert service_text(bed, ns) == before_service
+    assert ktpy_objects(bed, ns) == []
+
+
+def test_scale_mode_shadow_carries_the_template_labels_and_the_deployment_goes_to_zero(
+    bed: Bed, echo: str, laptop: Laptop
+) -> None:
+    ns = echo
+    server = local_server(laptop, 3001)
+    session = exchange(laptop, ns, "--expose", "3001:80", "--mode", "scale")
+    try:
+        session.wait_ready()
+        shadow = bed.get_json("-n", ns, "pod", shadow_name(session))
+        assert shadow["metadata"]["labels"]["app"] == "echo"
+        assert "pod-template-hash" not in shadow["metadata"]["labels"]
+        assert bed.get_json("-n", ns, "deployment", "echo")["spec"]["replicas"] == 0
+        assert answer(bed, ns, f"http://echo.{ns}/") == "laptop"
+    finally:
+        assert session.stop(signal.SIGINT, timeout=120) == 130
+        server.kill()
+    assert bed.get_json("-n", ns, "deployment", "echo")["spec"]["replicas"] == 2
+    assert answer(bed, ns, f"http://echo.{ns}/").startswith("echo-")
+
+
+def test_several_ports_named_target_ports_and_a_local_port_with_nothing_behind(
+    bed: Bed, echo: str, laptop: Laptop
+) -> None:
+    ns = echo
+    before = service_text(bed, ns)
+    first = local_server(laptop, 3001, "laptop-http")
+    session = exchange(laptop, ns, "--expose", "3001:http,3002:9090")
+    second = None
+    try:
+        session.wait_ready()
+        assert any("nothing listens on local port 3002" in line for line in session.errors)
+        shadow = bed.get_json("-n", ns, "pod", shadow_name(session))
+        ports = {
+            p.get("name"): p["containerPort"] for p in shadow["spec"]["containers"][0]["ports"]
+        }
+        assert ports["http"] == 8080  # the named target port, as the echo pods declare it
+        assert 9090 in ports.values()
+        assert answer(bed, ns, f"http://echo.{ns}/") == "laptop-http"
+        # Nothing on local 3002: the caller's connection ends at once, it does not hang.
+        started = time.monotonic()
+        refused = curl(bed, ns, f"http://echo.{ns}:9090/", timeout=10)
+        assert refused.returncode != 0
+        assert time.monotonic() - started < 3
+        second = local_server(laptop, 3002, "laptop-alt")
+        assert answer(bed, ns, f"http://echo.{ns}:9090/") == "laptop-alt"
+    finally:
+        assert session.stop(signal.SIGINT) == 130, session.errors
+        first.kill()
+        if second is not None:
+            second.kill()
+    assert service_text(bed, ns) == before
+    assert ktpy_objects(bed, ns) == []
+
+
+def test_without_expose_each_target_port_goes_to_the_same_local_port(
+    bed: Bed, echo: str, laptop: Laptop
+) -> None:
+    ns = echo
+    server = local_server(laptop, 8080)
+    session = exchange(laptop, ns)
+    try:
+        session.wait_ready()
+        out = "\n".join(session.output)
+        assert "service port 80 (http) -> shadow port http=8080 -> local 8080" in out
+        assert "service port 9090 (alt) -> shadow port 9090 -> local 9090" in out
+        assert answer(bed, ns, f"http://echo.{ns}/") == "laptop"
+    finally:
+        assert session.stop(signal.SIGINT) == 130, session.errors
+        server.kill()
+
+
+def test_kill9_then_recover_restores_the_selector_byte_for_byte(
+    bed: Bed, echo: str, laptop: Laptop
+) -> None:
+    ns = echo
+    before = service_text(bed, ns)
+    server = local_server(laptop, 3001)
+    session = exchange(laptop, ns, "--expose", "3001:80")
+    try:
+        session.wait_ready()
+        shadow = shadow_name(session)
+        session.stop(signal.SIGKILL)
+        # A crashed exchange leaves the Service selecting the shadow (kt-connect #363).
+        assert selector(bed, ns)["ktpy.dev/role"] == "exchange"
+        result = ktpy_run(laptop, "-n", ns, "recover", "echo")
+        assert result.returncode == 0, result.stderr
+        assert f"Deleted pod/{shadow}" in result.stdout
+    finally:
+        session.stop(signal.SIGKILL)
+        server.kill()
+    assert service_text(bed, ns) == before
+    assert ktpy_objects(bed, ns) == []
+    assert answer(bed, ns, f"http://echo.{ns}/").startswith("echo-")
+    again = ktpy_run(laptop, "-n", ns, "recover", "echo")
+    assert again.returncode == 0
+    assert "nothing to recover" in again.stdout
+
+
+def test_kill9_then_clean_after_the_threshold_restores_the_selector_byte_for_byte(
+    bed: Bed, echo: str, laptop: Laptop, other_laptop: Laptop
+) -> None:
+    ns = echo
+    before = service_text(bed, ns)
+    session = exchange(laptop, ns, "--expose", "3001:80", env=FAST)
+    try:
+        session.wait_ready()
+        session.stop(signal.SIGKILL)
+        time.sleep(7)  # past KTPY_STALE_AFTER
+        result = ktpy_run(other_laptop, "-n", ns, "clean", env=FAST)
+        assert result.returncode == 0, result.stderr
+        assert "restored service/echo" in result.stdout
+    finally:
+        session.stop(signal.SIGKILL)
+    assert service_text(bed, ns) == before
+    assert ktpy_objects(bed, ns) == []
+
+
+def test_a_second_session_is_refused_naming_the_first_and_changes_nothing(
+    bed: Bed, echo: str, laptop: Laptop, other_laptop: Laptop
+) -> None:
+    ns = echo
+    first = exchange(laptop, ns, "--expose", "3001:80")
+    try:
+        first.wait_ready()
+        session_id = re.search(r"\(session (\w+)\)", "\n".join(first.output))
+        assert session_id
+        held = service_text(bed, ns)
+        pods = bed.kubectl("-n", ns, "get", "pods", "-o", "name").stdout.split()
+        second = ktpy_run(other_laptop, "-n", ns, "exchange", "echo", "--expose", "3001:80")
+        assert second.returncode == 20, second.stderr
+        errors = error_lines(second.stderr)
+        assert len(errors) == 1
+        owner = bed.get_json("-n", ns, "pod", shadow_name(first))["metadata"]["annotations"][
+            "ktpy.dev/owner"
+        ]
+        assert f"already exchanged by {owner}, session {session_id.group(1)}" in errors[0]
+        assert service_text(bed, ns) == held
+        assert bed.kubectl("-n", ns, "get", "pods", "-o", "name").stdout.split() == pods
+    finally:
+        assert first.stop(signal.SIGINT) == 130
+
+
+def test_twenty_sessions_at_once_one_wins_and_the_service_ends_as_it_began(
+    bed: Bed, echo: str, laptop: Laptop
+) -> None:
+    ns = echo
+    before = service_text(bed, ns)
+    sessions = [exchange(laptop, ns, "--expose", f"{3100 + i}:80") for i in range(20)]
+    try:
+        deadline = time.monotonic() + 180
+        winners: list[RunningKtpy] = []
+        while time.monotonic() < deadline:
+            for s in sessions:
+                while not s.lines.empty():
+                    s.output.append(s.lines.get())
+            winners = [s for s in sessions if any(READY in line for line in s.output)]
+            if all(s.proc.poll() is not None or s in winners for s in sessions):
+                break
+            time.sleep(0.5)
+        losers = [s for s in sessions if s not in winners]
+        assert len(winners) == 1, [s.errors[-3:] for s in sessions]
+        assert len(losers) == 19
+        for loser in losers:
+            assert loser.proc.wait(30) == 20, loser.errors[-5:]
+            errors = error_lines("\n".join(loser.errors))
+            assert len(errors) == 1, loser.errors
+            assert "already exchanged by" in errors[0]
+        assert selector(bed, ns)["ktpy.dev/role"] == "exchange"
+    finally:
+        for s in sessions:
+            s.stop(signal.SIGINT, timeout=120)
+    assert service_text(bed, ns) == before
+    assert ktpy_objects(bed, ns) == []
+
+
+def test_the_watch_puts_the_selector_back_and_the_session_stops_when_restored(
+    bed: Bed, echo: str, laptop: Laptop, other_laptop: Laptop
+) -> None:
+    ns = echo
+    before = service_text(bed, ns)
+    session = exchange(laptop, ns, "--expose", "3001:80")
+    try:
+        session.wait_ready()
+        ours = selector(bed, ns)
+        bed.kubectl("-n", ns, "patch", "service", "echo", "-p", '{"spec":{"selector":{"app":"x"}}}')
+        deadline = time.monotonic() + 10
+        while selector(bed, ns) != ours:
+            assert time.monotonic() < deadline, "the selector was not put back"
+            time.sleep(0.2)
+        # A live holder is not recovered without --force; with it, the session stops.
+        refused = ktpy_run(other_laptop, "-n", ns, "recover", "echo")
+        assert refused.returncode == 20
+        assert "--force" in refused.stderr
+        forced = ktpy_run(other_laptop, "-n", ns, "recover", "echo", "--force")
+        assert forced.returncode == 0, forced.stderr
+        code = session.proc.wait(30)
+        assert code == 22, session.errors
+        errors = error_lines("\n".join(session.errors))
+        assert len(errors) == 1
+        assert "restored by someone else" in errors[0]
+    finally:
+        session.stop(signal.SIGKILL)
+    assert service_text(bed, ns) == before
+    assert ktpy_objects(bed, ns) == []
+
+
+def test_a_dead_holder_is_taken_over(bed: Bed, echo: str, laptop: Laptop) -> None:
+    ns = echo
+    before = service_text(bed, ns)
+    server = local_server(laptop, 3001)
+    crashed = exchange(laptop, ns, "--expose", "3001:80", env=FAST)
+    try:
+        crashed.wait_ready()
+        crashed.stop(signal.SIGKILL)
+        session = exchange(laptop, ns, "--expose", "3001:80", env=FAST)
+        try:
+            session.wait_ready()
+            assert any("Taking over service/echo" in line for line in session.errors)
+            assert answer(bed, ns, f"http://echo.{ns}/") == "laptop"
+        finally:
+            assert session.stop(signal.SIGINT) == 130, session.errors
+    finally:
+        crashed.stop(signal.SIGKILL)
+        server.kill()
+    assert service_text(bed, ns) == before
+    assert ktpy_objects(bed, ns) == []
+
+
+SELECTORLESS = """
+apiVersion: v1
+kind: Service
+metadata: {name: manual}
+spec:
+  ports: [{port: 80, targetPort: 8080}]
+"""
+
+
+def snapshot(bed: Bed, namespace: str) -> list[str]:
+    listed = bed.get_json("-n", namespace, "pods,services,deployments,secrets,endpointslices")[
+        "items"
+    ]
+    return sorted(
+        f"{o['kind']}/{o['metadata']['name']}@{o['metadata']['resourceVersion']}" for o in listed
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["echo", "--expose", "3001:"], 2, "is not LOCAL:REMOTE"),
+        (["echo", "--expose", "3001:80,3002:80"], 2, "remote port 80 appears twice"),
+        (["nosuch", "--expose", "3001:80"], 12, "service 'nosuch' not found"),
+        (["echo", "--expose", "3001:81"], 13, "has no port 81"),
+        (["echo", "--expose", "3001:grpc"], 13, "has no port 'grpc'"),
+        (["manual", "--expose", "3001:80"], 14, "service 'manual' has no selector"),
+        (["echo", "--mode", "scale", "--expose", "3001:80", "--bogus"], 2, "No such option"),
+    ],
+)
+def test_bad_requests_say_one_line_and_change_nothing(
+    bed: Bed, echo: str, laptop: Laptop, args: list[str], code: int, message: str
+) -> None:
+    ns = echo
+    bed.apply(SELECTORLESS, ns)
+    before = snapshot(bed, ns)
+    result = ktpy_run(laptop, "-n", ns, "exchange", *args)
+    assert result.returncode == code, result.stderr
+    errors = error_lines(result.stderr)
+    assert len(errors) == 1, result.stderr
+    assert message in errors[0]
+    assert snapshot(bed, ns) == before
