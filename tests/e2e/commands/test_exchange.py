@@ -426,6 +426,31 @@ def test_kill9_then_clean_after_the_threshold_restores_the_selector_byte_for_byt
     assert ktpy_objects(bed, ns) == []
 
 
+def test_scale_mode_kill9_then_recover_and_clean_restore_the_deployment_byte_for_byte(
+    bed: Bed, echo: str, laptop: Laptop
+) -> None:
+    ns = echo
+    before_service = service_text(bed, ns)
+    before_deployment = deployment_text(bed, ns)
+    for undo in (["recover", "echo"], ["clean"]):
+        session = exchange(laptop, ns, "--expose", "3001:80", "--mode", "scale", env=FAST)
+        try:
+            session.wait_ready()
+            session.stop(signal.SIGKILL)
+            assert bed.get_json("-n", ns, "deployment", "echo")["spec"]["replicas"] == 0
+            if undo == ["clean"]:
+                time.sleep(7)  # past KTPY_STALE_AFTER
+            result = ktpy_run(laptop, "-n", ns, *undo, env=FAST)
+            assert result.returncode == 0, result.stderr
+            assert "estored deployment/echo" in result.stdout
+        finally:
+            session.stop(signal.SIGKILL)
+        assert deployment_text(bed, ns) == before_deployment
+        assert service_text(bed, ns) == before_service
+        assert ktpy_objects(bed, ns) == []
+        bed.kubectl("-n", ns, "rollout", "status", "deployment/echo", "--timeout=90s", timeout=100)
+
+
 def test_a_second_session_is_refused_naming_the_first_and_changes_nothing(
     bed: Bed, echo: str, laptop: Laptop, other_laptop: Laptop
 ) -> None:
