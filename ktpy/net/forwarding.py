@@ -15,12 +15,12 @@ import contextlib
 import errno
 import socket
 import struct
-import threading
 import time
 from collections.abc import Callable
 
 import structlog
 
+from ktpy.net.listener import ThreadedListener
 from ktpy.net.relay import Flow, SocketFlow, relay
 
 log = structlog.get_logger(__name__)
@@ -67,7 +67,7 @@ def _reset(sock: socket.socket) -> None:
         sock.close()
 
 
-class ForwardServer:
+class ForwardServer(ThreadedListener):
     """127.0.0.1:listen_port, each connection carried to host:port by open_flow."""
 
     def __init__(
@@ -80,46 +80,12 @@ class ForwardServer:
         listen_port: int = 0,
         name: str = "forward",
     ) -> None:
+        super().__init__(listen_host, listen_port, name)
         self.open_flow = open_flow
         self.target = (host, port)
-        self.name = name
-        self._listener = socket.create_server((listen_host, listen_port), backlog=256)
-        self.address: tuple[str, int] = self._listener.getsockname()[:2]
-        self._stopping = threading.Event()
-        self._thread = threading.Thread(
-            target=self._accept_loop, name=f"{name}-accept", daemon=True
-        )
-        self.connections = 0
         self.failures = 0
 
-    def start(self) -> ForwardServer:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stopping.set()
-        with contextlib.suppress(OSError):
-            self._listener.shutdown(socket.SHUT_RDWR)
-        with contextlib.suppress(OSError):
-            self._listener.close()
-
-    def _accept_loop(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                if self._stopping.is_set():
-                    return
-                continue
-            self.connections += 1
-            threading.Thread(
-                target=self._serve,
-                args=(client, self.connections),
-                name=f"{self.name}-{self.connections}",
-                daemon=True,
-            ).start()
-
-    def _serve(self, client: socket.socket, conn: int) -> None:
+    def serve(self, client: socket.socket, conn: int) -> None:
         host, port = self.target
         # Small requests go out at once, not after Nagle's delay.
         with contextlib.suppress(OSError):

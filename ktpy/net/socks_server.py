@@ -11,11 +11,11 @@ from __future__ import annotations
 import contextlib
 import errno
 import socket
-import threading
 from collections.abc import Callable
 
 import structlog
 
+from ktpy.net.listener import ThreadedListener
 from ktpy.net.relay import Flow, SocketFlow, relay
 from ktpy.net.socks5 import (
     Close,
@@ -46,41 +46,12 @@ def reply_code_for(exc: OSError) -> ReplyCode:
     return ReplyCode.GENERAL_FAILURE
 
 
-class SocksServer:
+class SocksServer(ThreadedListener):
     def __init__(self, open_flow: OpenFlow, host: str = "127.0.0.1", port: int = 2223) -> None:
+        super().__init__(host, port, "socks")
         self.open_flow = open_flow
-        self._listener = socket.create_server((host, port), reuse_port=False, backlog=256)
-        self.address: tuple[str, int] = self._listener.getsockname()[:2]
-        self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._accept_loop, name="socks-accept", daemon=True)
-        self.connections = 0
 
-    def start(self) -> SocksServer:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stopping.set()
-        with contextlib.suppress(OSError):
-            self._listener.shutdown(socket.SHUT_RDWR)
-        with contextlib.suppress(OSError):
-            self._listener.close()
-
-    def _accept_loop(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                if self._stopping.is_set():
-                    return
-                continue
-            self.connections += 1
-            conn = self.connections
-            threading.Thread(
-                target=self._serve, args=(client, conn), name=f"socks-{conn}", daemon=True
-            ).start()
-
-    def _serve(self, client: socket.socket, conn: int) -> None:
+    def serve(self, client: socket.socket, conn: int) -> None:
         clog = log.bind(conn=conn)
         handshake = Socks5Handshake()
         client.settimeout(HANDSHAKE_TIMEOUT)
