@@ -113,7 +113,6 @@ def bed() -> Bed:
     return Bed()
 
 
-
 @pytest.fixture
 def namespace(bed: Bed, request: pytest.FixtureRequest) -> Iterator[str]:
     """A fresh namespace per test, deleted afterwards."""
