@@ -390,6 +390,12 @@ def locked_service(service: Mapping[str, Any], lock: Lock) -> JsonObject:
     )
 
 
+def relocked_service(current: Mapping[str, Any], lock: Lock) -> JsonObject:
+    """Scale mode, once the Deployment's pods are gone: the Service's own selector back
+    (the shadow carries the template labels), the lock kept."""
+    return locked_service(modify.restored_body(current), lock)
+
+
 def scaled_deployment(deployment: Mapping[str, Any], session_id: str) -> JsonObject:
     return modify.modified_body(deployment, scale_changes(), session_id=session_id)
 

@@ -35,7 +35,7 @@ from ktpy.cluster.heartbeat import (
     sessions_from_objects,
 )
 from ktpy.cluster.modify import FieldChange
-from ktpy.errors import KtpyError, ServiceNotFound
+from ktpy.errors import KtpyError, LockLost, ServiceNotFound
 from ktpy.logs import get_logger
 
 WRITE_ATTEMPTS = 20
@@ -198,6 +198,27 @@ def restore(
     )
 
 
+def rewrite(
+    api: ClusterApi,
+    kind: Kind,
+    namespace: str,
+    name: str,
+    session_id: str,
+    build: Callable[[JsonObject], JsonObject],
+) -> JsonObject:
+    """Change an object this session holds, conditionally; LockLost if it is not ours
+    any more (restored or taken over meanwhile). Retries on 409."""
+    for _ in range(WRITE_ATTEMPTS):
+        current = api.get(kind, namespace, name)
+        if modify.modifier_session(current) != session_id or not modify.is_modified(current):
+            raise LockLost(f"{kind.value.lower()} {name!r} is no longer held by this session")
+        try:
+            return api.replace(kind, namespace, name, build(current))
+        except Conflict:
+            continue
+    raise KtpyError(f"{kind.value.lower()} {name!r} keeps changing; could not update it")
+
+
 # --- waiting --------------------------------------------------------------------------------
 
 
@@ -283,14 +304,41 @@ def wait_endpoints(
 
 def ready_pods(api: ClusterApi, namespace: str, selector: dict[str, str]) -> list[str]:
     listed = api.list_objects(Kind.POD, namespace, label_selector=labels.format_selector(selector))
+    return sorted(serving_pods({str(p["metadata"]["name"]): p for p in listed.items}))
+
+
+def serving_pods(pods: dict[str, JsonObject]) -> frozenset[str]:
+    """Of listed pods, those ready and not terminating (what kube-proxy sends new
+    connections to once a Service selects them)."""
     names = []
-    for pod in listed.items:
+    for name, pod in pods.items():
         if (pod.get("metadata") or {}).get("deletionTimestamp"):
             continue
         conditions = (pod.get("status") or {}).get("conditions") or ()
         if any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions):
-            names.append(str(pod["metadata"]["name"]))
-    return names
+            names.append(name)
+    return frozenset(names)
+
+
+def wait_pods(
+    api: ClusterApi,
+    namespace: str,
+    selector: dict[str, str],
+    done: Callable[[frozenset[str]], bool],
+    *,
+    timeout: float,
+    stop: Callable[[], bool] = lambda: False,
+) -> bool:
+    """Wait until the ready, non-terminating pods ``selector`` selects satisfy ``done``."""
+    return _watch_until(
+        api,
+        Kind.POD,
+        namespace,
+        label_selector=labels.format_selector(selector),
+        done=lambda pods: done(serving_pods(pods)),
+        timeout=timeout,
+        stop=stop,
+    )
 
 
 def wait_deployment(

@@ -6,9 +6,10 @@ Order of work, so that no caller of the Service meets a gap:
    the lock, the Deployment in scale mode): a bad request changes nothing;
 2. start the shadow pod and its tunnel, and ask its sshd for every remote
    forward (each is listening when the request returns);
-3. only then switch: the Service's selector (selector mode), or the shadow
-   joins the Deployment's pods and the Deployment goes to 0 (scale mode), in
-   one conditional write that also takes the lock;
+3. only then switch the Service's selector to the shadow, in one conditional
+   write that also takes the lock; in scale mode the Deployment then goes to 0
+   and, once its pods are gone, the Service gets its own selector back (the
+   shadow carries the pod template's labels);
 4. on exit, restore first, wait until the EndpointSlices point at the original
    pods and no new connection reaches the shadow, then delete the shadow.
 """
@@ -219,19 +220,21 @@ class Exchanger:
             self._guard(Kind.SERVICE, request.service, body, plan.selector_changes(self.session.id))
             return
         assert request.deployment is not None
-        service = self._take(
+        # Callers first move to the shadow by the selector, as in selector mode, so none
+        # meets a pod of the Deployment while it goes away; only then does the Service get
+        # its own selector back, which the shadow matches with the template labels.
+        self._take(
             Kind.SERVICE,
             request.service,
-            build=lambda current: plan.locked_service(current, lock),
+            build=lambda current: plan.switched_service(current, lock),
             check=plan.check_selector,
         )
-        self._guard(Kind.SERVICE, request.service, service, ())
-        # The shadow joins the Deployment's pods only now that its forwards listen.
+        self._wait_endpoints(lambda ready: plan.only_shadow(ready, self.shadow), "reach the shadow")
+        self._settle()
         self.joined = True  # before the call: a signal may cut it short after it went through
         self.api.patch(
             Kind.POD, request.namespace, self.shadow, plan.label_patch(request.template_labels)
         )
-        self._wait_endpoints(lambda ready: self.shadow in ready, "include the shadow")
         deployment = self._take(
             Kind.DEPLOYMENT,
             request.deployment,
@@ -239,10 +242,25 @@ class Exchanger:
         )
         self.log.info("deployment scaled to 0", deployment=request.deployment)
         self._guard(Kind.DEPLOYMENT, request.deployment, deployment, plan.scale_changes())
+        if not switch.wait_pods(
+            self.api,
+            request.namespace,
+            request.selector,
+            lambda serving: serving <= {self.shadow},
+            timeout=SCALE_TIMEOUT,
+        ):
+            self.log.warning("the deployment's pods are still serving; going on")
+        service = switch.rewrite(
+            self.api,
+            Kind.SERVICE,
+            request.namespace,
+            request.service,
+            self.session.id,
+            lambda current: plan.relocked_service(current, lock),
+        )
+        self._guard(Kind.SERVICE, request.service, service, ())
         self._wait_endpoints(
-            lambda ready: plan.only_shadow(ready, self.shadow),
-            "reach only the shadow",
-            SCALE_TIMEOUT,
+            lambda ready: plan.only_shadow(ready, self.shadow), "reach only the shadow"
         )
         self._settle()
 

@@ -445,3 +445,12 @@ def test_selects_pods_of_and_the_template_spec() -> None:
     assert not plan.selects_pods_of({}, web)
     assert plan.template_spec(web) == {"containers": []}
     assert plan.template_spec({}) == {}
+
+
+def test_scale_mode_relocks_the_service_with_its_own_selector() -> None:
+    service = user_service(selector={"app": "nginx"})
+    lock = plan.lock_for("s1", "alice@lap", NOW)
+    relocked = plan.relocked_service(plan.switched_service(service, lock), lock)
+    assert relocked["spec"]["selector"] == {"app": "nginx"}
+    assert modify.lock_of(relocked) == lock
+    assert plan.restoration(relocked, "s1") == service

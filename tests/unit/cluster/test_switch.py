@@ -14,7 +14,7 @@ from ktpy.cluster.api import Kind
 from ktpy.cluster.bodies import JsonObject
 from ktpy.cluster.labels import Role
 from ktpy.cluster.manifests import SessionMeta
-from ktpy.errors import AlreadyExchanged, ServiceNotFound
+from ktpy.errors import AlreadyExchanged, LockLost, ServiceNotFound
 from tests.unit.cluster.objects import user_service
 from tests.unit.fakes import FakeCluster
 
@@ -288,3 +288,21 @@ def test_namespace_sessions_see_the_shadow(cluster: FakeCluster) -> None:
     assert view.session_id == "s0000001"
     assert view.role is Role.EXCHANGE
     assert labels.MANAGED_SELECTOR
+
+
+def test_rewrite_changes_only_what_this_session_holds(cluster: FakeCluster) -> None:
+    start_shadow(cluster, "s0000001")
+    take(cluster, "s0000001")
+    lock = plan.lock_for("s0000001", "alice@lap", cluster.clock())
+    rewritten = switch.rewrite(
+        cluster,
+        Kind.SERVICE,
+        NS,
+        "nginx",
+        "s0000001",
+        lambda current: plan.relocked_service(current, lock),
+    )
+    assert rewritten["spec"]["selector"] == {"app": "nginx"}
+    assert modify.modifier_session(rewritten) == "s0000001"
+    with pytest.raises(LockLost):
+        switch.rewrite(cluster, Kind.SERVICE, NS, "nginx", "s0000002", lambda current: current)
