@@ -296,6 +296,52 @@ def laptop(bed: Bed, request: pytest.FixtureRequest) -> Iterator[Laptop]:
     _release_laptop(made)
 
 
+# A laptop's local HTTP server (what exchange and preview send cluster traffic to):
+# JSON naming itself ("pod" and "server" both carry the marker), the client it saw
+# and the path; a big accept queue (loads open a new connection per request).
+LOCAL_SERVER = r"""
+import json, socket, sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+host, port, marker = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.0"
+
+    def do_GET(self):
+        body = json.dumps({"pod": marker, "server": marker, "path": self.path,
+                           "client": self.client_address[0]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+class Server(ThreadingHTTPServer):
+    address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    daemon_threads = True
+    request_queue_size = 512
+
+server = Server((host, port), Handler)
+print("listening", flush=True)
+server.serve_forever()
+"""
+
+
+def local_server(
+    laptop: Laptop, port: int, marker: str = "laptop", host: str = "127.0.0.1"
+) -> subprocess.Popen[str]:
+    """Start LOCAL_SERVER in the laptop and wait until it listens."""
+    proc = laptop.popen(sys.executable, "-c", LOCAL_SERVER, host, str(port), marker)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert line.strip() == "listening", proc.stderr.read() if proc.stderr else line
+    return proc
+
+
 def echo_manifest(name: str = "echo", replicas: int = 2) -> str:
     """The echo Deployment and a Service with one port by target-port name and one by number."""
     return f"""

@@ -20,50 +20,11 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import Bed, Laptop, RunningKtpy, run_ktpy
+from tests.e2e.conftest import Bed, Laptop, RunningKtpy, local_server, run_ktpy
 
 MANAGED = "app.kubernetes.io/managed-by=ktpy"
 READY = "All looks good"
 FAST = {"KTPY_HEARTBEAT_INTERVAL": "2s", "KTPY_STALE_AFTER": "6s"}
-
-# The laptop's stand-in for the echo server: JSON naming itself, a big accept queue
-# (the load opens a new connection for every request), one thread per connection.
-LOCAL_SERVER = r"""
-import json, socket, sys
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-port, marker = int(sys.argv[1]), sys.argv[2]
-
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.0"
-
-    def do_GET(self):
-        body = json.dumps({"pod": marker, "client": self.client_address[0]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-class Server(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 512
-
-server = Server(("127.0.0.1", port), Handler)
-print("listening", flush=True)
-server.serve_forever()
-"""
-
-
-def local_server(laptop: Laptop, port: int, marker: str = "laptop") -> subprocess.Popen[str]:
-    proc = laptop.popen(sys.executable, "-c", LOCAL_SERVER, str(port), marker)
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    assert line.strip() == "listening", proc.stderr.read() if proc.stderr else line
-    return proc
 
 
 def ktpy_run(

@@ -11,48 +11,11 @@ import sys
 import time
 from typing import Any
 
-from tests.e2e.conftest import Bed, Laptop, RunningKtpy, client_manifest, run_ktpy
+from tests.e2e.conftest import Bed, Laptop, RunningKtpy, client_manifest, local_server, run_ktpy
 
 MANAGED = "app.kubernetes.io/managed-by=ktpy"
 NAME = "nginx-local"
 READY = f"Now you can access your local service in cluster by name '{NAME}'"
-
-# A tiny HTTP server for the laptop: answers JSON naming itself, so a test knows
-# which local server (and which address family) a request reached.
-LOCAL_SERVER = r"""
-import json, socket, sys
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-host, port, marker = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-
-class Handler(BaseHTTPRequestHandler):
-    def do_GET(self):
-        body = json.dumps({"server": marker, "path": self.path}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-class Server(ThreadingHTTPServer):
-    address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    daemon_threads = True
-
-server = Server((host, port), Handler)
-print("listening", flush=True)
-server.serve_forever()
-"""
-
-
-def local_server(laptop: Laptop, host: str, port: int, marker: str) -> subprocess.Popen[str]:
-    proc = laptop.popen(sys.executable, "-c", LOCAL_SERVER, host, str(port), marker)
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    assert line.strip() == "listening", proc.stderr.read() if proc.stderr else line
-    return proc
 
 
 def ktpy(laptop: Laptop, *args: str, env: dict[str, str] | None = None) -> RunningKtpy:
@@ -110,9 +73,9 @@ def test_preview_reaches_this_laptop_from_a_pod_and_from_another_laptop(
     ns = namespace
     wait_client(bed, ns)
     servers = [
-        local_server(laptop, "127.0.0.1", 3001, "laptop-v4"),
+        local_server(laptop, 3001, "laptop-v4"),
         # Only on ::1: the forward falls back to IPv6 loopback when 127.0.0.1 refuses.
-        local_server(laptop, "::1", 3002, "laptop-v6"),
+        local_server(laptop, 3002, "laptop-v6", host="::1"),
     ]
     preview = ktpy(laptop, "-n", ns, "preview", NAME, "--expose", "3001:8080,3002:8081,3003:8082")
     connect: RunningKtpy | None = None
@@ -124,9 +87,9 @@ def test_preview_reaches_this_laptop_from_a_pod_and_from_another_laptop(
         started = time.monotonic()
         body = curl_json(bed, ns, f"http://{NAME}.{ns}:8080/from-pod", preview, retry_for=10)
         print(f"\nfirst answer from the pod {time.monotonic() - started:.2f}s after the ready line")
-        assert body == {"server": "laptop-v4", "path": "/from-pod"}
+        assert (body["server"], body["path"]) == ("laptop-v4", "/from-pod")
         body = curl_json(bed, ns, f"http://{NAME}.{ns}:8081/v6", preview)
-        assert body == {"server": "laptop-v6", "path": "/v6"}
+        assert (body["server"], body["path"]) == ("laptop-v6", "/v6")
         started = time.monotonic()
         refused = exec_curl(bed, ns, f"http://{NAME}.{ns}:8082/")
         took = time.monotonic() - started
@@ -152,7 +115,8 @@ def test_preview_reaches_this_laptop_from_a_pod_and_from_another_laptop(
             "curl", "-sS", "--max-time", "10", "--socks5-hostname", "127.0.0.1:2311",
             f"http://{NAME}.{ns}:8080/from-other-laptop",
         )  # fmt: skip
-        assert json.loads(fetched.stdout) == {"server": "laptop-v4", "path": "/from-other-laptop"}
+        reached = json.loads(fetched.stdout)
+        assert (reached["server"], reached["path"]) == ("laptop-v4", "/from-other-laptop")
 
         # The same NAME from another session, while this one lives: refused, named.
         second = other_laptop.run(
@@ -178,7 +142,7 @@ def test_preview_reaches_this_laptop_from_a_pod_and_from_another_laptop(
 def test_kill9_preview_is_cleaned_by_ktpy_clean(bed: Bed, namespace: str, laptop: Laptop) -> None:
     ns = namespace
     fast = {"KTPY_HEARTBEAT_INTERVAL": "2s", "KTPY_STALE_AFTER": "6s"}
-    server = local_server(laptop, "127.0.0.1", 3001, "laptop")
+    server = local_server(laptop, 3001, "laptop")
     preview = ktpy(
         laptop, "-n", ns, "preview", NAME, "--expose", "3001:8080", "--external", env=fast
     )
