@@ -341,6 +341,25 @@ def test_without_expose_each_target_port_goes_to_the_same_local_port(
         server.kill()
 
 
+def test_a_second_ctrl_c_skips_the_waits_but_still_restores(
+    bed: Bed, echo: str, laptop: Laptop
+) -> None:
+    ns = echo
+    before = service_text(bed, ns)
+    session = exchange(laptop, ns, "--expose", "3001:80")
+    session.wait_ready()
+    session.proc.send_signal(signal.SIGINT)
+    time.sleep(0.2)
+    started = time.monotonic()
+    assert session.stop(signal.SIGINT, timeout=60) == 130, session.errors
+    assert time.monotonic() - started < 5
+    assert service_text(bed, ns) == before
+    deadline = time.monotonic() + 30  # deleted without waiting: it may still terminate
+    while ktpy_objects(bed, ns):
+        assert time.monotonic() < deadline, ktpy_objects(bed, ns)
+        time.sleep(0.5)
+
+
 def test_kill9_then_recover_restores_the_selector_byte_for_byte(
     bed: Bed, echo: str, laptop: Laptop
 ) -> None:
