@@ -200,6 +200,15 @@ def switch_windows(results: list[dict[str, Any]]) -> tuple[Window, Window]:
 def report(name: str, windows: tuple[Window, ...], load: Load) -> None:
     lines = [f"[{name}] {w}" for w in windows]
     lines.append(f"[{name}] whole run: {load.summary}")
+    # Failures outside the windows, by time after the switch in, to tell a switch's
+    # doing from something else on the shared bed.
+    outside = [
+        f"{r['t'] - windows[0].at:+.2f}s {r['err'] or r['status']}"
+        for r in sorted(load.results, key=lambda r: r["t"])
+        if not r["ok"] and not any(w.at - 2 <= r["t"] <= w.at + 5 for w in windows)
+    ]
+    if outside:
+        lines.append(f"[{name}] failed outside the windows: {outside}")
     text = "\n".join(lines)
     print(text)
     with open("/tmp/ktpy-exchange-windows.txt", "a") as out:  # noqa: PTH123
@@ -211,6 +220,9 @@ def run_with_load(
 ) -> tuple[Window, Window, Load, RunningKtpy]:
     """Load before, during and after an exchange; Ctrl-C once the laptop answered a while."""
     server = local_server(laptop, 3001)
+    # kube-proxy may still be programming the fixture's fresh Service: not ktpy's doing.
+    wait_answer(bed, namespace, f"http://echo.{namespace}/", "cluster")
+    time.sleep(2)
     load = Load.start(bed, namespace, f"http://echo.{namespace}/", rate, 55)
     try:
         time.sleep(4)  # answered by the cluster before the switch
