@@ -143,6 +143,26 @@ class PortNotInService(KtpyError):
         self.port = port
 
 
+class UnresolvedTargetPort(PortNotInService):
+    """A named target port that no backing pod (or Deployment template) declares."""
+
+    exit_code = 15
+
+    default_hint = (
+        "The Service's targetPort names a container port; start at least one of its pods, "
+        "or expose the target port by number."
+    )
+
+    def __init__(self, service: str, name: str) -> None:
+        KtpyError.__init__(
+            self,
+            f"service {service!r} has target port {name!r}, "
+            "but none of its pods declares a container port of that name",
+        )
+        self.service = service
+        self.port = name
+
+
 class NoSelector(KtpyError):
     exit_code = 14
     default_hint = "A Service without a selector has hand-made endpoints that ktpy cannot redirect."

@@ -36,9 +36,9 @@ from ktpy.cluster.labels import Lock, Role
 from ktpy.cluster.modify import FieldChange
 from ktpy.errors import (
     AlreadyExchanged,
-    KtpyError,
     NoSelector,
     PortNotInService,
+    UnresolvedTargetPort,
     UsageProblem,
 )
 from ktpy.params import PortMapping
@@ -57,24 +57,6 @@ SHADOW_RESERVED_NAMES = frozenset(
 class Mode(StrEnum):
     SELECTOR = "selector"
     SCALE = "scale"
-
-
-class UnresolvedTargetPort(PortNotInService):
-    """A named target port that no backing pod (or Deployment template) declares."""
-
-    default_hint = (
-        "The Service's targetPort names a container port; start at least one of its pods, "
-        "or expose the target port by number."
-    )
-
-    def __init__(self, service: str, name: str) -> None:
-        KtpyError.__init__(
-            self,
-            f"service {service!r} has target port {name!r}, "
-            "but none of its pods declares a container port of that name",
-        )
-        self.service = service
-        self.port = name
 
 
 # --- ports ---------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from ktpy.errors import (
     AlreadyExchanged,
     NoSelector,
     PortNotInService,
+    UnresolvedTargetPort,
     UsageProblem,
 )
 from ktpy.params import PortMapping, parse_expose
@@ -124,9 +125,9 @@ def test_an_unknown_name_is_refused() -> None:
 
 
 def test_a_named_target_port_no_pod_declares_is_refused() -> None:
-    with pytest.raises(plan.UnresolvedTargetPort) as caught:
+    with pytest.raises(UnresolvedTargetPort) as caught:
         plan.plan_forwards("echo", ECHO, [PortMapping(3001, 80)], {})
-    assert caught.value.exit_code == 13
+    assert caught.value.exit_code == 15
     assert "target port 'http'" in caught.value.message
 
 
