@@ -420,7 +420,19 @@ def echo(bed: Bed, namespace: str) -> str:
     bed.kubectl(
         "-n", namespace, "wait", "pod/client", "--for=condition=Ready", "--timeout=90s", timeout=100
     )
-    return namespace
+    # Ready pods are not yet a working Service: kube-proxy programs a new Service's
+    # rules a moment later. Tests start once the Service answers from inside.
+    deadline = time.monotonic() + 60
+    while True:
+        probe = bed.kubectl(
+            "-n", namespace, "exec", "client", "--",
+            "curl", "-sf", "--max-time", "2", "-o", "/dev/null", "http://echo/healthz",
+            check=False,
+        )  # fmt: skip
+        if probe.returncode == 0:
+            return namespace
+        assert time.monotonic() < deadline, f"the echo Service never answered: {probe.stderr}"
+        time.sleep(0.5)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
