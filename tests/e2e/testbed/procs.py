@@ -39,7 +39,8 @@ def pid_of(name: str) -> int | None:
     except (OSError, ValueError):
         return None
     pid = int(pid_text)
-    return pid if _start_time(pid) == started else None
+    # A zombie is dead even though /proc still lists it (its reaper may be slow or absent).
+    return pid if _start_time(pid) == started and not _is_zombie(pid) else None
 
 
 def alive(name: str) -> bool:
