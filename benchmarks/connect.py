@@ -98,6 +98,31 @@ def port_forward(laptop: Laptop, pod: str, websockets: bool) -> subprocess.Popen
     return proc
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU of pid and its live descendants (connect's TUN stack runs in
+    a child process)."""
+    parents: dict[int, int] = {}
+    cpu: dict[int, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        child = int(stat.parent.name)
+        parents[child] = int(fields[1])
+        cpu[child] = (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+
+    def descends(candidate: int) -> bool:
+        while candidate > 1:
+            if candidate == pid:
+                return True
+            candidate = parents.get(candidate, 0)
+        return False
+
+    return sum(seconds for each, seconds in cpu.items() if descends(each))
+
+
 def stop(proc: subprocess.Popen[str]) -> None:
     if proc.poll() is None:
         proc.send_signal(signal.SIGINT)
@@ -187,6 +212,7 @@ def measure_all(
         "connect_socks": (None, [f"echo.{NAMESPACE}", "80", "--socks", "2223"]),
     }
     bulk: dict[str, list[float]] = {name: [] for name in paths}
+    cpu_per_gib: dict[str, list[float]] = {"connect_tun": [], "connect_socks": []}
     p50: dict[str, list[float]] = {name: [] for name in paths}
     p99: dict[str, list[float]] = {name: [] for name in paths}
     for _ in range(args.runs):  # interleaved: drift hits every path alike
@@ -194,7 +220,11 @@ def measure_all(
             helper = start() if start else None
             try:
                 extra = target[2:]
+                cpu_before = tree_cpu_seconds(connect.pid)
                 bulk[name].append(laptop.probe("bulk", *target[:2], str(size), *extra)["gbit_s"])
+                if name in cpu_per_gib:
+                    spent = tree_cpu_seconds(connect.pid) - cpu_before
+                    cpu_per_gib[name].append(spent / (size / (1 << 30)))
                 lat = laptop.probe("latency", *target[:2], str(args.requests), *extra)
                 p50[name].append(lat["p50_ms"])
                 p99[name].append(lat["p99_ms"])
@@ -213,6 +243,12 @@ def measure_all(
         "bulk_bytes": size,
         "bulk_gbit_s": {"median": median, "runs": bulk},
         "latency_ms": {"p50": p50m, "p99": p99m},
+        # ktpy's own CPU (all its processes) per GiB moved: steadier than throughput
+        # on a 2-core machine that also runs the cluster.
+        "ktpy_cpu_s_per_gib": {
+            "median": {name: statistics.median(v) for name, v in cpu_per_gib.items()},
+            "runs": cpu_per_gib,
+        },
         "connect_ready_after_pod_ready_s": ready_after_pod,
         "ratios": {
             "connect_bulk_vs_port_forward": median["connect_tun"] / base,

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Mapping
 from enum import StrEnum
 from typing import Any, TextIO
 
 import structlog
-from structlog.typing import Processor
+from structlog.typing import EventDict, Processor
 
 Logger = structlog.stdlib.BoundLogger
 
@@ -28,8 +29,14 @@ class LogFormat(StrEnum):
 _QUIET_LIBRARIES = ("paramiko", "kubernetes", "urllib3", "websocket")
 
 
-def _shared_processors() -> list[Processor]:
+def _shared_processors(context: Mapping[str, str]) -> list[Processor]:
+    def add_context(_logger: Any, _name: str, event: EventDict) -> EventDict:
+        for key, value in context.items():
+            event.setdefault(key, value)
+        return event
+
     return [
+        add_context,
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
@@ -57,15 +64,19 @@ def configure(
     *,
     debug: bool = False,
     stream: TextIO | None = None,
+    context: Mapping[str, str] | None = None,
 ) -> None:
     """Set up structlog and route the standard logging module through it.
+
+    context: fields every event of this process carries (a helper process's
+    session id; threads do not inherit contextvars).
 
     Safe to call more than once (tests and a re-entered CLI do): handlers are
     replaced, not added.
     """
     out = stream if stream is not None else sys.stderr
     level = logging.DEBUG if debug else logging.INFO
-    shared = _shared_processors()
+    shared = _shared_processors(dict(context or {}))
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=shared,
         processors=[

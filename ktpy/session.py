@@ -244,7 +244,7 @@ class Session:
             except (KtpyError, portforward.PortForwardError, ssh.SshError, OSError) as exc:
                 self.log.warning("reconnect failed", attempt=attempt, reason=str(exc))
                 if self._pod_gone():
-                    self._lose(f"shadow pod {self.spec.pod_name} is gone")
+                    self.lose(f"shadow pod {self.spec.pod_name} is gone")
                     return
 
     def _pod_gone(self) -> bool:
@@ -290,12 +290,13 @@ class Session:
                     self.api.patch(obj.kind, obj.namespace, obj.name, labels.heartbeat_patch(now))
             except NotFound:
                 if self._pod_gone():
-                    self._lose(f"shadow pod {self.spec.pod_name} was deleted by someone else")
+                    self.lose(f"shadow pod {self.spec.pod_name} was deleted by someone else")
                     return
             except (ApiError, KtpyError) as exc:
                 self.log.warning("heartbeat failed; will retry", reason=str(exc))
 
-    def _lose(self, reason: str) -> None:
+    def lose(self, reason: str) -> None:
+        """The session cannot go on (a part of it died): the command stops with reason."""
         self.lost_reason = reason
         self.log.error("session lost", reason=reason)
         self.lost.set()

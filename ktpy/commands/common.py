@@ -12,7 +12,7 @@ from types import FrameType
 
 import click
 
-from ktpy.cluster.api import ClusterApi, KubernetesApi
+from ktpy.cluster.api import ClusterApi, KubernetesApi, PluginUser
 from ktpy.cluster.heartbeat import LocalProcess
 from ktpy.cluster.labels import PidStart
 from ktpy.config import Settings
@@ -29,7 +29,11 @@ def settings_of(ctx: click.Context) -> Settings:
 
 
 def make_api(settings: Settings) -> ClusterApi:
-    return KubernetesApi.from_kubeconfig(settings.kubeconfig, settings.context)
+    who = settings.invoker
+    plugins_as = PluginUser(who.user, who.uid, who.gid, str(who.home)) if who.via_sudo else None
+    return KubernetesApi.from_kubeconfig(
+        settings.kubeconfig, settings.context, plugins_as=plugins_as
+    )
 
 
 def check_local_process(pid_start: PidStart) -> LocalProcess:

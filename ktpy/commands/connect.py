@@ -150,6 +150,7 @@ def connect(
                     dns_namespaces=dns_namespace,
                     force_routes=force_routes,
                     mtu=mtu,
+                    socks_address=server.address,
                 )
         except BaseException:
             tun.down()

@@ -13,7 +13,6 @@ import dataclasses
 import ipaddress
 import os
 import socket
-import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,9 +22,10 @@ import click
 
 from ktpy.cluster import ranges
 from ktpy.cluster.api import ClusterApi, Kind
+from ktpy.cluster.known import KnownNames
 from ktpy.cluster.manifests import DNS_PORT
 from ktpy.config import Settings
-from ktpy.errors import AlreadyRunning, Forbidden, KtpyError, NeedsRoot, NoTunDevice
+from ktpy.errors import AlreadyRunning, Forbidden, NeedsRoot, NoTunDevice
 from ktpy.host import clean as host_clean
 from ktpy.host import connect as host
 from ktpy.host.journal import Journal
@@ -33,11 +33,11 @@ from ktpy.host.resolver import ResolverKind
 from ktpy.logs import get_logger
 from ktpy.net.dns import ClusterNames
 from ktpy.net.dns_server import DnsServer, TcpExchange, tcp_exchange_over
-from ktpy.net.tun_stack import DEFAULT_MTU, TunStack
+from ktpy.net.tun_process import TunProcess
+from ktpy.net.tun_stack import DEFAULT_MTU
 from ktpy.session import Session
 
 TUN_DEVICE = Path("/dev/net/tun")
-KNOWN_NAMES_REFRESH = 10.0  # seconds between re-reads of namespaces and Services
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 log = get_logger("ktpy.connect")
@@ -91,6 +91,9 @@ class ClusterFacts:
     namespaces: frozenset[str]
     namespaces_source: str
     services: frozenset[str]
+    # Kept current by watches once the DNS server runs; None: namespaces may not be listed.
+    namespace_watch: KnownNames | None
+    service_watch: KnownNames
 
 
 def read_cluster(
@@ -102,24 +105,21 @@ def read_cluster(
     domain_source = "the shadow pod's resolver search path"
     if domain is None:
         domain, domain_source = "cluster.local", "assumed (the shadow pod has no search path)"
-    namespaces, source = known_namespaces(api, namespace, dns_namespaces)
-    return ClusterFacts(
-        service, pods, domain, domain_source, namespaces, source, known_services(api, namespace)
-    )
-
-
-def known_namespaces(
-    api: ClusterApi, namespace: str, given: Iterable[str]
-) -> tuple[frozenset[str], str]:
+    fixed = frozenset([namespace, *dns_namespaces])
+    watch = KnownNames(api, Kind.NAMESPACE, None)
+    namespace_watch: KnownNames | None
     try:
-        return frozenset([*api.namespaces(), namespace, *given]), "listed"
+        namespaces = fixed | watch.list()
+        namespace_watch, source = watch, "listed and watched"
     except Forbidden:
-        return frozenset([namespace, *given]), "the connect namespace and --dns-namespace"
-
-
-def known_services(api: ClusterApi, namespace: str) -> frozenset[str]:
-    listed = api.list_objects(Kind.SERVICE, namespace)
-    return frozenset(str(item["metadata"]["name"]) for item in listed.items)
+        namespace_watch, namespaces = None, fixed
+        source = "the connect namespace and --dns-namespace"
+    service_watch = KnownNames(api, Kind.SERVICE, namespace)
+    services = service_watch.list()
+    return ClusterFacts(
+        service, pods, domain, domain_source, namespaces, source, services,
+        namespace_watch, service_watch,
+    )  # fmt: skip
 
 
 @dataclass
@@ -128,11 +128,11 @@ class TunConnection:
 
     journal: Journal | None = None
     network: host.Network | None = None
-    stack: TunStack | None = None
+    stack: TunProcess | None = None
     dns: DnsServer | None = None
     exchange: TcpExchange | None = None
+    watches: list[KnownNames] = field(default_factory=list)
     lines: list[str] = field(default_factory=list)
-    _stop: threading.Event = field(default_factory=threading.Event)
 
     def up(
         self,
@@ -145,6 +145,7 @@ class TunConnection:
         dns_namespaces: Iterable[str],
         force_routes: bool,
         mtu: int | None,
+        socks_address: tuple[str, int],
     ) -> None:
         ns = settings.namespace
         facts = read_cluster(api, session, ns, dns_namespaces)
@@ -171,15 +172,23 @@ class TunConnection:
         )
         self.journal = Journal.create(settings.journal_dir, session.id)
         self.network = host.open_network(self.journal, survey, mtu=request.mtu, offload=True)
-        self.stack = TunStack(self.network.tun, session.open_flow, mtu=request.mtu).start()
+        # The stack runs in a process of its own and reaches the cluster through
+        # this process's SOCKS5 proxy (why: ktpy/net/tun_process.py).
+        self.stack = TunProcess(
+            self.network.tun.fileno(),
+            socks_address,
+            mtu=request.mtu,
+            session=session.id,
+            debug=settings.debug,
+            log_format=settings.log_format,
+            on_exit=session.lose,
+        ).start()
         self.exchange = tcp_exchange_over(session.open_flow, "127.0.0.1", DNS_PORT)
         self.dns = DnsServer(
             names, self.exchange, survey.upstreams, host=str(survey.tun_address), port=53
         ).start()
         resolver = host.point_resolver(self.journal, survey, request)
-        threading.Thread(
-            target=self._refresh_names, args=(api, ns, dns_namespaces), daemon=True
-        ).start()
+        self._watch_names(facts, ns, dns_namespaces)
 
         self.lines += [
             f"Service range {', '.join(map(str, facts.service.networks))} "
@@ -197,19 +206,21 @@ class TunConnection:
         ]
         self.lines += [f"Warning: {w}" for w in resolver.warnings]
 
-    def _refresh_names(self, api: ClusterApi, ns: str, given: Iterable[str]) -> None:
-        given = tuple(given)
-        while not self._stop.wait(KNOWN_NAMES_REFRESH):
-            try:
-                namespaces, _ = known_namespaces(api, ns, given)
-                if self.dns is not None:
-                    self.dns.set_known(namespaces=namespaces, services=known_services(api, ns))
-            except KtpyError as exc:
-                log.debug("could not refresh known names", reason=str(exc))
+    def _watch_names(self, facts: ClusterFacts, ns: str, given: Iterable[str]) -> None:
+        """Namespaces and the connect namespace's Services, as they come and go."""
+        dns = self.dns
+        assert dns is not None
+        fixed = frozenset([ns, *given])
+        if facts.namespace_watch is not None:
+            facts.namespace_watch.on_change = lambda names: dns.set_known(namespaces=fixed | names)
+            self.watches.append(facts.namespace_watch.start())
+        facts.service_watch.on_change = lambda names: dns.set_known(services=names)
+        self.watches.append(facts.service_watch.start())
 
     def down(self) -> list[str]:
         """Undo in order; returns what could not be undone."""
-        self._stop.set()
+        for watch in self.watches:
+            watch.stop()
         problems: list[str] = []
         # The stack first: it reads the device the journal is about to delete. The DNS
         # server last: it answers until the resolver no longer points at it.

@@ -42,6 +42,32 @@ class SshCredentials:
     pinned_host_public: str  # "ssh-ed25519 AAAA..." as handed to the pod
 
 
+class _Transport(paramiko.Transport):
+    """paramiko's Transport, keeping the server's words when it refuses a channel.
+
+    paramiko replaces OpenSSH's description ("Connection refused", "No route to
+    host") with the generic text of the reason code ("Connect failed"), and that
+    description is the only way to tell a refused port (the client gets an RST)
+    from an unreachable host (an ICMP error). Its handler table is built per
+    instance from bound methods, so this override is what it dispatches to.
+    """
+
+    def _parse_channel_open_failure(self, m: paramiko.Message) -> None:
+        chanid = m.get_int()
+        reason = m.get_int()
+        description = m.get_text()
+        m.get_text()  # language tag
+        log.debug("channel open refused", channel=chanid, reason=reason, text=description)
+        with self.lock:  # as paramiko's own handler does
+            self.saved_exception = paramiko.ChannelException(
+                reason, description or f"open failed (reason {reason})"
+            )
+            events = self.channel_events
+            if chanid in events:
+                self._channels.delete(chanid)  # type: ignore[attr-defined]
+                events.pop(chanid).set()
+
+
 def _restrict_algorithms(transport: paramiko.Transport) -> None:
     options = transport.get_security_options()
     options.ciphers = tuple(c for c in CIPHERS if c in options.ciphers)
@@ -54,7 +80,7 @@ def connect(
     sock: Any, credentials: SshCredentials, where: str, timeout: float = 15.0
 ) -> paramiko.Transport:
     """Handshake, check the pinned host key, authenticate with the session key."""
-    transport = paramiko.Transport(
+    transport = _Transport(
         sock, default_window_size=WINDOW_SIZE, default_max_packet_size=MAX_PACKET
     )
     _restrict_algorithms(transport)

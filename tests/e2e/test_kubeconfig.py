@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import base64
 import json
+import pwd
 import signal
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tests.e2e.conftest import Bed, Laptop, run_ktpy
@@ -55,11 +57,9 @@ def _dev_kubeconfig(bed: Bed) -> dict[str, object]:
     return body
 
 
-def test_exec_credential_plugin_and_proxy_url(
-    bed: Bed, echo: str, laptop: Laptop, tmp_path: Path
-) -> None:
-    ns = echo
-    bed.grant(ns, "dev")
+def _plugin_kubeconfig(bed: Bed, where: Path) -> tuple[dict[str, object], Path]:
+    """The dev user's kubeconfig with its certificate handed out by an exec plugin
+    that appends "<uid> <HOME>" to the returned file at each call."""
     kubeconfig = _dev_kubeconfig(bed)
     user = kubeconfig["users"][0]["user"]  # type: ignore[index]
     credential = {
@@ -70,10 +70,11 @@ def test_exec_credential_plugin_and_proxy_url(
             "clientKeyData": base64.b64decode(user["client-key-data"]).decode(),
         },
     }
-    plugin = tmp_path / "credential-plugin"
-    calls = tmp_path / "plugin-calls"
+    plugin = where / "credential-plugin"
+    calls = where / "plugin-calls"
     plugin.write_text(
-        f"#!/bin/sh\necho called >> {calls}\ncat <<'EOF'\n{json.dumps(credential)}\nEOF\n"
+        f'#!/bin/sh\necho "$(id -u) $HOME" >> {calls}\n'
+        f"cat <<'EOF'\n{json.dumps(credential)}\nEOF\n"
     )
     plugin.chmod(0o755)
     kubeconfig["users"][0]["user"] = {  # type: ignore[index]
@@ -83,6 +84,15 @@ def test_exec_credential_plugin_and_proxy_url(
             "interactiveMode": "Never",
         }
     }
+    return kubeconfig, calls
+
+
+def test_exec_credential_plugin_and_proxy_url(
+    bed: Bed, echo: str, laptop: Laptop, tmp_path: Path
+) -> None:
+    ns = echo
+    bed.grant(ns, "dev")
+    kubeconfig, calls = _plugin_kubeconfig(bed, tmp_path)
     cluster = kubeconfig["clusters"][0]["cluster"]  # type: ignore[index]
     cluster["proxy-url"] = "http://127.0.0.1:3128"
     # A name the laptop cannot resolve (only the proxy can), in the server certificate:
@@ -108,7 +118,7 @@ def test_exec_credential_plugin_and_proxy_url(
             assert json.loads(answer.stdout)["namespace"] == ns
         finally:
             assert session.stop(signal.SIGINT) == 130
-        assert calls.read_text().count("called") >= 1  # the plugin gave the credentials
+        assert len(calls.read_text().splitlines()) >= 1  # the plugin gave the credentials
         # API calls and the tunnel's port-forward both went through the proxy: the
         # laptop cannot resolve "kubernetes" itself.
         assert laptop.run("getent", "hosts", "kubernetes", check=False).returncode == 2
@@ -116,3 +126,29 @@ def test_exec_credential_plugin_and_proxy_url(
     finally:
         proxy.terminate()
         proxy.wait(10)
+
+
+def test_under_sudo_the_plugin_runs_as_the_invoking_user(
+    bed: Bed, echo: str, laptop: Laptop, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    # As `sudo ktpy` would run: root, with SUDO_USER naming the person (here nobody,
+    # uid 65534, home /nonexistent). Their plugin must not run as root.
+    ns = echo
+    bed.grant(ns, "dev")
+    shared = tmp_path_factory.mktemp("sudo-plugin")
+    shared.chmod(0o777)  # nobody runs the plugin from here and records its calls here
+    kubeconfig, calls = _plugin_kubeconfig(bed, shared)
+    path = shared / "kubeconfig"
+    path.write_text(yaml.safe_dump(kubeconfig))
+    nobody = pwd.getpwnam("nobody")
+    laptop.run(
+        sys.executable,
+        "-m",
+        "ktpy",
+        "-n",
+        ns,
+        "status",
+        env={"KUBECONFIG": str(path), "SUDO_USER": "nobody"},
+    )  # fmt: skip (exit 0: the API answered with the plugin's credentials)
+    recorded = {tuple(line.split(" ", 1)) for line in calls.read_text().splitlines()}
+    assert recorded == {(str(nobody.pw_uid), nobody.pw_dir)}

@@ -29,8 +29,8 @@ import pytest
 
 from ktpy.host.snapshot import Snapshot
 from tests.e2e.testbed import config, hostnet
+from tests.integration import support
 
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 TOOLS = ("ip", "nsenter", "unshare", "mountpoint")
 RESOLVED_TOOLS = ("dbus-daemon", "resolvectl", "busctl")
 NUMBERS = range(56, 64)
@@ -39,9 +39,7 @@ READY_TIMEOUT = 30.0
 
 
 def unavailable(reason: str) -> None:
-    if IN_CI:
-        pytest.fail(f"host integration tests cannot run in CI: {reason}", pytrace=False)
-    pytest.skip(reason)
+    support.unavailable("host", reason)
 
 
 @pytest.fixture(scope="session")

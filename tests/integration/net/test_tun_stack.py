@@ -10,58 +10,28 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
-import os
 import shutil
 import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 
 from ktpy.net.tcp import TcpConfig
 from ktpy.net.tun_stack import DEFAULT_MTU, TunStack
+from tests.integration.support import unavailable, wait_for
 
 from . import _tun_env as te
 from ._tun_env import TARGET, Server, TunEnv
 
 pytestmark = [pytest.mark.integration, pytest.mark.root, pytest.mark.timeout(180)]
 
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 GIB = 1 << 30
 
 
 def _unavailable(reason: str) -> None:
-    if IN_CI:
-        pytest.fail(f"TUN stack integration tests cannot run in CI: {reason}", pytrace=False)
-    pytest.skip(reason)
-
-
-@pytest.fixture
-def env(request: pytest.FixtureRequest) -> Iterator[TunEnv]:
-    if os.geteuid() != 0:
-        _unavailable("needs root (network namespaces, TUN devices)")
-    if not Path("/dev/net/tun").exists():
-        _unavailable("no /dev/net/tun")
-    if shutil.which("ip") is None:
-        _unavailable("no ip(8)")
-    te.remove_stale()
-    mtu, offload = getattr(request, "param", (DEFAULT_MTU, True))
-    e = te.create(mtu, offload)
-    try:
-        yield e
-    finally:
-        e.close()
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.01)
+    unavailable("TUN stack", reason)
 
 
 def closed_port() -> int:

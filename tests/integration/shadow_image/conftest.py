@@ -14,16 +14,15 @@ from typing import Any
 
 import pytest
 
+from tests.integration.support import unavailable
+
 from . import _image, _netns, _pod
 
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 TOOLS = ("buildah", "ip", "unshare", "chroot", "setpriv")
 
 
 def _unavailable(reason: str) -> None:
-    if IN_CI:
-        pytest.fail(f"shadow image tests cannot run in CI: {reason}", pytrace=False)
-    pytest.skip(reason)
+    unavailable("shadow image", reason)
 
 
 @pytest.fixture(scope="session")

@@ -4,6 +4,7 @@ only, and the forwards ktpy relies on (direct-tcpip, remote on port 80)."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import socket
@@ -21,6 +22,8 @@ from paramiko.ssh_exception import (
     BadAuthenticationType,
     IncompatiblePeer,
 )
+
+from ktpy.tunnel import ssh
 
 from . import _netns, _pod
 from ._pod import ShadowPod
@@ -341,3 +344,22 @@ def test_openssh_client_legacy_algorithms_refused(
     r = _ssh(openssh, *extra)
     assert r.returncode == 255
     assert error in r.stderr
+
+
+def test_a_refused_port_is_told_from_an_unreachable_network(pod: ShadowPod) -> None:
+    # ktpy's transport keeps sshd's description: refused -> the client's RST,
+    # unreachable -> an ICMP error (paramiko alone says "Connect failed" to both).
+    sock = socket.create_connection((pod.ns.addr, pod.ssh_port), timeout=10)
+    creds = ssh.SshCredentials(pod.keys.client, pod.keys.host_line)
+    t = ssh.connect(sock, creds, "the test pod")
+    try:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            closed = int(s.getsockname()[1])
+        with pytest.raises(ConnectionRefusedError, match="Connection refused"):
+            ssh.open_channel(t, "127.0.0.1", closed)
+        with pytest.raises(OSError, match="unreachable") as unreachable:
+            ssh.open_channel(t, "198.51.100.7", 80)  # TEST-NET-2: the pod has no route there
+        assert unreachable.value.errno == errno.ENETUNREACH
+    finally:
+        t.close()

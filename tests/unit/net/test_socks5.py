@@ -12,7 +12,6 @@ from ktpy.net.socks5 import (
     StartRelay,
     State,
     reply,
-    reply_code_for_open_failure,
 )
 from tests.unit.net.playbook import Failed, Opened, Playbook
 
@@ -237,21 +236,3 @@ def test_reply_encoding() -> None:
     assert (
         reply(ReplyCode.SUCCEEDED, "127.0.0.1", 1080) == b"\x05\x00\x00\x01\x7f\x00\x00\x01\x04\x38"
     )
-
-
-@pytest.mark.parametrize(
-    ("reason", "text", "code"),
-    [
-        (2, "Connection refused", ReplyCode.CONNECTION_REFUSED),
-        (2, "connect failed: No route to host", ReplyCode.HOST_UNREACHABLE),
-        (2, "Network is unreachable", ReplyCode.NETWORK_UNREACHABLE),
-        (2, "getaddrinfo: Name or service not known", ReplyCode.HOST_UNREACHABLE),
-        (2, "Temporary failure in name resolution", ReplyCode.HOST_UNREACHABLE),
-        (2, "Connection timed out", ReplyCode.HOST_UNREACHABLE),
-        (2, "something else", ReplyCode.GENERAL_FAILURE),
-        (1, "administratively prohibited", ReplyCode.NOT_ALLOWED),
-        (4, "resource shortage", ReplyCode.GENERAL_FAILURE),
-    ],
-)
-def test_ssh_open_failures_map_to_socks_replies(reason: int, text: str, code: ReplyCode) -> None:
-    assert reply_code_for_open_failure(reason, text) is code

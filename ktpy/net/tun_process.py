@@ -1,0 +1,235 @@
+"""The TUN stack in a process of its own, carrying each flow through the SOCKS5 proxy.
+
+Why a process: in one Python process the stack's threads, paramiko's cipher
+and the port-forward's TLS share one GIL. Measured on the 2-core test bed,
+TUN bulk reached 0.64-0.78 of kubectl port-forward while the SOCKS path alone
+reached 0.98 (docs/performance.md). Apart, the stack runs on the other core
+and the parent carries each flow exactly as it carries a SOCKS client's:
+tun2socks, as the mode is named.
+
+Parent side::
+
+    proc = TunProcess(tun_fd, ("127.0.0.1", 2223), mtu=65000).start()
+    ...
+    proc.stop()
+
+Child side: ``python -m ktpy.net.tun_process --fd N --socks HOST:PORT --mtu M``.
+The child runs in a session of its own (a Ctrl-C at the terminal reaches only
+the parent, which tears down in order) and exits when its stdin closes: when
+the parent stops it, or dies (kill -9). So it never outlives the parent and
+never holds the TUN device open after it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import errno
+import os
+import select
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+
+import socks
+
+from ktpy.logs import LogFormat, configure, get_logger
+from ktpy.net.relay import Flow, SocketFlow
+from ktpy.net.socks5 import ReplyCode
+from ktpy.net.tun_stack import OpenFlow, TunStack
+
+log = get_logger("ktpy.tun")
+
+READY = "ready"
+START_TIMEOUT = 10.0  # the child imports, enables offloads and says READY
+STOP_TIMEOUT = 6.0  # the stack resets every flow and joins its threads in 5 s
+OPEN_TIMEOUT = 30.0  # a SOCKS handshake waits for the SSH channel open
+
+
+class TunProcessFailed(OSError):
+    """The child did not start, or ended on its own."""
+
+
+# -- child side ---------------------------------------------------------------------
+
+
+def error_for_reply(code: int, target: str) -> OSError:
+    """The OSError the stack turns into the kernel client's answer (RST or ICMP)."""
+    if code == ReplyCode.CONNECTION_REFUSED:
+        return ConnectionRefusedError(errno.ECONNREFUSED, f"{target}: connection refused")
+    if code == ReplyCode.NETWORK_UNREACHABLE:
+        return OSError(errno.ENETUNREACH, f"{target}: network unreachable")
+    if code in (ReplyCode.HOST_UNREACHABLE, ReplyCode.TTL_EXPIRED):
+        return OSError(errno.EHOSTUNREACH, f"{target}: host unreachable")
+    return OSError(errno.ECONNABORTED, f"{target}: SOCKS5 reply {code:#04x}")
+
+
+def _reply_code(exc: socks.SOCKS5Error) -> int:
+    # pysocks words its error "0x05: Connection refused" and keeps no number.
+    try:
+        return int(str(exc.msg).split(":", 1)[0], 16)
+    except ValueError:
+        return ReplyCode.GENERAL_FAILURE
+
+
+def socks_opener(proxy_host: str, proxy_port: int, timeout: float = OPEN_TIMEOUT) -> OpenFlow:
+    """open_flow for the stack: a SOCKS5 CONNECT through the parent's proxy."""
+
+    def open_flow(host: str, port: int) -> Flow:
+        target = f"{host}:{port}"
+        sock = socks.socksocket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.set_proxy(socks.SOCKS5, proxy_host, proxy_port, rdns=True)
+        sock.settimeout(timeout)
+        try:
+            sock.connect((host, port))
+        except socks.SOCKS5Error as exc:
+            sock.close()
+            raise error_for_reply(_reply_code(exc), target) from exc
+        except (socks.ProxyError, OSError) as exc:
+            sock.close()
+            raise OSError(errno.ECONNABORTED, f"{target}: SOCKS5 proxy: {exc}") from exc
+        # A plain socket from here: pysocks wraps every recv in a recvfrom for UDP.
+        plain = socket.socket(fileno=sock.detach())
+        plain.settimeout(None)
+        plain.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return SocketFlow(plain)
+
+    return open_flow
+
+
+def serve(fd: int, open_flow: OpenFlow, mtu: int, stop_fd: int) -> int:
+    """Run the stack on fd until stop_fd reaches EOF; 0, or 1 if the packet loop died."""
+    stack = TunStack(fd, open_flow, mtu=mtu).start()
+    try:
+        print(READY, flush=True)
+        while stack.error is None:
+            readable, _, _ = select.select([stop_fd], [], [], 1.0)
+            if readable and not os.read(stop_fd, 4096):
+                break
+    finally:
+        stack.stop()
+        log.debug("tun stack stats", **stack.stats)
+    if stack.error:
+        log.error("the TUN stack stopped", reason=stack.error)
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ktpy.net.tun_process")
+    parser.add_argument("--fd", type=int, required=True)
+    parser.add_argument("--socks", required=True, help="HOST:PORT of the SOCKS5 proxy")
+    parser.add_argument("--mtu", type=int, required=True)
+    parser.add_argument("--session", default="")
+    parser.add_argument("--debug", action="store_true")
+    parser.add_argument("--log-format", default=LogFormat.CONSOLE.value)
+    args = parser.parse_args(argv)
+    configure(
+        LogFormat(args.log_format),
+        debug=args.debug,
+        context={"session": args.session} if args.session else None,
+    )
+    host, _, port = args.socks.rpartition(":")
+    try:
+        return serve(args.fd, socks_opener(host, int(port)), args.mtu, sys.stdin.fileno())
+    except OSError as exc:
+        reason = str(exc)  # one line, as every ktpy error: no traceback without --debug
+    log.error("the TUN stack could not start", reason=reason)
+    return 2
+
+
+# -- parent side --------------------------------------------------------------------
+
+
+class TunProcess:
+    """The child process that runs the TUN stack on an open TUN fd."""
+
+    def __init__(
+        self,
+        tun_fd: int,
+        socks_address: tuple[str, int],
+        *,
+        mtu: int,
+        session: str = "",
+        debug: bool = False,
+        log_format: LogFormat = LogFormat.CONSOLE,
+        on_exit: Callable[[str], None] | None = None,
+    ) -> None:
+        self.tun_fd = tun_fd
+        self.socks_address = socks_address
+        self.mtu = mtu
+        self.session = session
+        self.debug = debug
+        self.log_format = log_format
+        self.on_exit = on_exit
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._stopping = False
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def start(self, timeout: float = START_TIMEOUT) -> TunProcess:
+        host, port = self.socks_address
+        argv = [
+            sys.executable,
+            "-m",
+            "ktpy.net.tun_process",
+            f"--fd={self.tun_fd}",
+            f"--socks={host}:{port}",
+            f"--mtu={self.mtu}",
+            f"--session={self.session}",
+            f"--log-format={self.log_format.value}",
+            *(["--debug"] if self.debug else []),
+        ]
+        self._proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            pass_fds=(self.tun_fd,),
+            start_new_session=True,
+        )
+        assert self._proc.stdout is not None
+        ready, _, _ = select.select([self._proc.stdout], [], [], timeout)
+        line = self._proc.stdout.readline().decode().strip() if ready else ""
+        if line != READY:
+            code = self._proc.poll()
+            self.stop()
+            raise TunProcessFailed(
+                errno.EIO,
+                "the TUN stack process did not start"
+                + (f" (exit {code})" if code is not None else f" within {timeout:.0f}s"),
+            )
+        threading.Thread(target=self._watch, name="tun-process-watch", daemon=True).start()
+        log.debug("tun stack process started", pid=self._proc.pid)
+        return self
+
+    def _watch(self) -> None:
+        assert self._proc is not None
+        code = self._proc.wait()
+        if not self._stopping and self.on_exit is not None:
+            self.on_exit(f"the TUN stack process ended on its own (exit {code})")
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
+        """Close the child's stdin (it resets every flow and exits); kill it if it lingers."""
+        self._stopping = True
+        proc = self._proc
+        if proc is None:
+            return
+        with contextlib.suppress(OSError):
+            if proc.stdin is not None:
+                proc.stdin.close()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            log.warning("the TUN stack process did not stop; killing it", pid=proc.pid)
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""TunProcess: the TUN stack in a child process, carrying flows through a real
+SocksServer in this process to loopback servers (the kernel in a namespace of
+our own is the TCP client; see _tun_env)."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ktpy.net.socks_server import SocksServer
+from ktpy.net.tun_process import TunProcess
+from tests.integration.support import wait_for
+
+from . import _tun_env as te
+from ._tun_env import UNREACHABLE, TunEnv
+
+pytestmark = [pytest.mark.integration, pytest.mark.root, pytest.mark.timeout(120)]
+
+
+@pytest.fixture
+def socks(env: TunEnv) -> Iterator[SocksServer]:
+    server = SocksServer(env.open_flow, "127.0.0.1", 0).start()
+    yield server
+    server.stop()
+
+
+def _gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return True
+    return state == "Z"
+
+
+def test_a_flow_goes_through_the_socks_proxy(env: TunEnv, socks: SocksServer) -> None:
+    server = env.server(te.pong)
+    proc = TunProcess(env.device.fileno(), socks.address, mtu=env.mtu).start()
+    try:
+        with env.connect(server.port) as client:
+            client.sendall(b"ping\n")
+            assert client.recv(100) == b"pong ping\n"
+            assert client.recv(100) == b""
+        assert socks.connections == 1  # it came through the proxy, not some other way
+    finally:
+        proc.stop()
+
+
+def test_a_large_download_is_byte_exact(env: TunEnv, socks: SocksServer) -> None:
+    server = env.server(te.download)
+    proc = TunProcess(env.device.fileno(), socks.address, mtu=env.mtu).start()
+    size = 64 << 20
+    try:
+        with env.connect(server.port, timeout=60) as client:
+            client.sendall(b"%d\n" % size)
+            received = 0
+            digest = hashlib.sha256()
+            while chunk := client.recv(1 << 20):
+                digest.update(chunk)
+                received += len(chunk)
+        wait_for(lambda: len(server.results) == 1, 5, "the server's record")
+        assert received == size
+        assert (received, digest.hexdigest()) == server.results[0]
+    finally:
+        proc.stop()
+
+
+def test_refused_and_unreachable_targets_answer_at_once(env: TunEnv, socks: SocksServer) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = int(s.getsockname()[1])
+    proc = TunProcess(env.device.fileno(), socks.address, mtu=env.mtu).start()
+    try:
+        started = time.monotonic()
+        with pytest.raises(ConnectionRefusedError):
+            env.connect(closed, timeout=10)
+        with pytest.raises(OSError, match="No route to host") as unreachable:
+            env.connect(80, host=UNREACHABLE, timeout=10)
+        assert unreachable.value.errno == errno.EHOSTUNREACH
+        assert time.monotonic() - started < 3
+    finally:
+        proc.stop()
+
+
+def test_stop_resets_open_flows_and_ends_the_child(env: TunEnv, socks: SocksServer) -> None:
+    server = env.server(te.hold)
+    proc = TunProcess(env.device.fileno(), socks.address, mtu=env.mtu).start()
+    pid = proc.pid
+    assert pid is not None
+    client = env.connect(server.port)
+    try:
+        client.sendall(b"1\n")
+        wait_for(lambda: server.active == 1, 10, "the held connection at the server")
+        proc.stop()
+        assert _gone(pid)
+        client.settimeout(5)
+        with pytest.raises(ConnectionResetError):
+            client.recv(100)  # nothing was sent yet: the first read meets the RST
+    finally:
+        client.close()
+        server.release.set()
+
+
+def test_the_child_ends_when_its_parent_is_killed(env: TunEnv, socks: SocksServer) -> None:
+    fd = env.device.fileno()
+    host, port = socks.address
+    parent = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\n"
+            "from ktpy.net.tun_process import TunProcess\n"
+            f"p = TunProcess({fd}, ({host!r}, {port}), mtu={env.mtu}).start()\n"
+            "print(p.pid, flush=True)\n"
+            "time.sleep(600)\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        pass_fds=(fd,),
+    )
+    assert parent.stdout is not None
+    child = int(parent.stdout.readline())
+    assert not _gone(child)
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    wait_for(lambda: _gone(child), 5, "the child to end after its parent")
+
+
+def test_a_child_that_dies_is_reported(env: TunEnv, socks: SocksServer) -> None:
+    reasons: list[str] = []
+    reported = threading.Event()
+
+    def on_exit(reason: str) -> None:
+        reasons.append(reason)
+        reported.set()
+
+    proc = TunProcess(env.device.fileno(), socks.address, mtu=env.mtu, on_exit=on_exit).start()
+    assert proc.pid is not None
+    os.kill(proc.pid, signal.SIGKILL)
+    assert reported.wait(5)
+    assert "ended on its own" in reasons[0]
+    proc.stop()
+    assert len(reasons) == 1
