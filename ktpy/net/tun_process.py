@@ -84,11 +84,12 @@ def socks_opener(proxy_host: str, proxy_port: int, timeout: float = OPEN_TIMEOUT
         sock.settimeout(timeout)
         try:
             sock.connect((host, port))
-        except socks.SOCKS5Error as exc:
-            sock.close()
-            raise error_for_reply(_reply_code(exc), target) from exc
         except (socks.ProxyError, OSError) as exc:
             sock.close()
+            # pysocks wraps the proxy's refusal: GeneralProxyError("Socket error", SOCKS5Error)
+            refusal = getattr(exc, "socket_err", None) or exc
+            if isinstance(refusal, socks.SOCKS5Error):
+                raise error_for_reply(_reply_code(refusal), target) from exc
             raise OSError(errno.ECONNABORTED, f"{target}: SOCKS5 proxy: {exc}") from exc
         # A plain socket from here: pysocks wraps every recv in a recvfrom for UDP.
         plain = socket.socket(fileno=sock.detach())

@@ -6,11 +6,12 @@ from __future__ import annotations
 import base64
 import json
 import pwd
+import shutil
 import signal
 import sys
+import tempfile
 from pathlib import Path
 
-import pytest
 import yaml
 
 from tests.e2e.conftest import Bed, Laptop, run_ktpy
@@ -129,26 +130,32 @@ def test_exec_credential_plugin_and_proxy_url(
 
 
 def test_under_sudo_the_plugin_runs_as_the_invoking_user(
-    bed: Bed, echo: str, laptop: Laptop, tmp_path_factory: pytest.TempPathFactory
+    bed: Bed, echo: str, laptop: Laptop
 ) -> None:
     # As `sudo ktpy` would run: root, with SUDO_USER naming the person (here nobody,
     # uid 65534, home /nonexistent). Their plugin must not run as root.
     ns = echo
     bed.grant(ns, "dev")
-    shared = tmp_path_factory.mktemp("sudo-plugin")
-    shared.chmod(0o777)  # nobody runs the plugin from here and records its calls here
-    kubeconfig, calls = _plugin_kubeconfig(bed, shared)
-    path = shared / "kubeconfig"
-    path.write_text(yaml.safe_dump(kubeconfig))
-    nobody = pwd.getpwnam("nobody")
-    laptop.run(
-        sys.executable,
-        "-m",
-        "ktpy",
-        "-n",
-        ns,
-        "status",
-        env={"KUBECONFIG": str(path), "SUDO_USER": "nobody"},
-    )  # fmt: skip (exit 0: the API answered with the plugin's credentials)
-    recorded = {tuple(line.split(" ", 1)) for line in calls.read_text().splitlines()}
-    assert recorded == {(str(nobody.pw_uid), nobody.pw_dir)}
+    # Outside pytest's 0700 temporary tree: nobody must reach the plugin.
+    shared = Path(tempfile.mkdtemp(prefix="ktpy-sudo-plugin-"))
+    try:
+        shared.chmod(0o755)
+        kubeconfig, calls = _plugin_kubeconfig(bed, shared)
+        calls.touch(mode=0o666)
+        calls.chmod(0o666)  # the plugin, as nobody, records its calls here
+        path = shared / "kubeconfig"
+        path.write_text(yaml.safe_dump(kubeconfig))
+        nobody = pwd.getpwnam("nobody")
+        laptop.run(
+            sys.executable,
+            "-m",
+            "ktpy",
+            "-n",
+            ns,
+            "status",
+            env={"KUBECONFIG": str(path), "SUDO_USER": "nobody"},
+        )  # fmt: skip (exit 0: the API answered with the plugin's credentials)
+        recorded = {tuple(line.split(" ", 1)) for line in calls.read_text().splitlines()}
+        assert recorded == {(str(nobody.pw_uid), nobody.pw_dir)}
+    finally:
+        shutil.rmtree(shared)

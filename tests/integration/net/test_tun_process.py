@@ -119,7 +119,9 @@ def test_the_child_ends_when_its_parent_is_killed(env: TunEnv, socks: SocksServe
             sys.executable,
             "-c",
             "import sys, time\n"
+            "from ktpy.logs import configure\n"
             "from ktpy.net.tun_process import TunProcess\n"
+            "configure()  # logs to stderr: stdout carries the pid\n"
             f"p = TunProcess({fd}, ({host!r}, {port}), mtu={env.mtu}).start()\n"
             "print(p.pid, flush=True)\n"
             "time.sleep(600)\n",
