@@ -28,9 +28,16 @@ def connect_section(latest: dict) -> str:  # type: ignore[type-arg]
     bulk_ratio = ratios["connect_bulk_vs_port_forward"]
     socks_ratio = ratios["socks_bulk_vs_port_forward"]
     ready = latest["connect_ready_after_pod_ready_s"]
+    cpu = latest.get("ktpy_cpu_s_per_gib", {}).get("median", {})
+    cpu_line = (
+        f"- ktpy's own CPU per GiB moved (all its processes, median): TUN "
+        f"**{cpu['connect_tun']:.1f} s**, SOCKS **{cpu['connect_socks']:.1f} s**.\n"
+        if cpu
+        else ""
+    )
     return f"""### ktpy connect vs kubectl port-forward
 
-`sudo .venv/bin/python -m benchmarks.connect --mib 256 --runs 3` (results:
+`sudo .venv/bin/python -m benchmarks.connect --mib {latest["bulk_bytes"] >> 20} --runs {len(latest["bulk_gbit_s"]["runs"]["connect_tun"])}` (results:
 `benchmarks/results/latest.json`, chart: `docs/performance-connect.svg`). Bulk is
 one {latest["bulk_bytes"] >> 20} MiB download per run; latency is a small request/response
 on one held connection. The baselines are kubectl port-forward to the same pod
@@ -48,7 +55,7 @@ Date {latest["date"]}, {latest["machine"]}.
   (bar: within 1 ms).
 - connect is ready **{ready:.1f} s** after its shadow pod is Ready
   (bar: 3 s after Running).
-
+{cpu_line}
 ![bulk throughput](performance-connect.svg)
 """
 
