@@ -28,6 +28,7 @@ def connect_section(latest: dict) -> str:  # type: ignore[type-arg]
     bulk_ratio = ratios["connect_bulk_vs_port_forward"]
     socks_ratio = ratios["socks_bulk_vs_port_forward"]
     ready = latest["connect_ready_after_pod_ready_s"]
+    mib, runs = latest["bulk_bytes"] >> 20, len(latest["bulk_gbit_s"]["runs"]["connect_tun"])
     cpu = latest.get("ktpy_cpu_s_per_gib", {}).get("median", {})
     cpu_line = (
         f"- ktpy's own CPU per GiB moved (all its processes, median): TUN "
@@ -37,7 +38,7 @@ def connect_section(latest: dict) -> str:  # type: ignore[type-arg]
     )
     return f"""### ktpy connect vs kubectl port-forward
 
-`sudo .venv/bin/python -m benchmarks.connect --mib {latest["bulk_bytes"] >> 20} --runs {len(latest["bulk_gbit_s"]["runs"]["connect_tun"])}` (results:
+`sudo .venv/bin/python -m benchmarks.connect --mib {mib} --runs {runs}` (results:
 `benchmarks/results/latest.json`, chart: `docs/performance-connect.svg`). Bulk is
 one {latest["bulk_bytes"] >> 20} MiB download per run; latency is a small request/response
 on one held connection. The baselines are kubectl port-forward to the same pod
