@@ -21,7 +21,15 @@ from typing import Any
 import paramiko
 
 from ktpy.cluster import labels, manifests, names, ops
-from ktpy.cluster.api import ApiError, ClusterApi, Conflict, Kind, NotFound, WatchEventType
+from ktpy.cluster.api import (
+    ApiError,
+    ClusterApi,
+    Conflict,
+    Kind,
+    NotFound,
+    WatchEventType,
+    watching,
+)
 from ktpy.cluster.labels import PidStart, Role
 from ktpy.config import Settings
 from ktpy.errors import (
@@ -178,14 +186,14 @@ class Session:
         version = self._pod_version
         while time.monotonic() < deadline:
             remaining = max(1, int(deadline - time.monotonic()))
-            events = self.api.watch(
+            with watching(
+                self.api,
                 Kind.POD,
                 spec.namespace,
                 field_selector=f"metadata.name={spec.pod_name}",
                 resource_version=version,
                 timeout_seconds=remaining,
-            )
-            try:
+            ) as events:
                 for event in events:
                     if self._stop.is_set():
                         raise SessionLost("stopped while the shadow pod was starting")
@@ -196,10 +204,6 @@ class Session:
                         )
                     if pod_is_ready(event.object, self.spec.image):
                         return
-            finally:
-                close = getattr(events, "close", None)
-                if close is not None:
-                    close()
         raise PodStartTimeout(
             f"shadow pod {spec.pod_name} not Ready after {timeout:.0f}s",
             hint="See 'kubectl describe pod' for why; "

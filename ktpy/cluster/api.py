@@ -19,6 +19,7 @@ Conventions every implementation keeps:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Iterator, Mapping, Sequence
@@ -276,6 +277,21 @@ class ClusterApi(Protocol):
         """A WebSocket to ``path`` on the API server (e.g. a pod's ``portforward``
         subresource), opened with this client's address, TLS and credentials."""
         ...
+
+
+@contextlib.contextmanager
+def watching(
+    api: ClusterApi, kind: Kind, namespace: str | None, **options: Any
+) -> Iterator[Iterator[WatchEvent]]:
+    """api.watch(...) whose stream is closed when the block ends, however it ends
+    (a watch left open holds a connection of the pool until the server's timeout)."""
+    events = api.watch(kind, namespace, **options)
+    try:
+        yield events
+    finally:
+        close = getattr(events, "close", None)
+        if close is not None:
+            close()
 
 
 # --- the real client ------------------------------------------------------------------------

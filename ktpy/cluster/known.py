@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Self
 
-from ktpy.cluster.api import ApiError, ClusterApi, Gone, Kind, WatchEventType
+from ktpy.cluster.api import ApiError, ClusterApi, Gone, Kind, WatchEventType, watching
 from ktpy.errors import KtpyError
 from ktpy.logs import get_logger
 
@@ -86,13 +86,8 @@ class KnownNames:
                 self.on_change(self.names)
 
     def _watch_once(self) -> None:
-        events = self.api.watch(
-            self.kind,
-            self.namespace,
-            resource_version=self._version,
-            timeout_seconds=WATCH_SECONDS,
-        )
-        try:
+        options = {"resource_version": self._version, "timeout_seconds": WATCH_SECONDS}
+        with watching(self.api, self.kind, self.namespace, **options) as events:
             for event in events:
                 if self._stopped.is_set():
                     return
@@ -107,7 +102,3 @@ class KnownNames:
                 if names != self.names:
                     self.names = names
                     self.on_change(names)
-        finally:
-            close = getattr(events, "close", None)
-            if close is not None:
-                close()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 
 from ktpy.cluster import exchange, labels, modify, ops
@@ -23,8 +23,8 @@ from ktpy.cluster.api import (
     Gone,
     Kind,
     NotFound,
-    WatchEvent,
     WatchEventType,
+    watching,
 )
 from ktpy.cluster.bodies import JsonObject
 from ktpy.cluster.exchange import Decision, GuardAction
@@ -246,15 +246,15 @@ def _watch_until(
         try:
             while (remaining := deadline - time.monotonic()) > 0 and not stop():
                 # Short watches, so a stop request is seen within about a second.
-                events = api.watch(
+                with watching(
+                    api,
                     kind,
                     namespace,
                     label_selector=label_selector,
                     field_selector=field_selector,
                     resource_version=version,
                     timeout_seconds=max(1, min(int(remaining + 0.999), 2)),
-                )
-                try:
+                ) as events:
                     for event in events:
                         version = event.resource_version or version
                         if event.type is WatchEventType.BOOKMARK:
@@ -268,17 +268,9 @@ def _watch_until(
                             return True
                         if stop() or time.monotonic() >= deadline:
                             break
-                finally:
-                    _close(events)
         except Gone:
             continue  # list again, from a version the server still has
         return False
-
-
-def _close(events: Iterator[WatchEvent]) -> None:
-    close = getattr(events, "close", None)
-    if close is not None:
-        close()
 
 
 def wait_endpoints(
@@ -426,14 +418,14 @@ class Guard:
                     self._recheck()
 
     def _watch_once(self) -> None:
-        events = self.api.watch(
+        with watching(
+            self.api,
             self.kind,
             self.namespace,
             field_selector=f"metadata.name={self.name}",
             resource_version=self._version,
             timeout_seconds=30,
-        )
-        try:
+        ) as events:
             for event in events:
                 if self._stopped.is_set():
                     return
@@ -445,8 +437,6 @@ class Guard:
                     self._recheck()
                 if self.lost.is_set():
                     return
-        finally:
-            _close(events)
 
     def _recheck(self) -> None:
         for _ in range(WRITE_ATTEMPTS):

@@ -11,7 +11,6 @@ serves the test process anywhere. TunStack's ``open_flow`` connects to
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import hashlib
 import os
@@ -23,12 +22,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytun
 
 from ktpy.net.tcp import TcpConfig
 from ktpy.net.tun_stack import TunStack
+from tests.integration.support import in_netns
 
 PREFIX = "ktpy-it-tun-"
 DEVICE = "kttun0"
@@ -40,41 +40,10 @@ BROKEN = "198.18.0.69"  # the flow opens, then its recv raises something not an 
 IMPATIENT = "198.18.0.70"  # the flow's socket keeps a 0.2 s timeout
 CLIENT = "198.18.1.1"
 SLOW_SECONDS = 3.0
-_CLONE_NEWNET = 0x40000000
-
-T = TypeVar("T")
 
 
 def run(*argv: str) -> str:
     return subprocess.run(argv, check=True, capture_output=True, text=True, timeout=30).stdout
-
-
-def in_netns(ns: str, fn: Callable[[], T]) -> T:
-    """Call fn in a thread that joined namespace ns: sockets and devices it
-    makes stay there, and can be used from any thread afterwards."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    result: list[T] = []
-    error: list[BaseException] = []
-
-    def body() -> None:
-        try:
-            fd = os.open(f"/run/netns/{ns}", os.O_RDONLY)
-            try:
-                if libc.setns(fd, _CLONE_NEWNET) != 0:
-                    err = ctypes.get_errno()
-                    raise OSError(err, os.strerror(err))
-            finally:
-                os.close(fd)
-            result.append(fn())
-        except BaseException as exc:  # noqa: BLE001  (re-raised in the caller)
-            error.append(exc)
-
-    t = threading.Thread(target=body)
-    t.start()
-    t.join()
-    if error:
-        raise error[0]
-    return result[0]
 
 
 def remove_stale() -> None:

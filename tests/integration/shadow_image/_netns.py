@@ -4,58 +4,24 @@ sockets inside them from the test process (no extra processes to reap)."""
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import ipaddress
 import os
 import socket
 import subprocess
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+
+from tests.integration.support import in_netns
 
 PREFIX = "ktpy-shimg-"  # every namespace these tests make starts with this
-_CLONE_NEWNET = 0x40000000
 # RFC 2544 benchmarking range: never routed, unlikely to collide with the
 # test bed or the host's own networks.
 _POOL = ipaddress.IPv4Network("198.18.0.0/15")
 
-T = TypeVar("T")
-
 
 def run(*argv: str) -> str:
     return subprocess.run(argv, check=True, capture_output=True, text=True).stdout
-
-
-def in_netns(ns: str, fn: Callable[[], T]) -> T:
-    """Call fn in a thread that has joined namespace ns; sockets it makes stay there."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    result: list[T] = []
-    error: list[BaseException] = []
-
-    def join() -> None:
-        fd = os.open(f"/run/netns/{ns}", os.O_RDONLY)
-        try:
-            if libc.setns(fd, _CLONE_NEWNET) != 0:
-                err = ctypes.get_errno()
-                raise OSError(err, os.strerror(err))
-        finally:
-            os.close(fd)
-
-    def body() -> None:
-        try:
-            join()
-            result.append(fn())
-        except BaseException as e:  # noqa: BLE001  (re-raised in the caller)
-            error.append(e)
-
-    t = threading.Thread(target=body)
-    t.start()
-    t.join()
-    if error:
-        raise error[0]
-    return result[0]
 
 
 def listen_in(ns: str, host: str, port: int, kind: int = socket.SOCK_STREAM) -> socket.socket:
