@@ -60,6 +60,15 @@ class ShadowSpec:
     target: str | None = None
     ports: tuple[manifests.ShadowPort, ...] = ()
     extra_labels: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    # The shadow's own sshd and dnsmasq: 2222 and 5353 unless `ports` (a Service's
+    # target ports) need those numbers, then the next free ones.
+    ssh_port: int = field(init=False)
+    dns_port: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        ssh, dns = manifests.own_ports_avoiding(p.port for p in self.ports)
+        object.__setattr__(self, "ssh_port", ssh)
+        object.__setattr__(self, "dns_port", dns)
 
 
 @dataclass
@@ -162,6 +171,8 @@ class Session:
                 secret_name=spec.pod_name,
                 ports=spec.ports,
                 extra_labels=spec.extra_labels,
+                ssh_port=spec.ssh_port,
+                dns_port=spec.dns_port,
             )
         )
         created = self.api.create(Kind.POD, spec.namespace, pod)
@@ -213,7 +224,7 @@ class Session:
     # --- tunnel -----------------------------------------------------------------------------
 
     def _connect(self) -> None:
-        target = portforward.Target(self.spec.namespace, self.spec.pod_name, manifests.SSH_PORT)
+        target = portforward.Target(self.spec.namespace, self.spec.pod_name, self.spec.ssh_port)
         stream = portforward.open_stream(self.api.open_websocket, target)
         credentials = ssh.SshCredentials(self.keys.client.pkey(), self.keys.host.public)
         transport = ssh.connect(stream, credentials, where=f"pod/{self.spec.pod_name}")

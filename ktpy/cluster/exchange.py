@@ -47,11 +47,6 @@ SELECTOR_PATH = ("spec", "selector")
 REPLICAS_PATH = ("spec", "replicas")
 LOCK_PATH = ("metadata", "annotations", labels.LOCK)
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
-# The shadow's own sshd and dnsmasq ports; a Service target port cannot reuse them.
-SHADOW_RESERVED_PORTS = frozenset({manifests.SSH_PORT, manifests.DNS_PORT})
-SHADOW_RESERVED_NAMES = frozenset(
-    {manifests.SSH_PORT_NAME, manifests.DNS_PORT_NAME, manifests.DNS_TCP_PORT_NAME}
-)
 
 
 class Mode(StrEnum):
@@ -172,19 +167,6 @@ def _forward(
     if number is None:
         raise UnresolvedTargetPort(service, str(entry.target))
     target_name = entry.target if isinstance(entry.target, str) else None
-    if number in SHADOW_RESERVED_PORTS:
-        raise UsageProblem(
-            f"target port {number} of service {service!r} is the shadow pod's own "
-            f"ssh or dns port ({manifests.SSH_PORT}, {manifests.DNS_PORT})",
-            hint="Exchanging a Service on these target ports is not supported yet.",
-        )
-    if target_name in SHADOW_RESERVED_NAMES:
-        raise UsageProblem(
-            f"target port name {target_name!r} of service {service!r} is reserved "
-            "by the shadow pod",
-            hint="Exchanging a Service whose target port is named ssh, dns or dns-tcp "
-            "is not supported yet.",
-        )
     return Forward(local, number, entry.port, entry.name, target_name)
 
 

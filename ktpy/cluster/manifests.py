@@ -6,9 +6,9 @@ follows the shadow image's contract (shadow-image/):
 - runs as uid/gid 10001 (user ``kt``) and passes the restricted Pod Security
   Standard: runAsNonRoot, no privilege escalation, every capability dropped,
   seccomp RuntimeDefault;
-- sshd on container port 2222 (``ssh``), dnsmasq on 5353 UDP and TCP
-  (``dns``, ``dns-tcp``); the image reads KTPY_SSH_PORT, KTPY_DNS_PORT and
-  KTPY_ROLE;
+- sshd on container port 2222 (``kt-ssh``), dnsmasq on 5353 UDP and TCP
+  (``kt-dns``, ``kt-dns-tcp``), both moved when a Service needs these numbers;
+  the image reads KTPY_SSH_PORT, KTPY_DNS_PORT and KTPY_ROLE;
 - the session Secret mounted read-only at /etc/ktpy/secret with the keys
   ``authorized_keys``, ``ssh_host_ed25519_key``, ``ssh_host_ed25519_key.pub``;
 - the safe sysctl ``net.ipv4.ip_unprivileged_port_start=0``, so the non-root
@@ -23,7 +23,7 @@ by the pod (``secret_owner_patch``), so deleting the pod deletes it too.
 from __future__ import annotations
 
 import base64
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import MappingProxyType
@@ -50,9 +50,11 @@ SHADOW_USER = "kt"
 CONTAINER_NAME = "shadow"
 SSH_PORT = 2222
 DNS_PORT = 5353
-SSH_PORT_NAME = "ssh"
-DNS_PORT_NAME = "dns"
-DNS_TCP_PORT_NAME = "dns-tcp"
+# Prefixed: a Service being exchanged may name its own target port "ssh" or "dns",
+# and the shadow must then declare that name for the Service's port.
+SSH_PORT_NAME = "kt-ssh"
+DNS_PORT_NAME = "kt-dns"
+DNS_TCP_PORT_NAME = "kt-dns-tcp"
 SECRET_VOLUME = "session-secret"  # noqa: S105 (a volume name, not a secret)
 SECRET_MOUNT_PATH = "/etc/ktpy/secret"  # noqa: S105 (a path)
 AUTHORIZED_KEYS = "authorized_keys"
@@ -149,6 +151,16 @@ def object_meta(
             target=session.target,
         ),
     }
+
+
+def own_ports_avoiding(taken: Iterable[int]) -> tuple[int, int]:
+    """(ssh, dns) ports for a shadow whose extra ports are `taken`: the usual 2222 and
+    5353 unless a Service needs them, then the next free numbers above."""
+    used = set(taken)
+    ssh = next(port for port in range(SSH_PORT, 65536) if port not in used)
+    used.add(ssh)
+    dns = next(port for port in range(DNS_PORT, 65536) if port not in used)
+    return ssh, dns
 
 
 def _check_name(name: str) -> None:

@@ -23,7 +23,6 @@ import click
 from ktpy.cluster import ranges
 from ktpy.cluster.api import ClusterApi, Kind
 from ktpy.cluster.known import KnownNames
-from ktpy.cluster.manifests import DNS_PORT
 from ktpy.config import Settings
 from ktpy.errors import AlreadyRunning, Forbidden, NeedsRoot, NoTunDevice
 from ktpy.host import clean as host_clean
@@ -183,7 +182,7 @@ class TunConnection:
             log_format=settings.log_format,
             on_exit=session.lose,
         ).start()
-        self.exchange = tcp_exchange_over(session.open_flow, "127.0.0.1", DNS_PORT)
+        self.exchange = tcp_exchange_over(session.open_flow, "127.0.0.1", session.spec.dns_port)
         self.dns = DnsServer(
             names, self.exchange, survey.upstreams, host=str(survey.tun_address), port=53
         ).start()

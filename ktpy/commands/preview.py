@@ -27,11 +27,6 @@ from ktpy.session import Created, Session, ShadowSpec, local_owner_identity
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 ROUTED_TIMEOUT = 15.0
 
-RESERVED_PORTS = {
-    manifests.SSH_PORT: "the shadow pod's sshd",
-    manifests.DNS_PORT: "the shadow pod's DNS server",
-}
-
 
 def ready_line(name: str) -> str:
     return f"Now you can access your local service in cluster by name '{name}'"
@@ -45,18 +40,14 @@ def _service_name(ctx: click.Context, param: click.Parameter, value: str) -> str
 
 
 def remote_ports(expose: tuple[params.PortMapping, ...]) -> dict[int, int]:
-    """REMOTE (in the cluster) -> LOCAL, checked: numbers only, not the shadow's own ports."""
+    """REMOTE (in the cluster) -> LOCAL, checked: numbers only (the shadow moves its own
+    sshd and dnsmasq out of the way of any)."""
     ports: dict[int, int] = {}
     for mapping in expose:
         if not isinstance(mapping.remote, int):
             raise UsageProblem(
                 f"--expose {mapping}: REMOTE must be a number here",
                 hint="preview creates the Service, so there is no port name to refer to yet.",
-            )
-        if mapping.remote in RESERVED_PORTS:
-            raise UsageProblem(
-                f"--expose {mapping}: port {mapping.remote} is {RESERVED_PORTS[mapping.remote]}",
-                hint="Publish the local service on another port of the cluster.",
             )
         ports[mapping.remote] = mapping.local
     return ports

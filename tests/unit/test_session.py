@@ -4,8 +4,10 @@ from typing import Any
 
 import pytest
 
+from ktpy.cluster import manifests
+from ktpy.cluster.labels import Role
 from ktpy.errors import ImageUnavailable, PodStartFailed
-from ktpy.session import pod_is_ready
+from ktpy.session import ShadowSpec, pod_is_ready
 
 IMAGE = "ghcr.io/ktpy/shadow:0.1.0"
 
@@ -62,3 +64,13 @@ def test_a_crashing_container_fails_after_its_first_restart() -> None:
     }
     with pytest.raises(PodStartFailed, match="code 1"):
         pod_is_ready(pod([], [crashed]), IMAGE)
+
+
+def test_a_shadow_spec_moves_its_own_ports_out_of_the_services_way() -> None:
+    plain = ShadowSpec(role=Role.CONNECT, namespace="dev", pod_name="p", image="i")
+    assert (plain.ssh_port, plain.dns_port) == (2222, 5353)
+    busy = ShadowSpec(
+        role=Role.EXCHANGE, namespace="dev", pod_name="p", image="i",
+        ports=(manifests.ShadowPort(2222, "ssh"), manifests.ShadowPort(5353)),
+    )  # fmt: skip
+    assert (busy.ssh_port, busy.dns_port) == (2223, 5354)

@@ -596,3 +596,30 @@ def test_bad_requests_say_one_line_and_change_nothing(
     assert len(errors) == 1, result.stderr
     assert message in errors[0]
     assert snapshot(bed, ns) == before
+
+
+def test_a_service_on_the_shadows_usual_ssh_port_is_exchanged(
+    bed: Bed, echo: str, laptop: Laptop
+) -> None:
+    # Port 22 -> target 2222 (a git server's ssh, say): the shadow must listen on 2222
+    # for the Service, so its own sshd moves to the next free port.
+    ns = echo
+    bed.kubectl("-n", ns, "apply", "-f", "-", input=(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: gitssh}\n"
+        "spec:\n  selector: {app: echo}\n  ports: [{name: ssh, port: 22, targetPort: 2222}]\n"
+    ))  # fmt: skip
+    before = service_text(bed, ns, "gitssh")
+    server = local_server(laptop, 3001, "laptop-on-2222")
+    session = run_ktpy(laptop, "-n", ns, "exchange", "gitssh", "--expose", "3001:22")
+    try:
+        session.wait_ready()
+        shadow = bed.get_json("-n", ns, "pod", shadow_name(session))
+        ports = {p["name"]: p["containerPort"] for p in shadow["spec"]["containers"][0]["ports"]}
+        assert ports["kt-ssh"] == 2223
+        assert 2222 in ports.values()
+        assert answer(bed, ns, f"http://gitssh.{ns}:22/") == "laptop-on-2222"
+    finally:
+        assert session.stop(signal.SIGINT) == 130, session.errors
+        server.kill()
+    assert service_text(bed, ns, "gitssh") == before
+    assert ktpy_objects(bed, ns) == []

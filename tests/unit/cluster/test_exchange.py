@@ -147,11 +147,14 @@ def test_a_tcp_twin_of_a_udp_port_is_taken() -> None:
     )
 
 
-def test_the_shadows_own_ports_are_refused() -> None:
-    with pytest.raises(UsageProblem, match="ssh or dns port"):
-        plan.plan_forwards("s", (ServicePortEntry(22, 2222),), [PortMapping(3001, 22)], {})
-    with pytest.raises(UsageProblem, match="reserved"):
-        plan.plan_forwards("s", (ServicePortEntry(22, "ssh"),), [], {"ssh": 22})
+def test_the_shadows_usual_port_numbers_and_names_are_a_services_to_use() -> None:
+    # The shadow moves its own sshd and dnsmasq instead (ShadowSpec, own_ports_avoiding).
+    assert plan.plan_forwards("s", (ServicePortEntry(22, 2222),), [PortMapping(3001, 22)], {}) == (
+        Forward(3001, 2222, 22),
+    )
+    assert plan.plan_forwards("s", (ServicePortEntry(22, "ssh"),), [], {"ssh": 22}) == (
+        Forward(22, 22, 22, None, "ssh"),
+    )
 
 
 def test_two_service_ports_on_one_target_share_the_listener() -> None:

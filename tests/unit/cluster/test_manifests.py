@@ -92,9 +92,9 @@ class TestShadowPod:
         assert container["image"] == "ghcr.io/ktpy/shadow:0.1.0"
         assert container["imagePullPolicy"] == "IfNotPresent"
         assert container["ports"] == [
-            {"name": "ssh", "containerPort": 2222, "protocol": "TCP"},
-            {"name": "dns", "containerPort": 5353, "protocol": "UDP"},
-            {"name": "dns-tcp", "containerPort": 5353, "protocol": "TCP"},
+            {"name": "kt-ssh", "containerPort": 2222, "protocol": "TCP"},
+            {"name": "kt-dns", "containerPort": 5353, "protocol": "UDP"},
+            {"name": "kt-dns-tcp", "containerPort": 5353, "protocol": "TCP"},
         ]
         assert {e["name"]: e["value"] for e in container["env"]} == {
             "KTPY_SSH_PORT": "2222",
@@ -102,7 +102,7 @@ class TestShadowPod:
             "KTPY_ROLE": "exchange",
         }
         probe = container["readinessProbe"]
-        assert probe["tcpSocket"] == {"port": "ssh"}
+        assert probe["tcpSocket"] == {"port": "kt-ssh"}
         assert probe["periodSeconds"] == 1
         assert probe.get("initialDelaySeconds", 0) == 0
 
@@ -133,7 +133,7 @@ class TestShadowPod:
             ((ShadowPort(2222),), "taken by the shadow"),
             ((ShadowPort(5353),), "taken by the shadow"),
             ((ShadowPort(80), ShadowPort(80)), "listed twice"),
-            ((ShadowPort(80, "ssh"),), "reserved"),
+            ((ShadowPort(80, "kt-ssh"),), "reserved"),
             ((ShadowPort(80, "web"), ShadowPort(81, "web")), "reserved or listed twice"),
             ((ShadowPort(0),), "out of range"),
         ],
@@ -370,3 +370,13 @@ class TestServices:
     ) -> None:
         with pytest.raises(ValueError, match=message):
             manifests.stuntman_service("nginx", "dev", MESH_SESSION, selector, ports)
+
+
+def test_the_shadow_moves_its_own_ports_out_of_a_services_way() -> None:
+    assert manifests.own_ports_avoiding([80]) == (2222, 5353)
+    assert manifests.own_ports_avoiding([2222, 2223, 5353]) == (2224, 5354)
+    # A Service on port 22 named "ssh" gets it: the shadow's own names are prefixed.
+    pod = manifests.shadow_pod(pod_options(ports=(ShadowPort(2222, "ssh"),), ssh_port=2223))
+    (container,) = pod["spec"]["containers"]
+    assert {"name": "ssh", "containerPort": 2222, "protocol": "TCP"} in container["ports"]
+    assert {"name": "kt-ssh", "containerPort": 2223, "protocol": "TCP"} in container["ports"]
