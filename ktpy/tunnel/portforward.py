@@ -198,8 +198,20 @@ class Stream:
         self._buf = bytearray(READ_CHUNK)
         self._view = memoryview(self._buf)
         self._pending: collections.deque[bytes] = collections.deque()
+        self._offset = 0  # what recv already handed out of _pending[0]
         self._eof = False
+        self._eof_next = False  # the peer closed after the bytes of the last read
         self.error: str | None = None
+        # The socket stays non-blocking and timeouts are ours (poll): switching its
+        # mode around every call cost two system calls per read and per write.
+        self._timeout = raw.gettimeout()
+        raw.setblocking(False)
+        # One poll object each way, registered once (one reader thread, paramiko's; one
+        # writer at a time, under _send_lock).
+        self._poll_in = select.poll()
+        self._poll_in.register(raw, select.POLLIN)
+        self._poll_out = select.poll()
+        self._poll_out.register(raw, select.POLLOUT)
 
     # --- the socket interface paramiko uses ---------------------------------------
 
@@ -208,11 +220,16 @@ class Stream:
             if self._eof:
                 return b""
             self._fill()
-        head = self._pending[0]
-        if len(head) <= size:
-            return self._pending.popleft()
-        self._pending[0] = head[size:]
-        return head[:size]
+        head, start = self._pending[0], self._offset
+        end = start + size
+        if end < len(head):
+            # paramiko reads a packet's first block, then the rest: slice what it asks
+            # for and keep an offset, instead of copying the remainder each time.
+            self._offset = end
+            return head[start:end]
+        self._pending.popleft()
+        self._offset = 0
+        return head[start:] if start else head
 
     def send(self, data: bytes) -> int:
         # Frames stay under READ_CHUNK so the server's reads stay cheap.
@@ -226,10 +243,10 @@ class Stream:
             view = view[self.send(bytes(view)) :]
 
     def settimeout(self, timeout: float | None) -> None:
-        self._raw.settimeout(timeout)
+        self._timeout = timeout
 
     def gettimeout(self) -> float | None:
-        return self._raw.gettimeout()
+        return self._timeout
 
     def fileno(self) -> int:
         return self._raw.fileno()
@@ -248,20 +265,13 @@ class Stream:
     # --- frames -------------------------------------------------------------------
 
     def _now(self, call: Callable[[memoryview], T], buffer: memoryview) -> T:
-        """Run one socket call without waiting, holding the TLS lock."""
+        """Run one socket call (the socket never blocks), holding the TLS lock."""
         with self._io_lock:
-            timeout = self._raw.gettimeout()
-            self._raw.setblocking(False)
-            try:
-                return call(buffer)
-            finally:
-                self._raw.settimeout(timeout)
+            return call(buffer)
 
-    def _wait(self, events: int, timeout: float | None) -> bool:
+    def _wait(self, poller: select.poll, timeout: float | None) -> bool:
         if self._raw.fileno() < 0:
             raise OSError(errno.EBADF, "port-forward stream closed")
-        poller = select.poll()
-        poller.register(self._raw, events)
         return bool(poller.poll(None if timeout is None else timeout * 1000))
 
     def _send(self, frame: bytes) -> None:
@@ -276,21 +286,23 @@ class Stream:
                     sent = 0
                 view = view[sent:]
                 if view and not sent:
-                    self._wait(select.POLLOUT, self._raw.gettimeout())
+                    self._wait(self._poll_out, self._timeout)
 
     def _fill(self) -> None:
+        if self._eof_next:
+            self._eof = True
+            return
+        tls = isinstance(self._raw, ssl.SSLSocket)
         while True:
             buffered = False
-            if isinstance(self._raw, ssl.SSLSocket):
+            if tls and isinstance(self._raw, ssl.SSLSocket):
                 with self._io_lock:
                     buffered = self._raw.pending() > 0  # decrypted bytes poll cannot see
-            if not buffered and not self._wait(select.POLLIN, self._raw.gettimeout()):
+            if not buffered and not self._wait(self._poll_in, self._timeout):
                 raise TimeoutError("timed out")  # as a read with a timeout: paramiko expects it
-            try:
-                n = self._now(self._raw.recv_into, self._view)
-            except _WOULD_BLOCK:
-                continue  # part of a TLS record: wait for the rest
-            break
+            n = self._read_available(tls)
+            if n is not None:
+                break  # else part of a TLS record only: wait for the rest
         if not n:
             self._eof = True
             return
@@ -304,6 +316,31 @@ class Stream:
                 self._send(mask_frame(bytes(piece), 0xA))
             elif opcode == 0x8:
                 self._eof = True
+
+    def _read_available(self, tls: bool) -> int | None:
+        """Bytes read into the buffer now (0: the peer closed), None if none were ready.
+
+        TLS hands out one record (at most 16 KiB) per call, so keep reading while
+        records are there: one wait and one lock per batch instead of per record.
+        """
+        filled = 0
+        closed = False
+        with self._io_lock:
+            while filled < READ_CHUNK:
+                try:
+                    n = self._raw.recv_into(self._view[filled:])
+                except _WOULD_BLOCK:
+                    break
+                if not n:
+                    closed = True
+                    break
+                filled += n
+                if not tls:
+                    break  # a plain socket gave all it had
+        if closed:
+            self._eof_next = filled > 0  # hand out these bytes first, then the end
+            return filled
+        return filled or None
 
 
 def open_stream(open_ws: OpenWebSocket, target: Target) -> Stream:
