@@ -40,7 +40,7 @@ from ktpy.net.dns import (
     Ignore,
     UpstreamPending,
 )
-from ktpy.net.relay import Flow
+from ktpy.net.relay import Flow, recv_exact
 
 log = structlog.get_logger(__name__)
 
@@ -82,19 +82,9 @@ def _family(host: str) -> socket.AddressFamily:
     return socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
 
 
-def _recv_exact(recv: Callable[[int], bytes], size: int) -> bytes:
-    data = bytearray()
-    while len(data) < size:
-        chunk = recv(size - len(data))
-        if not chunk:
-            raise EOFError("DNS peer closed the connection mid-message")
-        data += chunk
-    return bytes(data)
-
-
 def _read_framed(recv: Callable[[int], bytes]) -> bytes:
-    (size,) = struct.unpack("!H", _recv_exact(recv, 2))
-    return _recv_exact(recv, size)
+    (size,) = struct.unpack("!H", recv_exact(recv, 2))
+    return recv_exact(recv, size)
 
 
 def _framed(wire: bytes) -> bytes:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+from collections.abc import Callable
 from typing import Protocol
 
 CHUNK = 256 * 1024
@@ -43,6 +44,17 @@ class SocketFlow:
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)
         self.sock.close()
+
+
+def recv_exact(recv: Callable[[int], bytes], size: int) -> bytes:
+    """Exactly size bytes from recv (a flow's or a socket's); EOFError if it ends first."""
+    data = bytearray()
+    while len(data) < size:
+        chunk = recv(size - len(data))
+        if not chunk:
+            raise EOFError(f"the peer closed after {len(data)} of {size} bytes")
+        data += chunk
+    return bytes(data)
 
 
 def _copy(source: Flow, sink: Flow) -> None:

@@ -30,7 +30,7 @@ from dnslib.server import DNSServer as DnslibServer
 
 from ktpy.net.dns import ClusterNames
 from ktpy.net.dns_server import DnsServer, TcpExchange, tcp_exchange_over
-from ktpy.net.relay import SocketFlow
+from ktpy.net.relay import SocketFlow, recv_exact
 from tests.integration.support import unavailable
 
 pytestmark = pytest.mark.integration
@@ -477,19 +477,10 @@ def test_several_queries_on_one_tcp_connection(server: DnsServer) -> None:
         sock.sendall(b"".join(struct.pack("!H", len(w)) + w for w in (q.pack() for q in queries)))
         replies = []
         for _ in names:
-            (size,) = struct.unpack("!H", _recv_exact(sock, 2))
-            replies.append(DNSRecord.parse(_recv_exact(sock, size)))
+            (size,) = struct.unpack("!H", recv_exact(sock.recv, 2))
+            replies.append(DNSRecord.parse(recv_exact(sock.recv, size)))
     assert [r.header.id for r in replies] == [100, 101, 102, 103]
     assert [r.header.rcode for r in replies] == [0, 0, 0, RCODE.NXDOMAIN]
-
-
-def _recv_exact(sock: socket.socket, size: int) -> bytes:
-    data = b""
-    while len(data) < size:
-        chunk = sock.recv(size - len(data))
-        assert chunk, "server closed early"
-        data += chunk
-    return data
 
 
 def test_one_connection_to_dnsmasq_survives_its_restart(

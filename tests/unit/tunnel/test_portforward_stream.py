@@ -10,6 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from ktpy.net.relay import recv_exact
 from ktpy.tunnel.portforward import DATA_CHANNEL, ERROR_CHANNEL, Stream, Target
 
 TARGET = Target("dev", "pod", 2222)
@@ -33,12 +34,7 @@ def port_announcements() -> bytes:
 
 def read_client_frame(sock: socket.socket) -> tuple[int, bytes]:
     def exactly(n: int) -> bytes:
-        data = b""
-        while len(data) < n:
-            chunk = sock.recv(n - len(data))
-            assert chunk, "the stream closed mid-frame"
-            data += chunk
-        return data
+        return recv_exact(sock.recv, n)
 
     first, second = exactly(2)
     assert second & 0x80, "client frames are masked"
