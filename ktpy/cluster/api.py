@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -292,6 +292,21 @@ def watching(
         close = getattr(events, "close", None)
         if close is not None:
             close()
+
+
+def changes(
+    events: Iterable[WatchEvent], at: Callable[[str], None], stopped: Callable[[], bool]
+) -> Iterator[WatchEvent]:
+    """The events that change something, until stopped() is true. Every event's
+    resourceVersion goes to `at` first, bookmarks' too: they move the point a
+    later watch resumes from."""
+    for event in events:
+        if stopped():
+            return
+        if event.resource_version:
+            at(event.resource_version)
+        if event.type is not WatchEventType.BOOKMARK:
+            yield event
 
 
 # --- the real client ------------------------------------------------------------------------

@@ -15,7 +15,15 @@ import time
 from collections.abc import Callable
 from typing import Self
 
-from ktpy.cluster.api import ApiError, ClusterApi, Gone, Kind, WatchEventType, watching
+from ktpy.cluster.api import (
+    ApiError,
+    ClusterApi,
+    Gone,
+    Kind,
+    WatchEventType,
+    changes,
+    watching,
+)
 from ktpy.errors import KtpyError
 from ktpy.logs import get_logger
 
@@ -85,15 +93,13 @@ class KnownNames:
             if self.names != before:
                 self.on_change(self.names)
 
+    def _resume_at(self, version: str) -> None:
+        self._version = version
+
     def _watch_once(self) -> None:
         options = {"resource_version": self._version, "timeout_seconds": WATCH_SECONDS}
         with watching(self.api, self.kind, self.namespace, **options) as events:
-            for event in events:
-                if self._stopped.is_set():
-                    return
-                self._version = event.resource_version or self._version
-                if event.type is WatchEventType.BOOKMARK:
-                    continue
+            for event in changes(events, self._resume_at, self._stopped.is_set):
                 name = str(event.object["metadata"]["name"])
                 if event.type is WatchEventType.DELETED:
                     names = self.names - {name}

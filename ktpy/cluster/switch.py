@@ -24,6 +24,7 @@ from ktpy.cluster.api import (
     Kind,
     NotFound,
     WatchEventType,
+    changes,
     watching,
 )
 from ktpy.cluster.bodies import JsonObject
@@ -417,6 +418,9 @@ class Guard:
                 with contextlib.suppress(ApiError, KtpyError, OSError):
                     self._recheck()
 
+    def _resume_at(self, version: str) -> None:
+        self._version = version
+
     def _watch_once(self) -> None:
         with watching(
             self.api,
@@ -426,12 +430,7 @@ class Guard:
             resource_version=self._version,
             timeout_seconds=30,
         ) as events:
-            for event in events:
-                if self._stopped.is_set():
-                    return
-                self._version = event.resource_version or self._version
-                if event.type is WatchEventType.BOOKMARK:
-                    continue
+            for event in changes(events, self._resume_at, self._stopped.is_set):
                 body = None if event.type is WatchEventType.DELETED else event.object
                 if not self._judge(body):
                     self._recheck()

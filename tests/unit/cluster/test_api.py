@@ -10,6 +10,7 @@ from ktpy.cluster.api import (
     ServerError,
     WatchEvent,
     WatchEventType,
+    changes,
     error_from_status,
 )
 from ktpy.errors import ClusterUnreachable, Forbidden, KtpyError, PodSecurityRejected
@@ -94,3 +95,23 @@ def test_watch_event_resource_version() -> None:
     event = WatchEvent(WatchEventType.ADDED, {"metadata": {"resourceVersion": "42"}})
     assert event.resource_version == "42"
     assert WatchEvent(WatchEventType.BOOKMARK, {}).resource_version == ""
+
+
+def test_changes_skip_bookmarks_but_not_their_versions_and_stop_when_asked() -> None:
+    def event(kind: WatchEventType, version: str, name: str = "x") -> WatchEvent:
+        return WatchEvent(kind, {"metadata": {"name": name, "resourceVersion": version}})
+
+    stream = [
+        event(WatchEventType.ADDED, "5", "a"),
+        event(WatchEventType.BOOKMARK, "7"),
+        event(WatchEventType.DELETED, "9", "a"),
+        event(WatchEventType.ADDED, "11", "b"),
+    ]
+    seen: list[str] = []
+
+    def stopped() -> bool:
+        return len(seen) == 3  # asked to stop once three versions went by
+
+    got = [e.object["metadata"]["name"] for e in changes(stream, seen.append, stopped)]
+    assert got == ["a", "a"]  # the bookmark is not handed on; "b" comes after the stop
+    assert seen == ["5", "7", "9"]
