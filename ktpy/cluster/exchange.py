@@ -17,7 +17,6 @@ Nothing here talks to the API server; ``ktpy.cluster.switch`` does.
 from __future__ import annotations
 
 import contextlib
-import copy
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -389,29 +388,6 @@ class GuardVerdict:
     edited: tuple[str, ...] = ()  # for REAPPLY: the fields someone changed
 
 
-def _get(body: Mapping[str, Any], path: Sequence[str]) -> Any:
-    node: Any = body
-    for part in path:
-        if not isinstance(node, Mapping) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
-def _with(body: Mapping[str, Any], changes: Sequence[FieldChange]) -> JsonObject:
-    result: JsonObject = copy.deepcopy(dict(body))
-    for change in changes:
-        node = result
-        for part in change.path[:-1]:
-            child = node.get(part)
-            if not isinstance(child, dict):
-                child = {}
-                node[part] = child
-            node = child
-        node[change.path[-1]] = copy.deepcopy(change.value)
-    return result
-
-
 def guard_verdict(
     body: Mapping[str, Any] | None,
     *,
@@ -434,13 +410,13 @@ def guard_verdict(
         return GuardVerdict(
             GuardAction.LOST, f"{what} was taken over by ktpy session {holder}{owner}"
         )
-    edited = tuple(c.pointer for c in wanted if _get(body, c.path) != c.value)
+    edited = tuple(c.pointer for c in wanted if modify.field_value(body, c.path) != c.value)
     if not edited:
         return GuardVerdict(GuardAction.KEEP)
     return GuardVerdict(
         GuardAction.REAPPLY,
         f"someone changed {', '.join(edited)} of {what}; ktpy's value is back",
-        _with(body, wanted),
+        modify.with_changes(body, wanted),
         edited,
     )
 

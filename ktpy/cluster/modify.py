@@ -74,7 +74,8 @@ def _pointer_path(pointer: str) -> tuple[str, ...]:
     return tuple(part.replace("~1", "/").replace("~0", "~") for part in pointer[1:].split("/"))
 
 
-def _get(body: Mapping[str, Any], path: Sequence[str]) -> Any:
+def field_value(body: Mapping[str, Any], path: Sequence[str]) -> Any:
+    """The value at ``path``, or ABSENT where the field does not exist."""
     node: Any = body
     for part in path:
         if not isinstance(node, Mapping) or part not in node:
@@ -97,6 +98,14 @@ def _set(body: dict[str, Any], path: Sequence[str], value: Any) -> None:
         node.pop(path[-1], None)
     else:
         node[path[-1]] = copy.deepcopy(value)
+
+
+def with_changes(current: Mapping[str, Any], changes: Sequence[FieldChange]) -> JsonObject:
+    """A copy of ``current`` with ``changes`` applied and nothing else (no marks)."""
+    body: JsonObject = copy.deepcopy(dict(current))
+    for change in changes:
+        _set(body, change.path, change.value)
+    return body
 
 
 def _metadata_maps(body: dict[str, Any]) -> tuple[dict[str, str], dict[str, str]]:
@@ -157,7 +166,7 @@ def modified_body(
     body: JsonObject = copy.deepcopy(dict(current))
     originals: list[dict[str, Any]] = []
     for change in changes:
-        before = _get(body, change.path)
+        before = field_value(body, change.path)
         if before is ABSENT:
             originals.append({"path": change.pointer, "absent": True})
         else:
