@@ -18,8 +18,15 @@ from ktpy.cluster.labels import PidStart
 from ktpy.config import Settings
 from ktpy.errors import Interrupted, SessionLost
 from ktpy.host import procs
+from ktpy.session import Session
 
 HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def shadow_line(session: Session) -> str:
+    """The first line every command prints once its shadow pod serves."""
+    spec = session.spec
+    return f"Shadow pod {spec.pod_name} in namespace {spec.namespace} (session {session.id})"
 
 
 def settings_of(ctx: click.Context) -> Settings:

@@ -10,7 +10,7 @@ from ktpy import params
 from ktpy.cluster import names
 from ktpy.cluster.labels import Role
 from ktpy.commands import connect_tun
-from ktpy.commands.common import Lifecycle, make_api, settings_of
+from ktpy.commands.common import Lifecycle, make_api, settings_of, shadow_line
 from ktpy.commands.connect_tun import IPNetwork
 from ktpy.errors import UsageProblem
 from ktpy.net.socks_server import SocksServer
@@ -159,9 +159,7 @@ def connect(
         lifecycle.running()
         try:
             host, bound = server.address
-            click.echo(
-                f"Shadow pod {spec.pod_name} in namespace {spec.namespace} (session {session.id})"
-            )
+            click.echo(shadow_line(session))
             connect_tun.show(tun.lines)
             click.echo(f"SOCKS5 proxy on {host}:{bound}")
             if print_pac:

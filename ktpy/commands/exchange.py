@@ -31,7 +31,7 @@ from ktpy.cluster.bodies import JsonObject
 from ktpy.cluster.exchange import Decision, Forward, Mode
 from ktpy.cluster.labels import Role
 from ktpy.cluster.modify import FieldChange
-from ktpy.commands.common import Lifecycle, check_local_process, make_api, settings_of
+from ktpy.commands.common import Lifecycle, check_local_process, make_api, settings_of, shadow_line
 from ktpy.config import Settings
 from ktpy.errors import KtpyError, LockLost, SessionLost
 from ktpy.logs import get_logger
@@ -436,9 +436,7 @@ def exchange(
             raise
         lifecycle.running()
         try:
-            click.echo(
-                f"Shadow pod {spec.pod_name} in namespace {spec.namespace} (session {session.id})"
-            )
+            click.echo(shadow_line(session))
             for line in _describe(request):
                 click.echo(line)
             what = (

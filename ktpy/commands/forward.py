@@ -17,7 +17,7 @@ from ktpy.cluster import names, service_target
 from ktpy.cluster.api import ClusterApi, Kind, NotFound
 from ktpy.cluster.labels import Role
 from ktpy.cluster.service_target import ServiceRoute
-from ktpy.commands.common import Lifecycle, make_api, settings_of
+from ktpy.commands.common import Lifecycle, make_api, settings_of, shadow_line
 from ktpy.errors import ServiceNotFound, UsageProblem
 from ktpy.net.forwarding import ForwardServer, OpenFlow
 from ktpy.net.relay import Flow
@@ -149,9 +149,7 @@ def forward(ctx: click.Context, targets: tuple[params.ForwardTarget, ...]) -> No
             raise
         lifecycle.running()
         try:
-            click.echo(
-                f"Shadow pod {spec.pod_name} in namespace {spec.namespace} (session {session.id})"
-            )
+            click.echo(shadow_line(session))
             for route, server in zip(routes, servers, strict=True):
                 host, port = server.address
                 click.echo(f"Forwarding {host}:{port} to {route.label}")

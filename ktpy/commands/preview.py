@@ -19,7 +19,7 @@ from ktpy.cluster import labels, manifests, names
 from ktpy.cluster.api import AlreadyExists, ApiError, ClusterApi, Kind, NotFound
 from ktpy.cluster.labels import Role
 from ktpy.cluster.manifests import ShadowPort
-from ktpy.commands.common import Lifecycle, make_api, settings_of
+from ktpy.commands.common import Lifecycle, make_api, settings_of, shadow_line
 from ktpy.errors import KtpyError, NameTaken, UsageProblem
 from ktpy.net.inbound import Inbound, listening
 from ktpy.session import Created, Session, ShadowSpec, local_owner_identity
@@ -202,9 +202,7 @@ def preview(
             raise
         lifecycle.running()
         try:
-            click.echo(
-                f"Shadow pod {spec.pod_name} in namespace {spec.namespace} (session {session.id})"
-            )
+            click.echo(shadow_line(session))
             for remote, local in ports.items():
                 click.echo(f"Forwarding {name}.{spec.namespace}:{remote} to localhost:{local}")
             service_spec = service.get("spec") or {}
