@@ -36,6 +36,9 @@ def _unavailable(reason: str) -> None:
     pytest.skip(f"test bed unavailable: {reason}")
 
 
+MANAGED_BY_KTPY = "app.kubernetes.io/managed-by=ktpy"
+
+
 @dataclass
 class Bed:
     """Handles on the running bed for tests."""
@@ -66,6 +69,13 @@ class Bed:
                 f"kubectl {' '.join(args)} failed ({result.returncode}): {result.stderr.strip()}"
             )
         return result
+
+    def ktpy_objects(self, namespace: str) -> list[str]:
+        """The pods, Secrets and Services in namespace that carry ktpy's managed-by label."""
+        out = self.kubectl(
+            "-n", namespace, "get", "pods,secrets,services", "-l", MANAGED_BY_KTPY, "-o", "name"
+        )
+        return out.stdout.split()
 
     def get_json(self, *args: str, user: str = "admin") -> Any:
         return json.loads(self.kubectl("get", *args, "-o", "json", user=user).stdout)

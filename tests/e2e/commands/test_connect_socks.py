@@ -15,13 +15,6 @@ import pytest
 from tests.e2e.conftest import Bed, Laptop, echo_manifest, run_ktpy
 from tests.e2e.testbed import config
 
-MANAGED = "app.kubernetes.io/managed-by=ktpy"
-
-
-def _ktpy_objects(bed: Bed, namespace: str) -> list[str]:
-    out = bed.kubectl("-n", namespace, "get", "pods,secrets,services", "-l", MANAGED, "-o", "name")
-    return out.stdout.split()
-
 
 def _socks_get(laptop: Laptop, port: int, url: str) -> dict[str, object]:
     result = laptop.run(
@@ -62,7 +55,7 @@ def test_socks_session_reaches_a_service_by_name_and_leaves_nothing(
     finally:
         code = session.stop(signal.SIGINT)
     assert code == 130
-    assert _ktpy_objects(bed, ns) == []
+    assert bed.ktpy_objects(ns) == []
 
 
 def test_kill9_session_is_cleaned_while_a_live_one_survives(
@@ -92,7 +85,7 @@ def test_kill9_session_is_cleaned_while_a_live_one_survives(
         assert {"dead", "stale"} & set(states)
         time.sleep(7)  # past the survivor's stale-after: only its heartbeat keeps it live
         laptop.run(sys.executable, "-m", "ktpy", "-n", ns, "clean", env=fast)
-        left = _ktpy_objects(bed, ns)
+        left = bed.ktpy_objects(ns)
         survivor_session = json.loads(
             laptop.run(
                 sys.executable, "-m", "ktpy", "-n", ns, "status", "-o", "json", env=fast
@@ -106,7 +99,7 @@ def test_kill9_session_is_cleaned_while_a_live_one_survives(
     finally:
         doomed.stop(signal.SIGKILL)
         survivor.stop(signal.SIGINT)
-    assert _ktpy_objects(bed, ns) == []
+    assert bed.ktpy_objects(ns) == []
 
 
 def test_missing_image_fails_fast_with_one_line_and_leaves_nothing(
@@ -123,7 +116,7 @@ def test_missing_image_fails_fast_with_one_line_and_leaves_nothing(
     errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
     assert len(errors) == 1
     assert "ktbed.local/not-built:0.0.1" in errors[0]
-    assert _ktpy_objects(bed, namespace) == []
+    assert bed.ktpy_objects(namespace) == []
 
 
 @pytest.mark.parametrize("user", ["dev", "dev-noexec", "dev-nosecrets"])
@@ -148,7 +141,7 @@ def test_session_in_the_restricted_namespace_as_a_namespace_developer(
             assert _socks_get(laptop, 2304, f"http://echo-{user}.{ns}/")["namespace"] == ns
         finally:
             assert session.stop(signal.SIGINT) == 130
-        assert _ktpy_objects(bed, ns) == []
+        assert bed.ktpy_objects(ns) == []
     finally:
         bed.kubectl("-n", ns, "delete", "rolebinding", f"{user}-binding", "--ignore-not-found")
         bed.kubectl("-n", ns, "delete", "deployment,service", f"echo-{user}", "--ignore-not-found")
@@ -183,4 +176,4 @@ def test_tunnel_reconnects_after_the_api_server_restarts(
         assert "tunnel reconnected" in log
     finally:
         assert session.stop(signal.SIGINT) == 130
-    assert _ktpy_objects(bed, ns) == []
+    assert bed.ktpy_objects(ns) == []

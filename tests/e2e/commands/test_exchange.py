@@ -22,7 +22,6 @@ import pytest
 
 from tests.e2e.conftest import Bed, Laptop, RunningKtpy, local_server, run_ktpy
 
-MANAGED = "app.kubernetes.io/managed-by=ktpy"
 READY = "All looks good"
 FAST = {"KTPY_HEARTBEAT_INTERVAL": "2s", "KTPY_STALE_AFTER": "6s"}
 
@@ -31,11 +30,6 @@ def ktpy_run(
     laptop: Laptop, *args: str, env: dict[str, str] | None = None, timeout: float = 90
 ) -> subprocess.CompletedProcess[str]:
     return laptop.run(sys.executable, "-m", "ktpy", *args, check=False, timeout=timeout, env=env)
-
-
-def ktpy_objects(bed: Bed, namespace: str) -> list[str]:
-    out = bed.kubectl("-n", namespace, "get", "pods,secrets,services", "-l", MANAGED, "-o", "name")
-    return out.stdout.split()
 
 
 def exact(body: dict[str, Any]) -> str:
@@ -266,7 +260,7 @@ def test_selector_mode_switches_both_ways_without_a_failed_request(
     assert switch_in.failed == 0, str(switch_in)
     assert switch_out.failed == 0, str(switch_out)
     assert service_text(bed, ns) == before
-    assert ktpy_objects(bed, ns) == []
+    assert bed.ktpy_objects(ns) == []
     assert "Restored the selector of service echo" in drain(session)
 
 
@@ -279,7 +273,7 @@ def test_scale_mode_restores_the_replica_count(bed: Bed, echo: str, laptop: Lapt
     assert bed.get_json("-n", ns, "deployment", "echo")["spec"]["replicas"] == 2
     assert deployment_text(bed, ns) == before_deployment
     assert service_text(bed, ns) == before_service
-    assert ktpy_objects(bed, ns) == []
+    assert bed.ktpy_objects(ns) == []
 
 
 def test_scale_mode_shadow_carries_the_template_labels_and_the_deployment_goes_to_zero(
@@ -333,7 +327,7 @@ def test_several_ports_named_target_ports_and_a_local_port_with_nothing_behind(
         if second is not None:
             second.kill()
     assert service_text(bed, ns) == before
-    assert ktpy_objects(bed, ns) == []
+    assert bed.ktpy_objects(ns) == []
 
 
 def test_without_expose_each_target_port_goes_to_the_same_local_port(
@@ -367,8 +361,8 @@ def test_a_second_ctrl_c_skips_the_waits_but_still_restores(
     assert time.monotonic() - started < 5
     assert service_text(bed, ns) == before
     deadline = time.monotonic() + 30  # deleted without waiting: it may still terminate
-    while ktpy_objects(bed, ns):
-        assert time.monotonic() < deadline, ktpy_objects(bed, ns)
+    while bed.ktpy_objects(ns):
+        assert time.monotonic() < deadline, bed.ktpy_objects(ns)
         time.sleep(0.5)
 
 
@@ -392,7 +386,7 @@ def test_kill9_then_recover_restores_the_selector_byte_for_byte(
         session.stop(signal.SIGKILL)
         server.kill()
     assert service_text(bed, ns) == before
-    assert ktpy_objects(bed, ns) == []
+    assert bed.ktpy_objects(ns) == []
     assert answer(bed, ns, f"http://echo.{ns}/").startswith("echo-")
     again = ktpy_run(laptop, "-n", ns, "recover", "echo")
     assert again.returncode == 0
@@ -415,7 +409,7 @@ def test_kill9_then_clean_after_the_threshold_restores_the_selector_byte_for_byt
     finally:
         session.stop(signal.SIGKILL)
     assert service_text(bed, ns) == before
-    assert ktpy_objects(bed, ns) == []
+    assert bed.ktpy_objects(ns) == []
 
 
 def test_scale_mode_kill9_then_recover_and_clean_restore_the_deployment_byte_for_byte(
@@ -439,7 +433,7 @@ def test_scale_mode_kill9_then_recover_and_clean_restore_the_deployment_byte_for
             session.stop(signal.SIGKILL)
         assert deployment_text(bed, ns) == before_deployment
         assert service_text(bed, ns) == before_service
-        assert ktpy_objects(bed, ns) == []
+        assert bed.ktpy_objects(ns) == []
         bed.kubectl("-n", ns, "rollout", "status", "deployment/echo", "--timeout=90s", timeout=100)
 
 
@@ -498,7 +492,7 @@ def test_twenty_sessions_at_once_one_wins_and_the_service_ends_as_it_began(
         for s in sessions:
             s.stop(signal.SIGINT, timeout=120)
     assert service_text(bed, ns) == before
-    assert ktpy_objects(bed, ns) == []
+    assert bed.ktpy_objects(ns) == []
 
 
 def test_the_watch_puts_the_selector_back_and_the_session_stops_when_restored(
@@ -529,7 +523,7 @@ def test_the_watch_puts_the_selector_back_and_the_session_stops_when_restored(
     finally:
         session.stop(signal.SIGKILL)
     assert service_text(bed, ns) == before
-    assert ktpy_objects(bed, ns) == []
+    assert bed.ktpy_objects(ns) == []
 
 
 def test_a_dead_holder_is_taken_over(bed: Bed, echo: str, laptop: Laptop) -> None:
@@ -551,7 +545,7 @@ def test_a_dead_holder_is_taken_over(bed: Bed, echo: str, laptop: Laptop) -> Non
         crashed.stop(signal.SIGKILL)
         server.kill()
     assert service_text(bed, ns) == before
-    assert ktpy_objects(bed, ns) == []
+    assert bed.ktpy_objects(ns) == []
 
 
 SELECTORLESS = """
@@ -622,4 +616,4 @@ def test_a_service_on_the_shadows_usual_ssh_port_is_exchanged(
         assert session.stop(signal.SIGINT) == 130, session.errors
         server.kill()
     assert service_text(bed, ns, "gitssh") == before
-    assert ktpy_objects(bed, ns) == []
+    assert bed.ktpy_objects(ns) == []

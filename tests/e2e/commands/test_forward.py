@@ -11,10 +11,9 @@ import threading
 import time
 from typing import Any
 
-from tests.e2e.conftest import Bed, Laptop, RunningKtpy, run_ktpy
+from tests.e2e.conftest import Bed, Laptop, run_ktpy
 from tests.e2e.testbed import config
 
-MANAGED = "app.kubernetes.io/managed-by=ktpy"
 CLIENT_TIMEOUT = 10  # seconds, connect to end of body, for both loads
 READY = "All looks good"
 
@@ -89,15 +88,6 @@ def _summary(output: str) -> dict[str, Any] | None:
     return None
 
 
-def ktpy(laptop: Laptop, *args: str, env: dict[str, str] | None = None) -> RunningKtpy:
-    return run_ktpy(laptop, *args, env=env)
-
-
-def ktpy_objects(bed: Bed, namespace: str) -> list[str]:
-    out = bed.kubectl("-n", namespace, "get", "pods,secrets,services", "-l", MANAGED, "-o", "name")
-    return out.stdout.split()
-
-
 def echo_pods(bed: Bed, namespace: str) -> set[str]:
     out = bed.kubectl("-n", namespace, "get", "pods", "-l", "app=echo", "-o", "name")
     return {name.removeprefix("pod/") for name in out.stdout.split()}
@@ -113,7 +103,7 @@ def test_forward_follows_the_pods_across_a_rollout_restart(
 ) -> None:
     ns = echo
     bed.apply(ECHO_ALT, ns)
-    session = ktpy(laptop, "-n", ns, "forward", "echo", "18080", "echo-alt", ":metrics")
+    session = run_ktpy(laptop, "-n", ns, "forward", "echo", "18080", "echo-alt", ":metrics")
     load: LoadRun | None = None
     control: dict[str, Any] | None = None
     try:
@@ -180,7 +170,7 @@ def test_forward_follows_the_pods_across_a_rollout_restart(
     # After the restart the answers come from the new pods: the forward followed them.
     assert after, report
     assert {r["pod"] for r in after} <= new, report
-    assert ktpy_objects(bed, ns) == []
+    assert bed.ktpy_objects(ns) == []
 
 
 def test_forward_refuses_unknown_services_and_ports_before_creating_anything(
@@ -199,12 +189,12 @@ def test_forward_refuses_unknown_services_and_ports_before_creating_anything(
         errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
         assert len(errors) == 1, (args, result.stderr)
         assert message in errors[0], (args, result.stderr)
-    assert ktpy_objects(bed, ns) == []
+    assert bed.ktpy_objects(ns) == []
 
 
 def test_forward_status_shows_a_forward_session(bed: Bed, echo: str, laptop: Laptop) -> None:
     ns = echo
-    session = ktpy(laptop, "-n", ns, "forward", "echo", "18082:http")
+    session = run_ktpy(laptop, "-n", ns, "forward", "echo", "18082:http")
     try:
         session.wait_ready(timeout=90)
         assert get_json(laptop, 18082)["namespace"] == ns
@@ -216,4 +206,4 @@ def test_forward_status_shows_a_forward_session(bed: Bed, echo: str, laptop: Lap
         ]
     finally:
         assert session.stop(signal.SIGINT) == 130
-    assert ktpy_objects(bed, ns) == []
+    assert bed.ktpy_objects(ns) == []

@@ -13,18 +13,8 @@ from typing import Any
 
 from tests.e2e.conftest import Bed, Laptop, RunningKtpy, client_manifest, local_server, run_ktpy
 
-MANAGED = "app.kubernetes.io/managed-by=ktpy"
 NAME = "nginx-local"
 READY = f"Now you can access your local service in cluster by name '{NAME}'"
-
-
-def ktpy(laptop: Laptop, *args: str, env: dict[str, str] | None = None) -> RunningKtpy:
-    return run_ktpy(laptop, *args, env=env)
-
-
-def ktpy_objects(bed: Bed, namespace: str) -> list[str]:
-    out = bed.kubectl("-n", namespace, "get", "pods,secrets,services", "-l", MANAGED, "-o", "name")
-    return out.stdout.split()
 
 
 def service_names(bed: Bed, namespace: str) -> list[str]:
@@ -77,7 +67,9 @@ def test_preview_reaches_this_laptop_from_a_pod_and_from_another_laptop(
         # Only on ::1: the forward falls back to IPv6 loopback when 127.0.0.1 refuses.
         local_server(laptop, 3002, "laptop-v6", host="::1"),
     ]
-    preview = ktpy(laptop, "-n", ns, "preview", NAME, "--expose", "3001:8080,3002:8081,3003:8082")
+    preview = run_ktpy(
+        laptop, "-n", ns, "preview", NAME, "--expose", "3001:8080,3002:8081,3003:8082"
+    )
     connect: RunningKtpy | None = None
     try:
         preview.wait_for(READY, timeout=90)
@@ -109,7 +101,9 @@ def test_preview_reaches_this_laptop_from_a_pod_and_from_another_laptop(
         assert pods[0].startswith(f"pod/{NAME}-kt-")
 
         # Another developer, through ktpy connect on their laptop.
-        connect = ktpy(other_laptop, "-n", ns, "connect", "--mode", "socks", "--socks-port", "2311")
+        connect = run_ktpy(
+            other_laptop, "-n", ns, "connect", "--mode", "socks", "--socks-port", "2311"
+        )
         connect.wait_ready(timeout=90)
         fetched = other_laptop.run(
             "curl", "-sS", "--max-time", "10", "--socks5-hostname", "127.0.0.1:2311",
@@ -135,7 +129,7 @@ def test_preview_reaches_this_laptop_from_a_pod_and_from_another_laptop(
             server.kill()
             server.wait()
     assert code == 130, preview.errors
-    assert ktpy_objects(bed, ns) == []
+    assert bed.ktpy_objects(ns) == []
     assert f"service/{NAME}" not in service_names(bed, ns)
 
 
@@ -143,25 +137,25 @@ def test_kill9_preview_is_cleaned_by_ktpy_clean(bed: Bed, namespace: str, laptop
     ns = namespace
     fast = {"KTPY_HEARTBEAT_INTERVAL": "2s", "KTPY_STALE_AFTER": "6s"}
     server = local_server(laptop, 3001, "laptop")
-    preview = ktpy(
+    preview = run_ktpy(
         laptop, "-n", ns, "preview", NAME, "--expose", "3001:8080", "--external", env=fast
     )
     try:
         preview.wait_for(READY, timeout=90)
         assert bed.get_json("-n", ns, "service", NAME)["spec"]["type"] == "LoadBalancer"
-        left = ktpy_objects(bed, ns)
+        left = bed.ktpy_objects(ns)
         assert f"service/{NAME}" in left
         assert any(o.startswith(f"pod/{NAME}-kt-") for o in left)
         preview.stop(signal.SIGKILL)
         # Nothing was undone by the killed process.
-        assert ktpy_objects(bed, ns) == left
+        assert bed.ktpy_objects(ns) == left
         cleaned = laptop.run(sys.executable, "-m", "ktpy", "-n", ns, "clean", env=fast)
         assert f"Service/{ns}/{NAME}" in cleaned.stdout or NAME in cleaned.stdout
     finally:
         preview.stop(signal.SIGKILL)
         server.kill()
         server.wait()
-    assert ktpy_objects(bed, ns) == []
+    assert bed.ktpy_objects(ns) == []
     assert f"service/{NAME}" not in service_names(bed, ns)
 
 
