@@ -1,0 +1,97 @@
+"""API answers a caller branches on (``ApiError``), typed from the HTTP status.
+
+What ends a command instead (RBAC refusal, Pod Security rejection, an
+unreachable or unauthenticated cluster) is a ``KtpyError`` with its exit code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from ktpy.cluster.api.kinds import Kind
+from ktpy.errors import (
+    ClusterUnreachable,
+    Forbidden,
+    KtpyError,
+    PodSecurityRejected,
+)
+
+
+class ApiError(Exception):
+    """An API answer a caller is expected to handle."""
+
+    status = 0
+
+    def __init__(self, message: str, *, reason: str = "", status: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.reason = reason
+        if status is not None:
+            self.status = status
+
+
+class NotFound(ApiError):
+    status = 404
+
+
+class Conflict(ApiError):
+    """The object changed since it was read (resourceVersion or uid precondition failed)."""
+
+    status = 409
+
+
+class AlreadyExists(ApiError):
+    status = 409
+
+
+class Gone(ApiError):
+    """A watch's resourceVersion is too old: list again and watch from the new version."""
+
+    status = 410
+
+
+class Invalid(ApiError):
+    status = 422
+
+
+class ServerError(ApiError):
+    """5xx or 429: worth a retry with backoff."""
+
+    status = 500
+
+
+def error_from_status(
+    status: int,
+    body: Mapping[str, Any] | None,
+    *,
+    verb: str,
+    kind: Kind,
+    namespace: str | None,
+) -> Exception:
+    """The exception for an error answer (``body`` is the API's ``Status`` object, if any)."""
+    status_body = body or {}
+    message = str(status_body.get("message") or f"HTTP {status}")
+    reason = str(status_body.get("reason") or "")
+    if status == 401:
+        return ClusterUnreachable(
+            f"the API server rejected the credentials ({message})",
+            hint="Log in again (kubectl uses the same kubeconfig), then retry.",
+        )
+    if status == 403:
+        if "PodSecurity" in message:
+            return PodSecurityRejected(f"pod rejected by Pod Security admission: {message}")
+        return Forbidden(verb, kind.plural, namespace, message)
+    if status == 404:
+        return NotFound(message, reason=reason)
+    if status == 409:
+        if reason == "AlreadyExists":
+            return AlreadyExists(message, reason=reason)
+        return Conflict(message, reason=reason)
+    if status == 410:
+        return Gone(message, reason=reason)
+    if status == 422:
+        return Invalid(message, reason=reason)
+    if status == 429 or status >= 500:
+        return ServerError(message, reason=reason, status=status)
+    return KtpyError(f"unexpected answer from the API server: HTTP {status}: {message}")
