@@ -176,6 +176,10 @@ def format_selector(selector: Mapping[str, str]) -> str:
 
 MANAGED_SELECTOR = f"{MANAGED_BY}={MANAGED_BY_KTPY}"
 MODIFIED_SELECTOR = MODIFIED_BY
+# Where the lock sits in a held object.
+LOCK_PATH = ("metadata", "annotations", LOCK)
+# Kubernetes' own label on a Service's EndpointSlices.
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 
 
 def session_selector(session_id: str) -> str:

@@ -25,6 +25,9 @@ from ktpy.cluster import labels
 from ktpy.cluster.bodies import JsonObject
 from ktpy.cluster.labels import Lock
 
+# Conditional writes re-read and try again on 409 this many times before giving up.
+WRITE_ATTEMPTS = 20
+
 
 class _Absent:
     """Marks a field that did not exist (restoring it means removing it)."""

@@ -1,4 +1,9 @@
-"""What ``ktpy clean`` does, decided as a pure filter over labelled objects.
+"""Undoing what dead sessions left in the cluster: the one sweep path used by
+``ktpy clean``, ``ktpy recover`` and the take-over of a stale lock.
+
+First a plan, decided as a pure filter over labelled objects (``plan_clean``,
+``plan_release``); then ``carry_out``, the one place that restores and deletes,
+always in the same order (``RESTORE_ORDER``, then ``DELETE_ORDER``).
 
 Input: the objects ktpy modified (label ``ktpy.dev/modified-by``) and the
 objects ktpy created (``app.kubernetes.io/managed-by=ktpy``), the cluster's
@@ -20,7 +25,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from ktpy.cluster import labels, modify
+from ktpy.cluster import inventory, labels, modify, redirect
+from ktpy.cluster.api import ApiError, ClusterApi, Conflict, Kind, NotFound, wait_gone
 from ktpy.cluster.bodies import JsonObject
 from ktpy.cluster.heartbeat import (
     Liveness,
@@ -32,10 +38,16 @@ from ktpy.cluster.heartbeat import (
     sessions_from_objects,
 )
 from ktpy.durations import format_duration
-from ktpy.errors import UsageProblem
+from ktpy.errors import KtpyError, UsageProblem
 
+# Deployments are restored before Services: in scale mode the Deployment's pods
+# start coming back while the Service still holds the lock (and, after a crash
+# mid-switch, still selects the shadow), so when the Service is handed back its
+# pods are on their way and no other session can take it half-restored. The
+# live teardown of an exchange does the same (ktpy.intercept).
+RESTORE_ORDER = {"Deployment": 0, "Service": 1}
 # Stop traffic first, then the pods behind it; Secrets go with their pod anyway.
-_DELETE_ORDER = {"Service": 0, "Deployment": 1, "Pod": 2, "Secret": 3}
+DELETE_ORDER = {"Service": 0, "Deployment": 1, "Pod": 2, "Secret": 3}
 
 
 def check_threshold(threshold: timedelta, interval: timedelta) -> None:
@@ -115,13 +127,14 @@ def plan_clean(
             continue
         restorations.append(Restoration(ref, session_id, restored))
 
+    restorations.sort(key=lambda r: RESTORE_ORDER.get(r.ref.kind, 9))
     dead_keys = {(v.namespace, v.session_id) for v in dead_views}
     deletions = [
         object_ref(body)
         for body in created_list
         if _session_key(body) in dead_keys and not object_ref(body).terminating
     ]
-    deletions.sort(key=lambda r: (_DELETE_ORDER.get(r.kind, 9), r.namespace, r.name))
+    deletions.sort(key=lambda r: (DELETE_ORDER.get(r.kind, 9), r.namespace, r.name))
     return CleanPlan(
         restore=tuple(restorations),
         delete=tuple(deletions),
@@ -140,3 +153,113 @@ def _session_key(body: Mapping[str, Any]) -> tuple[str, str] | None:
     if not session_id:
         return None
     return (str(meta.get("namespace", "")), str(session_id))
+
+
+def plan_release(
+    modified: Iterable[Mapping[str, Any]],
+    created: Iterable[Mapping[str, Any]],
+    session_id: str | None,
+    *,
+    also: Mapping[str, Any] | None = None,
+) -> CleanPlan:
+    """Undo one session (judged dead or stale by the caller): restore what it
+    modified, delete what it created. ``also`` is an object to restore whoever
+    marked it (a mark whose session is unknown)."""
+    bodies = list(modified)
+    if also is not None and object_ref(also) not in {object_ref(b) for b in bodies}:
+        bodies.insert(0, also)
+    restorations: list[Restoration] = []
+    unreadable: list[tuple[ObjectRef, str]] = []
+    for body in bodies:
+        if not modify.is_modified(body):
+            continue
+        marked_by = modify.modifier_session(body)
+        if marked_by != session_id and body is not also:
+            continue
+        try:
+            restorations.append(
+                Restoration(object_ref(body), session_id, modify.restored_body(body))
+            )
+        except ValueError as exc:
+            unreadable.append((object_ref(body), str(exc)))
+    restorations.sort(key=lambda r: RESTORE_ORDER.get(r.ref.kind, 9))
+    deletions = [
+        object_ref(body)
+        for body in created
+        if session_id is not None
+        and (_session_key(body) or ("", ""))[1] == session_id
+        and not object_ref(body).terminating
+    ]
+    deletions.sort(key=lambda r: (DELETE_ORDER.get(r.kind, 9), r.namespace, r.name))
+    return CleanPlan(
+        restore=tuple(restorations),
+        delete=tuple(deletions),
+        removed_sessions=(),
+        live_sessions=(),
+        unreadable=tuple(unreadable),
+    )
+
+
+@dataclass
+class SweepReport:
+    done: list[tuple[str, ObjectRef]]  # ("restored", ref), ("deleted", ref)
+    problems: list[str]
+
+
+def carry_out(api: ClusterApi, plan: CleanPlan, *, wait: bool = True) -> SweepReport:
+    """Restore (in RESTORE_ORDER), then delete (in DELETE_ORDER), then wait for the
+    deleted pods to be gone. Each restore re-reads and undoes only the change of
+    the session that made it (or, for a mark without a session, whoever's),
+    retrying on 409; each delete carries the object's uid, so a same-named object
+    someone made since is never touched."""
+    report = SweepReport([], [])
+    for restoration in plan.restore:
+        ref = restoration.ref
+        try:
+            restored = redirect.restore(
+                api,
+                Kind(ref.kind),
+                ref.namespace,
+                ref.name,
+                restoration.session_id,
+                anyone=restoration.session_id is None,
+            )
+        except (ApiError, KtpyError) as exc:
+            report.problems.append(f"{ref}: {exc}")
+            continue
+        if restored is not None:
+            report.done.append(("restored", ref))
+    for ref in plan.delete:
+        try:
+            api.delete(Kind(ref.kind), ref.namespace, ref.name, uid=ref.uid)
+            report.done.append(("deleted", ref))
+        except (NotFound, Conflict):
+            pass
+        except (ApiError, KtpyError) as exc:
+            report.problems.append(f"{ref}: {exc}")
+    pods = [(Kind.POD, r.namespace, r.name, r.uid) for r in plan.delete if r.kind == Kind.POD]
+    if wait and not wait_gone(api, pods):
+        report.problems.append("some deleted pods are still terminating")
+    return report
+
+
+def release(
+    api: ClusterApi,
+    namespace: str,
+    session_id: str | None,
+    *,
+    also: Mapping[str, Any] | None = None,
+) -> list[str]:
+    """Undo everything a dead or stale session did in a namespace (recover, and the
+    take-over of its lock). Returns what was done; raises if something could not be."""
+    modified = (
+        inventory.modified_objects(api, namespace, session_id=session_id) if session_id else []
+    )
+    created = inventory.created_objects(api, namespace, session_id=session_id) if session_id else []
+    report = carry_out(api, plan_release(modified, created, session_id, also=also))
+    if report.problems:
+        raise KtpyError(
+            f"could not undo session {session_id or '(unknown)'}: {'; '.join(report.problems)}",
+            hint="Run 'ktpy clean' (or 'ktpy recover SERVICE') again, or use --debug.",
+        )
+    return [f"{verb} {ref.kind.lower()}/{ref.name}" for verb, ref in report.done]

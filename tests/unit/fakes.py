@@ -365,7 +365,11 @@ class FakeCluster:
         return copy.deepcopy(body)
 
     def _record(self, kind: Kind, event: WatchEventType, body: JsonObject, version: int) -> None:
-        self.events.append((version, kind, WatchEvent(event, copy.deepcopy(body))))
+        recorded = copy.deepcopy(body)
+        # As the API server does: a DELETED event's object carries the deletion's version,
+        # so a watch resumed from it does not see the deletion again.
+        recorded["metadata"]["resourceVersion"] = str(version)
+        self.events.append((version, kind, WatchEvent(event, recorded)))
 
     def _collect_garbage(self, owner_uid: str) -> None:
         for key, body in list(self.objects.items()):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from typing import Any
 
 from ktpy.cluster.api.errors import ApiError, Gone
@@ -76,7 +76,7 @@ def follow(
     retry: Callable[[Exception, int], bool] | None = None,
     pause: Callable[[float], object] = time.sleep,
     min_watch_seconds: float = 0.0,
-) -> Iterator[dict[str, JsonObject]]:
+) -> Generator[dict[str, JsonObject], None, None]:
     """The objects of ``kind`` that the selectors pick, by name: yielded once listed
     and again after every change, until ``stop()``, the ``deadline`` (monotonic), or
     the caller stops iterating.

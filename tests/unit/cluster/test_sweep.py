@@ -3,13 +3,17 @@ from typing import Any
 
 import pytest
 
-from ktpy.cluster import modify
+from ktpy.cluster import inventory, modify, redirect, sweep
+from ktpy.cluster import lock as locks
+from ktpy.cluster.api import Conflict, Kind
 from ktpy.cluster.heartbeat import LocalProcess
 from ktpy.cluster.labels import Lock, PidStart, Role
 from ktpy.cluster.modify import FieldChange
 from ktpy.cluster.sweep import CleanPlan, check_threshold, plan_clean
 from ktpy.errors import UsageProblem
 from tests.unit.cluster.objects import created, user_service
+from tests.unit.cluster.redirects import NS, start_shadow
+from tests.unit.fakes import FakeCluster
 
 NOW = datetime(2026, 11, 27, 12, 0, 0, tzinfo=UTC)
 INTERVAL = timedelta(seconds=30)
@@ -151,3 +155,81 @@ class TestSelection:
         ]
         result = plan([], made)
         assert [(r.namespace, r.name) for r in result.delete] == [("b", "p")]
+
+
+def test_release_session_restores_deployments_first_then_deletes(cluster: FakeCluster) -> None:
+    start_shadow(cluster, "dead0001")
+    web = {
+        "metadata": {"name": "web", "namespace": NS},
+        "spec": {"replicas": 2, "template": {"metadata": {"labels": {"app": "nginx"}}}},
+    }
+    cluster.create(Kind.DEPLOYMENT, NS, web)
+    current = cluster.get(Kind.DEPLOYMENT, NS, "web")
+    cluster.replace(Kind.DEPLOYMENT, NS, "web", redirect.scaled_deployment(current, "dead0001"))
+    service = cluster.get(Kind.SERVICE, NS, "nginx")
+    lock = locks.lock_for("dead0001", "bob@box", cluster.clock())
+    cluster.replace(Kind.SERVICE, NS, "nginx", redirect.locked_service(service, lock))
+    done = sweep.release(cluster, NS, "dead0001")
+    assert done[:2] == ["restored deployment/web", "restored service/nginx"]
+    assert cluster.get(Kind.DEPLOYMENT, NS, "web")["spec"]["replicas"] == 2
+    assert cluster.names(Kind.POD, NS) == []
+
+
+def _dead_scale_exchange(cluster: FakeCluster) -> None:
+    """A scale-mode exchange whose session died: Deployment at 0, Service locked."""
+    start_shadow(cluster, "dead0001")
+    web = {
+        "metadata": {"name": "web", "namespace": NS},
+        "spec": {"replicas": 2, "template": {"metadata": {"labels": {"app": "nginx"}}}},
+    }
+    cluster.create(Kind.DEPLOYMENT, NS, web)
+    current = cluster.get(Kind.DEPLOYMENT, NS, "web")
+    cluster.replace(Kind.DEPLOYMENT, NS, "web", redirect.scaled_deployment(current, "dead0001"))
+    service = cluster.get(Kind.SERVICE, NS, "nginx")
+    lock = locks.lock_for("dead0001", "bob@box", cluster.clock())
+    cluster.replace(Kind.SERVICE, NS, "nginx", redirect.locked_service(service, lock))
+
+
+def test_clean_restores_in_the_same_order_as_release(cluster: FakeCluster) -> None:
+    # The Service is listed first (inventory lists Services before Deployments); the
+    # plan still restores the Deployment first, as release and the live teardown do.
+    _dead_scale_exchange(cluster)
+    cluster.clock.advance(timedelta(hours=1))
+    result = plan_clean(
+        inventory.modified_objects(cluster, NS),
+        inventory.created_objects(cluster, NS),
+        now=cluster.clock(),
+        threshold=timedelta(minutes=3),
+        interval=timedelta(seconds=30),
+    )
+    assert [r.ref.kind for r in result.restore] == ["Deployment", "Service"]
+    report = sweep.carry_out(cluster, result)
+    assert [(verb, ref.kind) for verb, ref in report.done][:2] == [
+        ("restored", "Deployment"),
+        ("restored", "Service"),
+    ]
+    assert report.problems == []
+
+
+def test_clean_retries_a_write_that_lost_a_race(cluster: FakeCluster) -> None:
+    _dead_scale_exchange(cluster)
+    cluster.clock.advance(timedelta(hours=1))
+    result = plan_clean(
+        inventory.modified_objects(cluster, NS),
+        inventory.created_objects(cluster, NS),
+        now=cluster.clock(),
+        threshold=timedelta(minutes=3),
+        interval=timedelta(seconds=30),
+    )
+    # Someone edits the Service after clean read it (the plan's body is stale now),
+    # and once more between clean's next read and its write: a 409 it retries.
+    edited = cluster.get(Kind.SERVICE, NS, "nginx")
+    edited["metadata"].setdefault("annotations", {})["team"] = "web"
+    cluster.replace(Kind.SERVICE, NS, "nginx", edited)
+    cluster.fail_next("replace", Kind.SERVICE, Conflict("the object has been modified"))
+    report = sweep.carry_out(cluster, result)
+    assert report.problems == []
+    restored = cluster.get(Kind.SERVICE, NS, "nginx")
+    assert not modify.is_modified(restored)
+    assert restored["metadata"]["annotations"] == {"team": "web"}
+    assert cluster.get(Kind.DEPLOYMENT, NS, "web")["spec"]["replicas"] == 2

@@ -3,10 +3,11 @@ cannot go on."""
 
 from __future__ import annotations
 
+import itertools
 import time
 
 from ktpy.cluster.api import Kind, ServerError
-from ktpy.cluster.known import KnownNames
+from ktpy.cluster.name_watch import KnownNames
 from tests.unit.fakes import FakeCluster
 
 
@@ -30,10 +31,13 @@ def test_changes_after_the_list_are_seen_once_each() -> None:
     cluster.put(Kind.SERVICE, _service("api"))
     cluster.delete(Kind.SERVICE, "dev", "nginx")
     cluster.put(Kind.SERVICE, _service("late", namespace="elsewhere"))
-    known._watch_once()
+    steps = known.steps()
+    for _ in itertools.islice(steps, 3):  # the list, then the two changes in "dev"
+        pass
     assert seen == [frozenset({"nginx", "api"}), frozenset({"api"})]
-    known._watch_once()  # from the last version: nothing again
-    assert len(seen) == 2
+    cluster.put(Kind.SERVICE, _service("x"))
+    next(steps)  # from the last version: only the new change
+    assert seen[2:] == [frozenset({"api", "x"})]
 
 
 def test_a_compacted_version_means_listing_again() -> None:
@@ -43,7 +47,9 @@ def test_a_compacted_version_means_listing_again() -> None:
     known.list()
     cluster.put(Kind.SERVICE, _service("api"))
     cluster.compacted_before = 10**6  # every watch from an older version is Gone
-    known._relist()
+    steps = known.steps()
+    for _ in itertools.islice(steps, 2):  # the list it had, then Gone: listed again
+        pass
     assert seen == [frozenset({"api"})]
     assert known.names == {"api"}
 
