@@ -265,14 +265,22 @@ class Interrupted(KtpyError):
     default_hint = ""
     signum: ClassVar[int] = signal.SIGINT
 
-    def __init__(self) -> None:
+    def __init__(self, ending: str | None = None) -> None:
         super().__init__(f"stopped by {signal.Signals(self.signum).name}")
+        # A session command's last line (what it undid) takes the place of "Error: ...".
+        self.ending = ending
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        if self.ending is None:
+            super().show(file)
+        else:
+            click.echo(self.ending, file=file, err=file is None)
 
     @staticmethod
-    def for_signal(signum: int) -> Interrupted:
+    def for_signal(signum: int, ending: str | None = None) -> Interrupted:
         for cls in (Interrupted, Terminated, HungUp):
             if cls.signum == signum:
-                return cls()
+                return cls(ending)
         raise ValueError(f"no exit status for signal {signum}")
 
 

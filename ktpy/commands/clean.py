@@ -9,49 +9,12 @@ from pathlib import Path
 import click
 
 from ktpy import params
-from ktpy.cluster import labels, ops, sweep
-from ktpy.cluster.api import ApiError, ClusterApi, Conflict, Kind, NotFound
-from ktpy.cluster.bodies import JsonObject
-from ktpy.commands.common import check_local_process, make_api, settings_of
-from ktpy.commands.status import created_objects
+from ktpy.cluster import inventory, sweep
+from ktpy.commands.context import make_api, settings_of
 from ktpy.durations import format_duration
 from ktpy.errors import KtpyError
 from ktpy.host import clean as host_clean
-
-MODIFIABLE_KINDS = (Kind.SERVICE, Kind.DEPLOYMENT)
-
-
-def modified_objects(api: ClusterApi, namespace: str | None) -> list[JsonObject]:
-    found: list[JsonObject] = []
-    for kind in MODIFIABLE_KINDS:
-        found += api.list_objects(kind, namespace, label_selector=labels.MODIFIED_SELECTOR).items
-    return found
-
-
-def carry_out(api: ClusterApi, plan: sweep.CleanPlan) -> list[str]:
-    """Restore first (traffic back to the user's pods), then delete. Returns problems."""
-    problems: list[str] = []
-    for restoration in plan.restore:
-        ref = restoration.ref
-        try:
-            api.replace(Kind(ref.kind), ref.namespace, ref.name, restoration.body)
-            click.echo(f"restored {ref}")
-        except Conflict:
-            problems.append(f"{ref} changed while cleaning; run ktpy clean again")
-        except (ApiError, KtpyError) as exc:
-            problems.append(f"{ref}: {exc}")
-    for ref in plan.delete:
-        try:
-            api.delete(Kind(ref.kind), ref.namespace, ref.name, uid=ref.uid)
-            click.echo(f"deleted {ref}")
-        except (NotFound, Conflict):
-            pass
-        except (ApiError, KtpyError) as exc:
-            problems.append(f"{ref}: {exc}")
-    pods = [(Kind.POD, r.namespace, r.name, r.uid) for r in plan.delete if r.kind == Kind.POD]
-    if not ops.wait_gone(api, pods):
-        problems.append("some deleted pods are still terminating")
-    return problems
+from ktpy.session import check_local_process
 
 
 @click.command()
@@ -93,8 +56,8 @@ def clean(
     namespace = None if all_namespaces else settings.namespace
     now = api.server_time()
     plan = sweep.plan_clean(
-        modified_objects(api, namespace),
-        created_objects(api, namespace),
+        inventory.modified_objects(api, namespace),
+        inventory.created_objects(api, namespace),
         now=now,
         threshold=threshold,
         interval=settings.heartbeat_interval,
@@ -114,7 +77,10 @@ def clean(
         for ref in plan.delete:
             click.echo(f"would delete {ref}")
         return
-    problems = carry_out(api, plan)
+    report = sweep.carry_out(api, plan)
+    for verb, ref in report.done:
+        click.echo(f"{verb} {ref}")
+    problems = report.problems
     click.echo(
         f"Cleaned {len(plan.removed_sessions)} session(s); "
         f"{len(plan.live_sessions)} live session(s) left alone."

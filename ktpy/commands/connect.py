@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import click
 
-from ktpy import params
+from ktpy import lifecycle, params
 from ktpy.cluster import names
+from ktpy.cluster.api import ClusterApi
 from ktpy.cluster.labels import Role
 from ktpy.commands import connect_tun
-from ktpy.commands.common import Lifecycle, make_api, settings_of, shadow_line
 from ktpy.commands.connect_tun import IPNetwork
+from ktpy.commands.context import make_api, settings_of
+from ktpy.config import Settings
 from ktpy.errors import UsageProblem
 from ktpy.net.socks_server import SocksServer
 from ktpy.session import Session, ShadowSpec
@@ -48,6 +52,81 @@ def _listen(session: Session, port: int) -> SocksServer:
             f"cannot listen on 127.0.0.1:{port}: {exc.strerror}",
             hint="Pick another port with --socks-port, or stop what uses this one.",
         ) from exc
+
+
+@dataclass(frozen=True)
+class TunOptions:
+    include: tuple[IPNetwork, ...]
+    exclude: tuple[IPNetwork, ...]
+    dns_namespaces: tuple[str, ...]
+    force_routes: bool
+    mtu: int | None
+
+
+class Connect(lifecycle.SessionCommand):
+    def __init__(
+        self,
+        api: ClusterApi,
+        settings: Settings,
+        socks_port: int,
+        tun: TunOptions | None,
+        *,
+        print_pac: bool,
+        print_env: bool,
+    ) -> None:
+        self.api = api
+        self.settings = settings
+        self.socks_port = socks_port
+        self.tun_options = tun
+        self.print_pac = print_pac
+        self.print_env = print_env
+        self.tun = connect_tun.TunConnection()
+        self.server: SocksServer | None = None
+
+    def bind(self, session: Session) -> None:
+        self.server = _listen(session, self.socks_port)
+
+    def start(self, session: Session) -> None:
+        assert self.server is not None
+        self.server.start()
+        options = self.tun_options
+        if options is not None:
+            self.tun.up(
+                self.api,
+                self.settings,
+                session,
+                include=options.include,
+                exclude=options.exclude,
+                dns_namespaces=options.dns_namespaces,
+                force_routes=options.force_routes,
+                mtu=options.mtu,
+                socks_address=self.server.address,
+            )
+
+    def ready_lines(self, session: Session, elapsed: float) -> list[str]:
+        assert self.server is not None
+        host, bound = self.server.address
+        lines = [*self.tun.lines, f"SOCKS5 proxy on {host}:{bound}"]
+        if self.print_pac:
+            lines.append(pac_file(host, bound))
+        if self.print_env:
+            lines.append(proxy_environment(host, bound))
+        timings = session.timings
+        lines.append(
+            f"Ready in {elapsed:.1f}s (pod Ready after "
+            f"{timings.pod_ready:.1f}s, tunnel up after {timings.tunnel_up:.1f}s)"
+        )
+        return [*lines, READY_LINE]
+
+    def stop(self, session: Session, hurried: Callable[[], bool]) -> list[str]:
+        made = self.tun.journal is not None
+        undone = ["removed the TUN device, its routes and the resolver settings"] if made else []
+        problems = self.tun.down()
+        if self.server is not None:
+            self.server.stop()
+        for problem in problems:
+            click.echo(f"Could not undo: {problem}", err=True)
+        return undone
 
 
 @click.command()
@@ -132,51 +211,10 @@ def connect(
         pod_name=names.connect_shadow_name(),
         image=settings.image,
     )
-    lifecycle = Lifecycle()
-    tun = connect_tun.TunConnection()
-    with lifecycle.installed():
-        session = Session(api, settings, spec)
-        try:
-            server = _listen(session, port)
-            session.start()
-            server.start()
-            if mode == "tun2socks":
-                tun.up(
-                    api,
-                    settings,
-                    session,
-                    include=include_cidr,
-                    exclude=exclude_cidr,
-                    dns_namespaces=dns_namespace,
-                    force_routes=force_routes,
-                    mtu=mtu,
-                    socks_address=server.address,
-                )
-        except BaseException:
-            tun.down()
-            session.close(hurry=True)
-            raise
-        lifecycle.running()
-        try:
-            host, bound = server.address
-            click.echo(shadow_line(session))
-            connect_tun.show(tun.lines)
-            click.echo(f"SOCKS5 proxy on {host}:{bound}")
-            if print_pac:
-                click.echo(pac_file(host, bound))
-            if print_env:
-                click.echo(proxy_environment(host, bound))
-            timings = session.timings
-            click.echo(
-                f"Ready in {time.monotonic() - started:.1f}s (pod Ready after "
-                f"{timings.pod_ready:.1f}s, tunnel up after {timings.tunnel_up:.1f}s)"
-            )
-            click.echo(READY_LINE)
-            lifecycle.wait(session.lost, lambda: session.lost_reason)
-        finally:
-            problems = tun.down()
-            server.stop()
-            session.close(hurry=lifecycle.hurry)
-            for problem in problems:
-                click.echo(f"Could not undo: {problem}", err=True)
-    raise lifecycle.stop_reason()
+    tun = (
+        TunOptions(include_cidr, exclude_cidr, dns_namespace, force_routes, mtu)
+        if mode == "tun2socks"
+        else None
+    )
+    command = Connect(api, settings, port, tun, print_pac=print_pac, print_env=print_env)
+    lifecycle.run(Session(api, settings, spec), command, started=started)

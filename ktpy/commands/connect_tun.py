@@ -18,11 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
-import click
-
 from ktpy.cluster import ranges
 from ktpy.cluster.api import ClusterApi, Kind
-from ktpy.cluster.known import KnownNames
+from ktpy.cluster.name_watch import KnownNames
 from ktpy.config import Settings
 from ktpy.errors import AlreadyRunning, Forbidden, NeedsRoot, NoTunDevice
 from ktpy.host import clean as host_clean
@@ -236,8 +234,3 @@ class TunConnection:
         if self.exchange is not None:
             self.exchange.close()
         return problems
-
-
-def show(lines: list[str]) -> None:
-    for line in lines:
-        click.echo(line)

@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import errno
 import time
+from collections.abc import Callable
 
 import click
 
-from ktpy import params
+from ktpy import lifecycle, params
 from ktpy.cluster import names, service_target
 from ktpy.cluster.api import ClusterApi, Kind, NotFound
 from ktpy.cluster.labels import Role
 from ktpy.cluster.service_target import ServiceRoute
-from ktpy.commands.common import Lifecycle, make_api, settings_of, shadow_line
+from ktpy.commands.context import make_api, settings_of
 from ktpy.errors import ServiceNotFound, UsageProblem
 from ktpy.net.forwarding import ForwardServer, OpenFlow
 from ktpy.net.relay import Flow
@@ -104,6 +105,31 @@ def _listen(session: Session, route: ServiceRoute) -> ForwardServer:
         ) from exc
 
 
+class Forward(lifecycle.SessionCommand):
+    def __init__(self, routes: list[ServiceRoute]) -> None:
+        self.routes = routes
+        self.servers: list[ForwardServer] = []
+
+    def bind(self, session: Session) -> None:
+        self.servers.extend(_listen(session, route) for route in self.routes)
+
+    def start(self, session: Session) -> None:
+        for server in self.servers:
+            server.start()
+
+    def ready_lines(self, session: Session, elapsed: float) -> list[str]:
+        lines = []
+        for route, server in zip(self.routes, self.servers, strict=True):
+            host, port = server.address
+            lines.append(f"Forwarding {host}:{port} to {route.label}")
+        return [*lines, f"Ready in {elapsed:.1f}s", READY_LINE]
+
+    def stop(self, session: Session, hurried: Callable[[], bool]) -> list[str]:
+        for server in self.servers:
+            server.stop()
+        return [f"closed {len(self.servers)} local port(s)"] if self.servers else []
+
+
 @click.command()
 @click.argument(
     "targets",
@@ -133,31 +159,4 @@ def forward(ctx: click.Context, targets: tuple[params.ForwardTarget, ...]) -> No
         image=settings.image,
         target=",".join(dict.fromkeys(_target(r, settings.namespace) for r in routes)),
     )
-    lifecycle = Lifecycle()
-    with lifecycle.installed():
-        session = Session(api, settings, spec)
-        servers: list[ForwardServer] = []
-        try:
-            servers.extend(_listen(session, route) for route in routes)
-            session.start()
-            for server in servers:
-                server.start()
-        except BaseException:
-            for server in servers:
-                server.stop()
-            session.close(hurry=True)
-            raise
-        lifecycle.running()
-        try:
-            click.echo(shadow_line(session))
-            for route, server in zip(routes, servers, strict=True):
-                host, port = server.address
-                click.echo(f"Forwarding {host}:{port} to {route.label}")
-            click.echo(f"Ready in {time.monotonic() - started:.1f}s")
-            click.echo(READY_LINE)
-            lifecycle.wait(session.lost, lambda: session.lost_reason)
-        finally:
-            for server in servers:
-                server.stop()
-            session.close(hurry=lifecycle.hurry)
-    raise lifecycle.stop_reason()
+    lifecycle.run(Session(api, settings, spec), Forward(routes), started=started)

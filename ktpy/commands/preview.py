@@ -9,22 +9,21 @@ so no caller is ever sent to a pod that cannot answer, and deleted first.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import click
 
-from ktpy import params
-from ktpy.cluster import labels, manifests, names
+from ktpy import lifecycle, params
+from ktpy.cluster import labels, manifests, names, waits
 from ktpy.cluster.api import AlreadyExists, ApiError, ClusterApi, Kind, NotFound
 from ktpy.cluster.labels import Role
 from ktpy.cluster.manifests import ShadowPort
-from ktpy.commands.common import Lifecycle, make_api, settings_of, shadow_line
+from ktpy.commands.context import make_api, settings_of
 from ktpy.errors import KtpyError, NameTaken, UsageProblem
 from ktpy.net.inbound import Inbound, listening
-from ktpy.session import Created, Session, ShadowSpec, local_owner_identity
+from ktpy.session import Session, ShadowSpec
 
-SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 ROUTED_TIMEOUT = 15.0
 
 
@@ -87,58 +86,65 @@ def check_name_free(api: ClusterApi, namespace: str, name: str) -> None:
 def _create_service(
     api: ClusterApi, session: Session, name: str, ports: tuple[ShadowPort, ...], external: bool
 ) -> Mapping[str, Any]:
-    spec = session.spec
-    meta = manifests.SessionMeta(
-        session_id=session.id,
-        role=spec.role,
-        owner=session.settings.owner,
-        heartbeat=api.server_time(),
-        pid_start=local_owner_identity(),
-        target=spec.target,
-    )
-    body = manifests.preview_service(name, spec.namespace, meta, ports, external=external)
+    """The Service NAME selecting the shadow, adopted by the session: its heartbeat is
+    refreshed with the pod's, and it is deleted first (newest first)."""
+    namespace = session.spec.namespace
+    body = manifests.preview_service(name, namespace, session.meta(), ports, external=external)
     try:
-        created = api.create(Kind.SERVICE, spec.namespace, body)
+        return session.adopt(Kind.SERVICE, body)
     except AlreadyExists:
         # Someone took the name between the check and now.
         try:
-            existing = api.get(Kind.SERVICE, spec.namespace, name)
+            existing = api.get(Kind.SERVICE, namespace, name)
         except (ApiError, KtpyError):
             existing = {}
-        raise name_taken(existing, spec.namespace, name) from None
-    # Heartbeat-refreshed with the pod, and deleted before it (newest first).
-    session.created.append(
-        Created(Kind.SERVICE, spec.namespace, name, str(created["metadata"]["uid"]))
-    )
-    return created
-
-
-def routed_pods(slices: Iterable[Mapping[str, Any]]) -> set[str]:
-    """Pods a Service's EndpointSlices call ready (a missing condition means ready)."""
-    pods: set[str] = set()
-    for endpoint_slice in slices:
-        for endpoint in endpoint_slice.get("endpoints") or ():
-            ref = endpoint.get("targetRef") or {}
-            if (endpoint.get("conditions") or {}).get("ready") is not False:
-                pods.add(str(ref.get("name")))
-    return pods
+        raise name_taken(existing, namespace, name) from None
 
 
 def wait_routed(api: ClusterApi, namespace: str, service: str, pod: str) -> bool:
-    """Wait until the Service's endpoints list the shadow pod as ready, so the ready
-    line is not printed before the cluster can route to it."""
-    deadline = time.monotonic() + ROUTED_TIMEOUT
-    while time.monotonic() < deadline:
-        try:
-            slices = api.list_objects(
-                Kind.ENDPOINT_SLICE, namespace, label_selector=f"{SERVICE_NAME_LABEL}={service}"
-            ).items
-        except (ApiError, KtpyError):
-            return False  # e.g. no right to list EndpointSlices: do not wait blind
-        if pod in routed_pods(slices):
-            return True
-        time.sleep(0.2)
-    return False
+    """Wait (by watch) until the Service's endpoints list the shadow pod as ready, so
+    the ready line is not printed before the cluster can route to it."""
+    try:
+        return waits.wait_endpoints(
+            api, namespace, service, lambda ready: pod in ready, timeout=ROUTED_TIMEOUT
+        )
+    except (ApiError, KtpyError):
+        return False  # e.g. no right to list EndpointSlices: do not wait blind
+
+
+class Preview(lifecycle.SessionCommand):
+    def __init__(self, api: ClusterApi, name: str, ports: dict[int, int], external: bool) -> None:
+        self.api = api
+        self.name = name
+        self.ports = ports
+        self.external = external
+        self.inbound = Inbound(ports)
+        self.service: Mapping[str, Any] = {}
+
+    def start(self, session: Session) -> None:
+        for remote in self.ports:
+            session.add_remote_forward(remote, self.inbound)
+        shadow_ports = tuple(ShadowPort(remote) for remote in self.ports)
+        self.service = _create_service(self.api, session, self.name, shadow_ports, self.external)
+        spec = session.spec
+        if not wait_routed(self.api, spec.namespace, self.name, spec.pod_name):
+            click.echo(
+                f"Warning: the endpoints of service {self.name} do not list {spec.pod_name} yet",
+                err=True,
+            )
+
+    def ready_lines(self, session: Session, elapsed: float) -> list[str]:
+        namespace = session.spec.namespace
+        lines = [
+            f"Forwarding {self.name}.{namespace}:{remote} to localhost:{local}"
+            for remote, local in self.ports.items()
+        ]
+        service_spec = self.service.get("spec") or {}
+        lines.append(
+            f"Service {self.name} ({service_spec.get('type')}, "
+            f"cluster IP {service_spec.get('clusterIP')})"
+        )
+        return [*lines, f"Ready in {elapsed:.1f}s", ready_line(self.name)]
 
 
 @click.command()
@@ -183,36 +189,5 @@ def preview(
         target=f"service/{name}",
         ports=shadow_ports,
     )
-    inbound = Inbound(ports)
-    lifecycle = Lifecycle()
-    with lifecycle.installed():
-        session = Session(api, settings, spec)
-        try:
-            session.start()
-            for remote in ports:
-                session.add_remote_forward(remote, inbound)
-            service = _create_service(api, session, name, shadow_ports, external)
-            if not wait_routed(api, spec.namespace, name, spec.pod_name):
-                click.echo(
-                    f"Warning: the endpoints of service {name} do not list {spec.pod_name} yet",
-                    err=True,
-                )
-        except BaseException:
-            session.close(hurry=True)
-            raise
-        lifecycle.running()
-        try:
-            click.echo(shadow_line(session))
-            for remote, local in ports.items():
-                click.echo(f"Forwarding {name}.{spec.namespace}:{remote} to localhost:{local}")
-            service_spec = service.get("spec") or {}
-            click.echo(
-                f"Service {name} ({service_spec.get('type')}, "
-                f"cluster IP {service_spec.get('clusterIP')})"
-            )
-            click.echo(f"Ready in {time.monotonic() - started:.1f}s")
-            click.echo(ready_line(name))
-            lifecycle.wait(session.lost, lambda: session.lost_reason)
-        finally:
-            session.close(hurry=lifecycle.hurry)
-    raise lifecycle.stop_reason()
+    command = Preview(api, name, ports, external)
+    lifecycle.run(Session(api, settings, spec), command, started=started)

@@ -6,12 +6,12 @@ from __future__ import annotations
 import click
 
 from ktpy import params
-from ktpy.cluster import exchange as plan
-from ktpy.cluster import labels, modify, switch
+from ktpy.cluster import inventory, labels, lock, modify, redirect, sweep
 from ktpy.cluster.api import ClusterApi, Kind
 from ktpy.cluster.bodies import JsonObject
-from ktpy.cluster.exchange import Decision
-from ktpy.commands.common import check_local_process, make_api, settings_of
+from ktpy.cluster.lock import Decision
+from ktpy.commands.context import make_api, settings_of
+from ktpy.session import check_local_process
 
 
 def _modified_deployments(
@@ -19,7 +19,7 @@ def _modified_deployments(
 ) -> list[JsonObject]:
     """Deployments ktpy modified whose pods the Service selects (scale mode)."""
     listed = api.list_objects(Kind.DEPLOYMENT, namespace, label_selector=labels.MODIFIED_SELECTOR)
-    return [d for d in listed.items if plan.selects_pods_of(selector, d)]
+    return [d for d in listed.items if redirect.selects_pods_of(selector, d)]
 
 
 @click.command()
@@ -37,17 +37,17 @@ def recover(ctx: click.Context, service: str, force: bool) -> None:
     settings = settings_of(ctx)
     api = make_api(settings)
     namespace = settings.namespace
-    body = switch.get_service(api, namespace, service)
+    body = inventory.get_service(api, namespace, service)
     targets: list[JsonObject] = [body] if modify.is_modified(body) else []
-    targets += _modified_deployments(api, namespace, plan.original_selector(body))
+    targets += _modified_deployments(api, namespace, redirect.original_selector(body))
     if not targets:
         click.echo(f"Service {service} carries no change of ktpy; nothing to recover.")
         return
     now = api.server_time()
-    sessions = switch.namespace_sessions(api, namespace)
+    sessions = inventory.namespace_sessions(api, namespace)
     holders: list[str | None] = []
     for target in targets:
-        judgement = plan.judge_lock(
+        judgement = lock.judge_lock(
             target,
             sessions,
             me="",
@@ -67,8 +67,8 @@ def recover(ctx: click.Context, service: str, force: bool) -> None:
             holders.append(holder)
     done: list[str] = []
     for holder in holders:
-        also = (Kind.SERVICE, service) if holder == modify.modifier_session(body) else None
-        done += switch.release_session(api, namespace, holder, also=also)
+        also = body if holder == modify.modifier_session(body) else None
+        done += sweep.release(api, namespace, holder, also=also)
     for line in done:
         click.echo(line[0].upper() + line[1:])
     click.echo(f"Service {service} recovered.")

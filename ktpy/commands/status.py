@@ -7,22 +7,11 @@ from datetime import datetime, timedelta
 
 import click
 
-from ktpy.cluster import labels
-from ktpy.cluster.api import ClusterApi, Kind
-from ktpy.cluster.bodies import JsonObject
+from ktpy.cluster import inventory
 from ktpy.cluster.heartbeat import SessionView, sessions_from_objects
-from ktpy.commands.common import check_local_process, make_api, settings_of
+from ktpy.commands.context import make_api, settings_of
 from ktpy.durations import format_duration
-
-SESSION_KINDS = (Kind.POD, Kind.SERVICE, Kind.DEPLOYMENT, Kind.SECRET)
-
-
-def created_objects(api: ClusterApi, namespace: str | None) -> list[JsonObject]:
-    """Every object ktpy created, in one namespace or (None) in all."""
-    found: list[JsonObject] = []
-    for kind in SESSION_KINDS:
-        found += api.list_objects(kind, namespace, label_selector=labels.MANAGED_SELECTOR).items
-    return found
+from ktpy.session import check_local_process
 
 
 def _age(delta: timedelta | None) -> str:
@@ -56,7 +45,7 @@ def status(ctx: click.Context, all_namespaces: bool, output: str) -> None:
     api = make_api(settings)
     namespace = None if all_namespaces else settings.namespace
     now = api.server_time()
-    views = sessions_from_objects(created_objects(api, namespace))
+    views = sessions_from_objects(inventory.created_objects(api, namespace))
     rows = [describe(v, now, settings.stale_after) for v in views]
     if output == "json":
         click.echo(json.dumps(rows, indent=2))

@@ -7,16 +7,21 @@ from ktpy.cluster import labels
 from ktpy.cluster.api import Kind
 from ktpy.cluster.labels import Role
 from ktpy.cluster.manifests import ShadowPort
+from ktpy.cluster.waits import ready_endpoint_pods
 from ktpy.commands.preview import (
     _create_service,
     check_name_free,
     name_taken,
     remote_ports,
-    routed_pods,
+    wait_routed,
 )
+from ktpy.config import Settings
 from ktpy.errors import NameTaken, UsageProblem
+from ktpy.logs import get_logger
 from ktpy.params import PortMapping, parse_expose
 from ktpy.session import Created, Session, ShadowSpec
+from ktpy.session.shadow import ShadowObjects
+from ktpy.tunnel.keys import SessionKeys
 from tests.unit.cluster.objects import created
 from tests.unit.fakes import FakeCluster
 
@@ -62,8 +67,18 @@ class TestNameTaken:
 
 def _session(cluster: FakeCluster) -> Session:
     spec = ShadowSpec(Role.PREVIEW, "dev", "web-kt-abcde", "img", target="service/web")
+    settings = cast(Settings, SimpleNamespace(owner="alice@lap"))
+    # The session's real object keeping; its tunnel and keys play no part here.
+    objects = ShadowObjects(
+        cluster, settings, spec, "s3ss10n0", cast(SessionKeys, None), get_logger("test")
+    )
     fake = SimpleNamespace(
-        spec=spec, id="s3ss10n0", settings=SimpleNamespace(owner="alice@lap"), created=[]
+        spec=spec,
+        id="s3ss10n0",
+        settings=settings,
+        created=objects.created,
+        adopt=objects.adopt,
+        meta=lambda: objects.meta(cluster.server_time()),
     )
     return cast(Session, fake)
 
@@ -99,4 +114,32 @@ def test_routed_pods_counts_ready_and_unknown_as_ready() -> None:
         },
         {"endpoints": None},
     ]
-    assert routed_pods(slices) == {"a", "c"}
+    assert ready_endpoint_pods(slices) == {"a", "c"}
+
+
+class SliceAfterList(FakeCluster):
+    """The endpoint controller adds the shadow to the Service's EndpointSlice right
+    after ktpy listed the slices (the usual order: the pod just became Ready)."""
+
+    def list_objects(self, kind: Kind, namespace: str | None, **kw: Any) -> Any:
+        listed = super().list_objects(kind, namespace, **kw)
+        if kind is Kind.ENDPOINT_SLICE and not self.names(Kind.ENDPOINT_SLICE, "dev"):
+            self.put(
+                Kind.ENDPOINT_SLICE,
+                {
+                    "metadata": {
+                        "name": "web-abcde",
+                        "namespace": "dev",
+                        "labels": {labels.SERVICE_NAME_LABEL: "web"},
+                    },
+                    "endpoints": [{"targetRef": {"kind": "Pod", "name": "web-kt-abcde"}}],
+                },
+            )
+        return listed
+
+
+def test_wait_routed_sees_the_shadow_by_watch_not_by_listing_again() -> None:
+    cluster = SliceAfterList()
+    assert wait_routed(cluster, "dev", "web", "web-kt-abcde")
+    reads = [v for v, kind, *_ in cluster.calls if kind is Kind.ENDPOINT_SLICE and v != "create"]
+    assert reads == ["list", "watch"]
