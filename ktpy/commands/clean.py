@@ -16,7 +16,7 @@ from ktpy.commands.common import check_local_process, make_api, settings_of
 from ktpy.commands.status import created_objects
 from ktpy.durations import format_duration
 from ktpy.errors import KtpyError
-from ktpy.host import clean as host_clean
+from ktpy.host import recovery
 
 MODIFIABLE_KINDS = (Kind.SERVICE, Kind.DEPLOYMENT)
 
@@ -125,13 +125,13 @@ def clean(
 
 def _clean_local(journal_dir: Path, dry_run: bool) -> None:
     if dry_run:
-        infos = host_clean.list_journals(journal_dir) if journal_dir.exists() else []
+        infos = recovery.list_journals(journal_dir) if journal_dir.exists() else []
         for info in infos:
             click.echo(f"journal {info.path}")
         if not infos:
             click.echo(f"No journals in {journal_dir}.")
         return
-    report = host_clean.clean_local(journal_dir)
+    report = recovery.clean_local(journal_dir)
     for line in report.lines():
         click.echo(line)
     if not report.complete:

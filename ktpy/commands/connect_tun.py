@@ -25,8 +25,8 @@ from ktpy.cluster.api import ClusterApi, Kind
 from ktpy.cluster.known import KnownNames
 from ktpy.config import Settings
 from ktpy.errors import AlreadyRunning, Forbidden, NeedsRoot, NoTunDevice
-from ktpy.host import clean as host_clean
-from ktpy.host import connect as host
+from ktpy.host import network as host
+from ktpy.host import recovery
 from ktpy.host.journal import Journal
 from ktpy.host.resolver import ResolverKind
 from ktpy.logs import get_logger
@@ -48,7 +48,7 @@ def preflight(settings: Settings) -> None:
         raise NeedsRoot("ktpy connect makes a TUN device and routes, which needs root")
     if not TUN_DEVICE.exists():
         raise NoTunDevice(f"{TUN_DEVICE} does not exist: this kernel or container has no TUN")
-    running = host_clean.running_sessions(settings.journal_dir)
+    running = recovery.running_sessions(settings.journal_dir)
     if running:
         owner = running[0].header.owner.describe() if running[0].header else "unknown"
         raise AlreadyRunning(f"another ktpy connect is running on this machine ({owner})")

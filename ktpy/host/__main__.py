@@ -25,9 +25,9 @@ from types import FrameType
 
 from ktpy.errors import KtpyError
 from ktpy.host import snapshot
-from ktpy.host.clean import clean_local
-from ktpy.host.connect import HostRequest, Network, open_network, point_resolver, survey, tear_down
 from ktpy.host.journal import Journal
+from ktpy.host.network import HostRequest, Network, open_network, point_resolver, survey, tear_down
+from ktpy.host.recovery import clean_local
 from ktpy.host.resolvconf import RESOLV_CONF
 
 

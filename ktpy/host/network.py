@@ -1,4 +1,6 @@
-"""The host side of ``ktpy connect``, in the order connect needs it.
+"""The TUN network on the host (device, routes, resolver), opened and closed in order.
+
+``ktpy connect`` calls these four steps:
 
 1. ``survey``: read everything first and decide, changing nothing (routes to add
    and skip, resolver backend, the laptop's own nameservers, the TUN address),
