@@ -11,9 +11,9 @@ from ktpy.cluster import names
 from ktpy.cluster.labels import Role
 from ktpy.commands import connect_tun
 from ktpy.commands.common import Lifecycle, make_api, settings_of, shadow_line
-from ktpy.commands.connect_tun import IPNetwork
 from ktpy.errors import UsageProblem
 from ktpy.net.socks_server import SocksServer
+from ktpy.params import IPNetwork
 from ktpy.session import Session, ShadowSpec
 
 READY_LINE = "All looks good, now you can access to resources in the kubernetes cluster"

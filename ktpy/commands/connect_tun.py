@@ -23,7 +23,7 @@ import click
 from ktpy.cluster import ranges
 from ktpy.cluster.api import ClusterApi, Kind
 from ktpy.cluster.known import KnownNames
-from ktpy.config import Settings
+from ktpy.config import TUN_MTU, Settings
 from ktpy.errors import AlreadyRunning, Forbidden, NeedsRoot, NoTunDevice
 from ktpy.host import network as host
 from ktpy.host import recovery
@@ -33,12 +33,11 @@ from ktpy.logs import get_logger
 from ktpy.net.dns import ClusterNames
 from ktpy.net.dns_server import DnsServer, TcpExchange, tcp_exchange_over
 from ktpy.net.tun_process import TunProcess
-from ktpy.net.tun_stack import DEFAULT_MTU
+from ktpy.params import IPNetwork
 from ktpy.session import Session
 
 TUN_DEVICE = Path("/dev/net/tun")
 
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 log = get_logger("ktpy.connect")
 
 
@@ -154,7 +153,7 @@ class TunConnection:
             ranges=wanted,
             api_addresses=api_addresses(api.host) if hasattr(api, "host") else (),
             routing_domains=(facts.domain, *sorted(facts.namespaces)),
-            mtu=mtu or DEFAULT_MTU,
+            mtu=mtu or TUN_MTU,
             force=force_routes,
         )
         survey = host.survey(request)

@@ -32,8 +32,9 @@ import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
+from ktpy.config import TUN_MTU
 from ktpy.host.journal import Journal, UndoReport
-from ktpy.host.links import DEFAULT_MTU, TunDevice, addresses_in_use, open_tun, pick_tun_address
+from ktpy.host.links import TunDevice, addresses_in_use, open_tun, pick_tun_address
 from ktpy.host.links import tun_name as make_tun_name
 from ktpy.host.resolvconf import RESOLV_CONF
 from ktpy.host.resolver import (
@@ -43,9 +44,10 @@ from ktpy.host.resolver import (
     detect_resolver,
     upstream_nameservers,
 )
-from ktpy.host.routes import IPAddress, IPNetwork, RoutePlan, add_routes, plan_routes
+from ktpy.host.routes import RoutePlan, add_routes, plan_routes
 from ktpy.host.routes import read_host_routes as read_routes
 from ktpy.host.runner import Runner, run
+from ktpy.params import IPAddress, IPNetwork
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,7 @@ class HostRequest:
     api_addresses: tuple[IPAddress, ...] = ()
     routing_domains: tuple[str, ...] = ("cluster.local",)
     search_domains: tuple[str, ...] = ()
-    mtu: int = DEFAULT_MTU
+    mtu: int = TUN_MTU
     force: bool = False
 
 
@@ -114,7 +116,7 @@ def open_network(
     journal: Journal,
     facts: HostFacts,
     *,
-    mtu: int = DEFAULT_MTU,
+    mtu: int = TUN_MTU,
     runner: Runner = run,
     offload: bool = False,
 ) -> Network:
