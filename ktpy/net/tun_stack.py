@@ -55,9 +55,8 @@ from dataclasses import dataclass
 from queue import Empty, SimpleQueue
 from typing import Protocol
 
-import structlog
-
 from ktpy.config import TUN_MTU
+from ktpy.logs import get_logger
 from ktpy.net.relay import Flow
 from ktpy.net.tcp import (
     Action,
@@ -72,7 +71,7 @@ from ktpy.net.tcp import (
     Writable,
 )
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 OpenFlow = Callable[[str, int], Flow]
 
