@@ -40,6 +40,12 @@ DEFAULT_IMAGE = f"ghcr.io/ktpy/shadow:{__version__}"
 DEFAULT_HEARTBEAT_INTERVAL = timedelta(seconds=30)
 DEFAULT_STALE_AFTER = timedelta(minutes=3)
 DEFAULT_SOCKS_PORT = 2223
+# The TUN device's MTU, for the device (host) and the TCP stack on it (net).
+# Measured (benchmarks/tun_stack.py, docs/performance.md): with offloads the
+# MTU hardly matters (64 KiB segments either way); on a plain device 65000
+# moves five to six times what 1500 does, Python paying per packet. Below
+# 65535, the largest IPv4 packet.
+TUN_MTU = 65000
 DEFAULT_POD_START_TIMEOUT = timedelta(seconds=60)
 ROOT_JOURNAL_DIR = Path("/var/lib/ktpy/journal")
 ROOT_RUNTIME_DIR = Path("/run/ktpy")

@@ -18,7 +18,9 @@ import click
 
 from ktpy.durations import parse_duration
 
+# The address and network types every layer passes around, named once.
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 # Kubernetes' IANA_SVC_NAME: what a named Service or container port may be called.
 _PORT_NAME = re.compile(r"^(?=.*[a-z])[a-z0-9]([a-z0-9]|-(?=[a-z0-9]))*$")
@@ -191,7 +193,7 @@ class CidrType(_ParserType[IPNetwork]):
     def convert(
         self, value: Any, param: click.Parameter | None, ctx: click.Context | None
     ) -> IPNetwork:
-        if isinstance(value, ipaddress.IPv4Network | ipaddress.IPv6Network):
+        if isinstance(value, IPNetwork):
             return value
         return self._run(parse_cidr, str(value), param, ctx)
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 from ktpy.cluster.api import ApiError, ClusterApi, Invalid, Kind, NotFound
 from ktpy.errors import Forbidden
+from ktpy.params import IPNetwork
 
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 _RANGE_IN_MESSAGE = re.compile(r"valid IPs is ([0-9a-fA-F:./]+(?:,[0-9a-fA-F:./]+)*)")
 # A clusterIP that no service range holds: the server refuses it and names its ranges.
 _IMPOSSIBLE_CLUSTER_IP = "0.0.0.1"

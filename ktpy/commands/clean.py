@@ -13,7 +13,7 @@ from ktpy.cluster import inventory, sweep
 from ktpy.commands.context import make_api, settings_of
 from ktpy.durations import format_duration
 from ktpy.errors import KtpyError
-from ktpy.host import clean as host_clean
+from ktpy.host import recovery
 from ktpy.session import check_local_process
 
 
@@ -91,13 +91,13 @@ def clean(
 
 def _clean_local(journal_dir: Path, dry_run: bool) -> None:
     if dry_run:
-        infos = host_clean.list_journals(journal_dir) if journal_dir.exists() else []
+        infos = recovery.list_journals(journal_dir) if journal_dir.exists() else []
         for info in infos:
             click.echo(f"journal {info.path}")
         if not infos:
             click.echo(f"No journals in {journal_dir}.")
         return
-    report = host_clean.clean_local(journal_dir)
+    report = recovery.clean_local(journal_dir)
     for line in report.lines():
         click.echo(line)
     if not report.complete:

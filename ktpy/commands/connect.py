@@ -13,11 +13,11 @@ from ktpy.cluster import names
 from ktpy.cluster.api import ClusterApi
 from ktpy.cluster.labels import Role
 from ktpy.commands import connect_tun
-from ktpy.commands.connect_tun import IPNetwork
 from ktpy.commands.context import make_api, settings_of
 from ktpy.config import Settings
 from ktpy.errors import UsageProblem
 from ktpy.net.socks_server import SocksServer
+from ktpy.params import IPNetwork
 from ktpy.session import Session, ShadowSpec
 
 READY_LINE = "All looks good, now you can access to resources in the kubernetes cluster"

@@ -21,22 +21,21 @@ from urllib.parse import urlparse
 from ktpy.cluster import ranges
 from ktpy.cluster.api import ClusterApi, Kind
 from ktpy.cluster.name_watch import KnownNames
-from ktpy.config import Settings
+from ktpy.config import TUN_MTU, Settings
 from ktpy.errors import AlreadyRunning, Forbidden, NeedsRoot, NoTunDevice
-from ktpy.host import clean as host_clean
-from ktpy.host import connect as host
+from ktpy.host import network as host
+from ktpy.host import recovery
 from ktpy.host.journal import Journal
 from ktpy.host.resolver import ResolverKind
 from ktpy.logs import get_logger
 from ktpy.net.dns import ClusterNames
 from ktpy.net.dns_server import DnsServer, TcpExchange, tcp_exchange_over
 from ktpy.net.tun_process import TunProcess
-from ktpy.net.tun_stack import DEFAULT_MTU
+from ktpy.params import IPNetwork
 from ktpy.session import Session
 
 TUN_DEVICE = Path("/dev/net/tun")
 
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 log = get_logger("ktpy.connect")
 
 
@@ -46,7 +45,7 @@ def preflight(settings: Settings) -> None:
         raise NeedsRoot("ktpy connect makes a TUN device and routes, which needs root")
     if not TUN_DEVICE.exists():
         raise NoTunDevice(f"{TUN_DEVICE} does not exist: this kernel or container has no TUN")
-    running = host_clean.running_sessions(settings.journal_dir)
+    running = recovery.running_sessions(settings.journal_dir)
     if running:
         owner = running[0].header.owner.describe() if running[0].header else "unknown"
         raise AlreadyRunning(f"another ktpy connect is running on this machine ({owner})")
@@ -152,7 +151,7 @@ class TunConnection:
             ranges=wanted,
             api_addresses=api_addresses(api.host) if hasattr(api, "host") else (),
             routing_domains=(facts.domain, *sorted(facts.namespaces)),
-            mtu=mtu or DEFAULT_MTU,
+            mtu=mtu or TUN_MTU,
             force=force_routes,
         )
         survey = host.survey(request)

@@ -23,11 +23,12 @@ import threading
 from pathlib import Path
 from types import FrameType
 
+from ktpy.config import TUN_MTU
 from ktpy.errors import KtpyError
 from ktpy.host import snapshot
-from ktpy.host.clean import clean_local
-from ktpy.host.connect import HostRequest, Network, open_network, point_resolver, survey, tear_down
 from ktpy.host.journal import Journal
+from ktpy.host.network import HostRequest, Network, open_network, point_resolver, survey, tear_down
+from ktpy.host.recovery import clean_local
 from ktpy.host.resolvconf import RESOLV_CONF
 
 
@@ -108,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     connect.add_argument("--api", action="append", default=[])
     connect.add_argument("--domain", action="append", default=[])
     connect.add_argument("--search", action="append", default=[])
-    connect.add_argument("--mtu", type=int, default=1500)
+    connect.add_argument("--mtu", type=int, default=TUN_MTU)
     connect.add_argument("--force", action="store_true")
     connect.add_argument("--resolv-conf", default=str(RESOLV_CONF))
     clean = commands.add_parser("clean-local", help="undo the journals of dead sessions")

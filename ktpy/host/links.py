@@ -31,21 +31,22 @@ from typing import Any
 
 import pytun
 
+from ktpy.config import TUN_MTU
 from ktpy.errors import KtpyError, NeedsRoot, NoTunDevice
 from ktpy.host.journal import Change, Journal
 from ktpy.host.runner import Runner, check, run
 from ktpy.host.undo import LinkDelete
+from ktpy.params import IPAddress
 
 TUN_ADDRESS_BLOCK = ipaddress.IPv4Network("169.254.0.0/24")
 IFNAMSIZ = 15  # longest interface name Linux takes
-DEFAULT_MTU = 1500
 
 
 def tun_name(session: str) -> str:
     return f"ktpy-{session}"[:IFNAMSIZ]
 
 
-def addresses_in_use(runner: Runner = run) -> set[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+def addresses_in_use(runner: Runner = run) -> set[IPAddress]:
     """Every address on any interface of this network namespace."""
     done = check(runner(["ip", "-j", "addr", "show"]), "read the host's addresses")
     items: list[dict[str, Any]] = json.loads(done.stdout or "[]")
@@ -58,7 +59,7 @@ def addresses_in_use(runner: Runner = run) -> set[ipaddress.IPv4Address | ipaddr
 
 
 def pick_tun_address(
-    in_use: Iterable[ipaddress.IPv4Address | ipaddress.IPv6Address],
+    in_use: Iterable[IPAddress],
 ) -> ipaddress.IPv4Address:
     taken = set(in_use)
     for address in TUN_ADDRESS_BLOCK.hosts():
@@ -93,7 +94,7 @@ def open_tun(
     *,
     name: str,
     address: ipaddress.IPv4Address,
-    mtu: int = DEFAULT_MTU,
+    mtu: int = TUN_MTU,
     runner: Runner = run,
     offload: bool = False,
 ) -> TunDevice:

@@ -22,9 +22,7 @@ from typing import Any
 from ktpy.host.journal import Change, Journal
 from ktpy.host.runner import HostChangeFailed, Runner, check, run
 from ktpy.host.undo import RouteDelete
-
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+from ktpy.params import IPAddress, IPNetwork
 
 # Route types that carry no traffic of their own toward a destination: the local
 # table's entries, and 'throw' (fall through to the next policy rule).

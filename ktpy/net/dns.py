@@ -50,7 +50,7 @@ from dnslib import (
     DNSRecord,
 )
 
-Network = IPv4Network | IPv6Network
+from ktpy.params import IPNetwork as Network
 
 CLASS_IN, CLASS_ANY = 1, 255  # dnslib's CLASS has no name for ANY
 

@@ -26,8 +26,7 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 
-import structlog
-
+from ktpy.logs import get_logger
 from ktpy.net.dns import (
     Answer,
     AskCluster,
@@ -42,7 +41,7 @@ from ktpy.net.dns import (
 )
 from ktpy.net.relay import Flow, recv_exact
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 ClusterExchange = Callable[[bytes], bytes]
 OpenFlow = Callable[[str, int], Flow]

@@ -18,12 +18,11 @@ import struct
 import time
 from collections.abc import Callable
 
-import structlog
-
+from ktpy.logs import get_logger
 from ktpy.net.listener import ThreadedListener
 from ktpy.net.relay import Flow, SocketFlow, relay
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 OpenFlow = Callable[[str, int], Flow]
 

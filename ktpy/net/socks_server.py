@@ -13,8 +13,7 @@ import errno
 import socket
 from collections.abc import Callable
 
-import structlog
-
+from ktpy.logs import get_logger
 from ktpy.net.listener import ThreadedListener
 from ktpy.net.relay import Flow, SocketFlow, relay
 from ktpy.net.socks5 import (
@@ -27,7 +26,7 @@ from ktpy.net.socks5 import (
     StartRelay,
 )
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 OpenFlow = Callable[[str, int], Flow]
 HANDSHAKE_TIMEOUT = 10.0

@@ -44,6 +44,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 
+from ktpy.config import TUN_MTU
 from ktpy.net import ip
 from ktpy.net.ip import ACK, FIN, PSH, RST, SYN, PacketError, TcpSegment
 
@@ -183,7 +184,7 @@ Action = Transmit | Connect | Deliver | DeliverEnd | Writable | Release
 
 @dataclass(frozen=True)
 class TcpConfig:
-    mtu: int = 65000
+    mtu: int = TUN_MTU
     receive_buffer: int = 1 << 20  # per flow: received, not yet consumed by the app
     send_buffer: int = 1 << 20  # per flow: from the app, not yet acked by the client
     max_flows: int = 4096

@@ -55,8 +55,8 @@ from dataclasses import dataclass
 from queue import Empty, SimpleQueue
 from typing import Protocol
 
-import structlog
-
+from ktpy.config import TUN_MTU
+from ktpy.logs import get_logger
 from ktpy.net.relay import Flow
 from ktpy.net.tcp import (
     Action,
@@ -71,14 +71,10 @@ from ktpy.net.tcp import (
     Writable,
 )
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 OpenFlow = Callable[[str, int], Flow]
 
-# Measured (benchmarks/tun_stack.py, docs/performance.md): with offloads the
-# MTU hardly matters (64 KiB segments either way); on a plain device 65000
-# moves five to six times what 1500 does, Python paying per packet.
-DEFAULT_MTU = 65000
 CHUNK = 256 * 1024  # largest read from a Flow
 BATCH = 64  # packets read from the TUN fd before the stack flushes ACKs
 READ_SIZE = 65536 + 64  # any IPv4 packet, after a virtio-net header
@@ -288,7 +284,7 @@ class TunStack:
 
             flags = pytun.IFF_TUN | pytun.IFF_NO_PI | (IFF_VNET_HDR if offload else 0)
             dev = pytun.TunTapDevice(name=tun, flags=flags)
-            dev.mtu = mtu or DEFAULT_MTU
+            dev.mtu = mtu or TUN_MTU
             dev.up()
             self._device = dev
             self.fd: int = dev.fileno()

@@ -27,15 +27,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-import structlog
 import websocket
+
+from ktpy.logs import get_logger
 
 PROTOCOL = "v4.channel.k8s.io"
 DATA_CHANNEL = 0
 ERROR_CHANNEL = 1
 READ_CHUNK = 256 * 1024
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 T = TypeVar("T")
 # What a non-blocking read or write of a plain or TLS socket raises when it must wait.
 _WOULD_BLOCK = (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError)

@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import paramiko
-import structlog
 
 from ktpy.errors import HostKeyMismatch
+from ktpy.logs import get_logger
 from ktpy.tunnel.keys import check_host_key
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 USER = "kt"  # a non-root sshd accepts logins only as the user it runs as
 CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "aes128-ctr", "aes256-ctr")

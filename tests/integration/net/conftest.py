@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ktpy.net.tun_stack import DEFAULT_MTU
+from ktpy.config import TUN_MTU
 from tests.integration.support import unavailable
 
 from . import _tun_env as te
@@ -18,7 +18,7 @@ from ._tun_env import TunEnv
 
 @pytest.fixture
 def env(request: pytest.FixtureRequest) -> Iterator[TunEnv]:
-    """param: (mtu, offload), default (DEFAULT_MTU, True)."""
+    """param: (mtu, offload), default (TUN_MTU, True)."""
     if os.geteuid() != 0:
         unavailable("TUN stack", "needs root (network namespaces, TUN devices)")
     if not Path("/dev/net/tun").exists():
@@ -26,7 +26,7 @@ def env(request: pytest.FixtureRequest) -> Iterator[TunEnv]:
     if shutil.which("ip") is None:
         unavailable("TUN stack", "no ip(8)")
     te.remove_stale()
-    mtu, offload = getattr(request, "param", (DEFAULT_MTU, True))
+    mtu, offload = getattr(request, "param", (TUN_MTU, True))
     e = te.create(mtu, offload)
     try:
         yield e

@@ -18,8 +18,9 @@ from collections import Counter
 
 import pytest
 
+from ktpy.config import TUN_MTU
 from ktpy.net.tcp import TcpConfig
-from ktpy.net.tun_stack import DEFAULT_MTU, TunStack
+from ktpy.net.tun_stack import TunStack
 from tests.integration.support import unavailable, wait_for
 
 from . import _tun_env as te
@@ -88,7 +89,7 @@ def test_a_stack_makes_its_own_device_with_offloads(env: TunEnv) -> None:
     # Made in the namespace: the device lives where the thread making it is.
     stack = te.in_netns(env.ns, lambda: TunStack("ktown0", env.open_flow))
     env.stacks.append(stack)
-    assert (stack.name, stack.mtu, stack.offload) == ("ktown0", DEFAULT_MTU, True)
+    assert (stack.name, stack.mtu, stack.offload) == ("ktown0", TUN_MTU, True)
     te.run("ip", "-n", env.ns, "addr", "add", "198.18.2.1/32", "dev", "ktown0")
     te.run(
         "ip", "-n", env.ns, "route", "add", "198.18.3.0/24", "dev", "ktown0", "src", "198.18.2.1"

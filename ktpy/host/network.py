@@ -1,4 +1,6 @@
-"""The host side of ``ktpy connect``, in the order connect needs it.
+"""The TUN network on the host (device, routes, resolver), opened and closed in order.
+
+``ktpy connect`` calls these four steps:
 
 1. ``survey``: read everything first and decide, changing nothing (routes to add
    and skip, resolver backend, the laptop's own nameservers, the TUN address),
@@ -30,8 +32,9 @@ import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
+from ktpy.config import TUN_MTU
 from ktpy.host.journal import Journal, UndoReport
-from ktpy.host.links import DEFAULT_MTU, TunDevice, addresses_in_use, open_tun, pick_tun_address
+from ktpy.host.links import TunDevice, addresses_in_use, open_tun, pick_tun_address
 from ktpy.host.links import tun_name as make_tun_name
 from ktpy.host.resolvconf import RESOLV_CONF
 from ktpy.host.resolver import (
@@ -41,9 +44,10 @@ from ktpy.host.resolver import (
     detect_resolver,
     upstream_nameservers,
 )
-from ktpy.host.routes import IPAddress, IPNetwork, RoutePlan, add_routes, plan_routes
+from ktpy.host.routes import RoutePlan, add_routes, plan_routes
 from ktpy.host.routes import read_host_routes as read_routes
 from ktpy.host.runner import Runner, run
+from ktpy.params import IPAddress, IPNetwork
 
 
 @dataclass(frozen=True)
@@ -55,7 +59,7 @@ class HostRequest:
     api_addresses: tuple[IPAddress, ...] = ()
     routing_domains: tuple[str, ...] = ("cluster.local",)
     search_domains: tuple[str, ...] = ()
-    mtu: int = DEFAULT_MTU
+    mtu: int = TUN_MTU
     force: bool = False
 
 
@@ -112,7 +116,7 @@ def open_network(
     journal: Journal,
     facts: HostFacts,
     *,
-    mtu: int = DEFAULT_MTU,
+    mtu: int = TUN_MTU,
     runner: Runner = run,
     offload: bool = False,
 ) -> Network:

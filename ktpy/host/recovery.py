@@ -1,4 +1,7 @@
-"""``ktpy clean --local``: replay the journals of sessions whose process is gone.
+"""Recovery after a crash: the host journals on disk, which belong to dead sessions, their replay.
+
+``clean_local`` (``ktpy clean --local``) replays the journals of sessions whose
+process is gone; ``running_sessions`` tells ``ktpy connect`` that another one lives.
 
 A journal is replayed only when both say its owner is dead:
 - the process check: the pid with that start time no longer runs in this boot,

@@ -2,15 +2,15 @@ import os
 import time
 from pathlib import Path
 
-from ktpy.host.clean import (
+from ktpy.host.journal import Change, Header, Journal, Owner
+from ktpy.host.procs import ProcessState
+from ktpy.host.recovery import (
     JournalInfo,
     clean_local,
     list_journals,
     running_sessions,
     select_dead,
 )
-from ktpy.host.journal import Change, Header, Journal, Owner
-from ktpy.host.procs import ProcessState
 from ktpy.host.undo import LinkDelete, RouteDelete
 from tests.unit.host.fakehost import FakeHost
 
