@@ -33,7 +33,7 @@ from ktpy.logs import get_logger
 from ktpy.net.dns import ClusterNames
 from ktpy.net.dns_server import DnsServer, TcpExchange, tcp_exchange_over
 from ktpy.net.tun_process import TunProcess
-from ktpy.net.tun_stack import DEFAULT_MTU
+from ktpy.net.tun_tcp import DEFAULT_MTU
 from ktpy.session import Session
 
 TUN_DEVICE = Path("/dev/net/tun")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ktpy.net.tun_stack import DEFAULT_MTU
+from ktpy.net.tun_tcp import DEFAULT_MTU
 from tests.integration.support import unavailable
 
 from . import _tun_env as te

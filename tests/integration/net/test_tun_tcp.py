@@ -19,7 +19,7 @@ from collections import Counter
 import pytest
 
 from ktpy.net.tcp import TcpConfig
-from ktpy.net.tun_stack import DEFAULT_MTU, TunStack
+from ktpy.net.tun_tcp import DEFAULT_MTU, TunStack
 from tests.integration.support import unavailable, wait_for
 
 from . import _tun_env as te
