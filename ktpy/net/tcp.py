@@ -1098,9 +1098,7 @@ class TcpStack:
         client, cport, target, tport = key
         self.stats.resets_sent += 1
         partial = self.config.offload
-        return Send(
-            ip.build_tcp(target, client, tport, cport, seq, ack, flags, 0, partial=partial)
-        )
+        return Send(ip.build_tcp(target, client, tport, cport, seq, ack, flags, 0, partial=partial))
 
     def _reset_for(self, seg: TcpSegment) -> Send:
         """RFC 793's reply to a segment that belongs to no connection."""
