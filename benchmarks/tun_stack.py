@@ -289,7 +289,7 @@ def main() -> None:
     from ktpy import logs
     from ktpy.net.relay import SocketFlow
     from ktpy.net.tcp import TcpConfig
-    from ktpy.net.tun_stack import TunStack
+    from ktpy.net.tun_tcp import TunStack
 
     logs.configure()  # INFO and up, on stderr: stdout is the report
 

@@ -20,8 +20,8 @@ from ktpy.cluster.labels import Role
 from ktpy.cluster.service_target import ServiceRoute
 from ktpy.commands.context import make_api, settings_of
 from ktpy.errors import ServiceNotFound, UsageProblem
-from ktpy.net.forwarding import ForwardServer, OpenFlow
-from ktpy.net.relay import Flow
+from ktpy.net.forwarding import ForwardServer
+from ktpy.net.relay import Flow, FlowOpener
 from ktpy.session import Session, ShadowSpec
 from ktpy.tunnel import ssh
 
@@ -58,7 +58,7 @@ def _target(route: ServiceRoute, namespace: str) -> str:
     return f"service/{where}{route.service}"
 
 
-def flow_opener(session: Session, timeout: float = OPEN_TIMEOUT) -> OpenFlow:
+def flow_opener(session: Session, timeout: float = OPEN_TIMEOUT) -> FlowOpener:
     """session.open_flow with a short timeout, its failures told apart for retrying:
     ETIMEDOUT for no answer in time, ECONNABORTED for a tunnel that dropped meanwhile.
 

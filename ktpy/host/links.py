@@ -100,7 +100,7 @@ def open_tun(
 ) -> TunDevice:
     """Make the TUN device ``name`` with ``address``/32 and ``mtu``, up. With
     ``offload`` each packet carries a virtio-net header (IFF_VNET_HDR), which lets
-    the reader ask for TSO and checksum offloads (ktpy.net.tun_stack does).
+    the reader ask for TSO and checksum offloads (ktpy.net.tun_tcp does).
 
     The MTU, address and up state belong to the device and go with it, so the one
     journal entry (delete the device) undoes them all."""

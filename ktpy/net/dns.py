@@ -16,16 +16,16 @@ SRV names keep their ``_port._proto`` labels in front of any of these. A name
 under one of the laptop's own search domains is the laptop's even if its last
 label happens to be a namespace: the stub appended it, the user did not.
 
-``DnsCore`` turns one query into one command and the outcome of that command
-into the reply, like the SOCKS5 handshake: no sockets, no clock (``now`` comes
-in). The server carries out the commands:
+``DnsCore`` turns one query (``receive``) into one action and the outcome of
+that action (``handle``) into the reply, in the vocabulary of ktpy.sansio: no
+sockets, no clock (``now`` comes in). The server carries out the actions:
 
-- ``Answer(wire)``: send it to the client (cache hit, synthesised reply);
-- ``AskCluster(wire, pending)``: exchange ``wire`` with cluster DNS, then call
-  ``cluster_answered`` or ``cluster_failed``;
+- ``Send(wire)``: send the reply to the client (cache hit, synthesised reply);
+- ``AskCluster(wire, pending)``: exchange ``wire`` with cluster DNS, then
+  handle ``ClusterAnswered`` or ``ClusterFailed``;
 - ``AskUpstream(wire, pending)``: ask the laptop's resolvers (``wire`` is the
-  client's query, byte for byte), then ``upstream_answered`` or
-  ``upstream_failed``;
+  client's query, byte for byte), then handle ``UpstreamAnswered`` or
+  ``UpstreamFailed``;
 - ``Ignore(reason)``: send nothing.
 """
 
@@ -37,6 +37,7 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from ipaddress import IPv4Network, IPv6Network
+from typing import assert_never
 
 from dnslib import (
     EDNS0,
@@ -51,6 +52,7 @@ from dnslib import (
 )
 
 from ktpy.params import IPNetwork as Network
+from ktpy.sansio import Action, Event
 
 CLASS_IN, CLASS_ANY = 1, 255  # dnslib's CLASS has no name for ANY
 
@@ -337,7 +339,7 @@ class DnsStats:
         return self.cluster_failures + self.upstream_failures
 
 
-# --- commands --------------------------------------------------------------
+# --- actions ---------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -360,29 +362,61 @@ class UpstreamPending:
     udp_limit: int | None
 
 
-@dataclass(frozen=True)
-class Answer:
+@dataclass(frozen=True, slots=True)
+class Send(Action):
+    """Send the reply to the client."""
+
     wire: bytes
 
 
-@dataclass(frozen=True)
-class AskCluster:
+@dataclass(frozen=True, slots=True)
+class AskCluster(Action):
     wire: bytes
     pending: ClusterPending
 
 
-@dataclass(frozen=True)
-class AskUpstream:
+@dataclass(frozen=True, slots=True)
+class AskUpstream(Action):
     wire: bytes
     pending: UpstreamPending
 
 
-@dataclass(frozen=True)
-class Ignore:
+@dataclass(frozen=True, slots=True)
+class Ignore(Action):
+    """Send nothing."""
+
     reason: str
 
 
-Command = Answer | AskCluster | AskUpstream | Ignore
+DnsAction = Send | AskCluster | AskUpstream | Ignore
+
+
+# --- events: the outcome of an AskCluster or AskUpstream ---------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterAnswered(Event):
+    pending: ClusterPending
+    wire: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterFailed(Event):
+    pending: ClusterPending
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamAnswered(Event):
+    pending: UpstreamPending
+    wire: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamFailed(Event):
+    pending: UpstreamPending
+
+
+DnsEvent = ClusterAnswered | ClusterFailed | UpstreamAnswered | UpstreamFailed
 
 
 def udp_limit_of(query: DNSRecord) -> int:
@@ -452,7 +486,11 @@ class DnsCore:
 
     # -- queries -----------------------------------------------------------
 
-    def receive_query(self, wire: bytes, now: float, *, udp: bool) -> Command:
+    def receive(self, wire: bytes, now: float, *, udp: bool) -> list[DnsAction]:
+        """A query from a client: one action."""
+        return [self._decide(wire, now, udp)]
+
+    def _decide(self, wire: bytes, now: float, udp: bool) -> DnsAction:
         self._count(queries=1)
         if len(wire) < 12:
             self._count(ignored=1)
@@ -485,9 +523,9 @@ class DnsCore:
         if entry is not None:
             self._count(cache_hits=1)
             age = now - entry.stored
-            return Answer(self._present(query, entry.reply, name, limit, age))
+            return Send(self._present(query, entry.reply, name, limit, age))
         if not self.names.ipv6 and question.qtype in NO_DATA_IN_IPV4_CLUSTER:
-            return Answer(self._no_data(query, name, limit, now))
+            return Send(self._no_data(query, name, limit, now))
 
         ask = DNSRecord(DNSHeader(id=query.header.id, rd=1))
         ask.add_question(DNSQuestion(_wire_name(name), question.qtype, question.qclass))
@@ -516,42 +554,53 @@ class DnsCore:
 
     # -- outcomes ----------------------------------------------------------
 
-    def cluster_answered(self, pending: ClusterPending, wire: bytes, now: float) -> Answer:
+    def handle(self, event: DnsEvent, now: float) -> list[DnsAction]:
+        """The outcome of an AskCluster or AskUpstream: the reply, if any."""
+        match event:
+            case ClusterAnswered(pending, wire):
+                return [self._cluster_answered(pending, wire, now)]
+            case ClusterFailed(pending):
+                return [self._cluster_failed(pending)]
+            case UpstreamAnswered(pending, wire):
+                return [self._upstream_answered(wire)]
+            case UpstreamFailed(pending):
+                return [self._upstream_failed(pending)]
+            case _:
+                assert_never(event)
+
+    def _cluster_answered(self, pending: ClusterPending, wire: bytes, now: float) -> Send:
         query, ask = pending.query, pending.ask
         try:
             reply = DNSRecord.parse(wire)
         except (DNSError, UnicodeError, ValueError):
-            return self.cluster_failed(pending, now)
+            return self._cluster_failed(pending)
         if (
             not reply.header.qr
             or len(reply.questions) != 1
             or reply.q.qname != _wire_name(ask)
             or reply.q.qtype != query.q.qtype
         ):
-            return self.cluster_failed(pending, now)
+            return self._cluster_failed(pending)
         self.cache.put(pending.key, reply, now)
-        return Answer(self._present(query, reply, ask, pending.udp_limit, 0))
+        return Send(self._present(query, reply, ask, pending.udp_limit, 0))
 
-    def cluster_failed(self, pending: ClusterPending, now: float) -> Answer:
-        del now  # same signature as the other outcomes; failures are not cached
-        self._count(cluster_failures=1)
+    def _cluster_failed(self, pending: ClusterPending) -> Send:
+        self._count(cluster_failures=1)  # failures are not cached
         reply = _empty_reply(pending.query, RCODE.SERVFAIL)
-        return Answer(self._fit(reply, pending.query, pending.udp_limit))
+        return Send(self._fit(reply, pending.query, pending.udp_limit))
 
-    def upstream_answered(self, pending: UpstreamPending, wire: bytes, now: float) -> Answer:
+    def _upstream_answered(self, wire: bytes) -> Send:
         """The laptop's resolver's answer goes back byte for byte."""
-        del now
         if len(wire) >= 4 and wire[3] & 0x0F == RCODE.NXDOMAIN:
             self._count(nxdomain=1)
-        return Answer(wire)
+        return Send(wire)
 
-    def upstream_failed(self, pending: UpstreamPending, now: float) -> Answer | Ignore:
-        del now
+    def _upstream_failed(self, pending: UpstreamPending) -> Send | Ignore:
         self._count(upstream_failures=1)
         if pending.query is None:
             return Ignore("no upstream answered an unparseable query")
         reply = _empty_reply(pending.query, RCODE.SERVFAIL)
-        return Answer(self._fit(reply, pending.query, pending.udp_limit))
+        return Send(self._fit(reply, pending.query, pending.udp_limit))
 
     # -- replies -----------------------------------------------------------
 

@@ -28,23 +28,25 @@ from types import TracebackType
 
 from ktpy.logs import get_logger
 from ktpy.net.dns import (
-    Answer,
     AskCluster,
     AskUpstream,
+    ClusterAnswered,
+    ClusterFailed,
     ClusterNames,
     ClusterPending,
-    Command,
+    DnsAction,
     DnsCore,
     DnsStats,
-    Ignore,
+    Send,
+    UpstreamAnswered,
+    UpstreamFailed,
     UpstreamPending,
 )
-from ktpy.net.relay import Flow, recv_exact
+from ktpy.net.relay import Flow, FlowOpener, recv_exact
 
 log = get_logger(__name__)
 
 ClusterExchange = Callable[[bytes], bytes]
-OpenFlow = Callable[[str, int], Flow]
 Nameserver = tuple[str, int]
 
 UPSTREAM_TIMEOUT = 2.0
@@ -166,7 +168,7 @@ class TcpExchange:
     replaced and the query asked once more on the new one."""
 
     def __init__(
-        self, open_flow: OpenFlow, host: str, port: int, *, timeout: float = CLUSTER_TIMEOUT
+        self, open_flow: FlowOpener, host: str, port: int, *, timeout: float = CLUSTER_TIMEOUT
     ) -> None:
         self.open_flow = open_flow
         self.host = host
@@ -209,7 +211,7 @@ class TcpExchange:
 
 
 def tcp_exchange_over(
-    open_flow: OpenFlow, host: str, port: int, *, timeout: float = CLUSTER_TIMEOUT
+    open_flow: FlowOpener, host: str, port: int, *, timeout: float = CLUSTER_TIMEOUT
 ) -> TcpExchange:
     """A ``cluster_exchange`` that asks ``host:port`` through flows from
     ``open_flow`` (connect: SSH direct-tcpip to the shadow pod's dnsmasq)."""
@@ -404,16 +406,16 @@ class DnsServer:
             with contextlib.suppress(OSError):
                 self._udp.sendto(reply, client)
 
-        command = self._decide(wire, udp=True)
-        if isinstance(command, Answer):
-            respond(command.wire)
-        elif isinstance(command, AskCluster):
-            if not self._cluster_pool.submit(lambda: respond(self._ask_cluster(command))):
-                self._dropped("cluster queue full")
-        elif isinstance(command, AskUpstream):
-            job = self._upstream_job(command, respond, tcp=False)
-            if not self._upstream_pool.submit(job):
-                self._dropped("upstream queue full")
+        for action in self._decide(wire, udp=True):
+            if isinstance(action, Send):
+                respond(action.wire)
+            elif isinstance(action, AskCluster):
+                if not self._cluster_pool.submit(self._cluster_job(action, respond)):
+                    self._dropped("cluster queue full")
+            elif isinstance(action, AskUpstream):
+                job = self._upstream_job(action, respond, tcp=False)
+                if not self._upstream_pool.submit(job):
+                    self._dropped("upstream queue full")
 
     def _dropped(self, reason: str) -> None:
         # A UDP client asks again; better than an unbounded queue.
@@ -454,51 +456,70 @@ class DnsServer:
 
     # -- one query -----------------------------------------------------------
 
-    def _decide(self, wire: bytes, *, udp: bool) -> Command:
+    def _decide(self, wire: bytes, *, udp: bool) -> list[DnsAction]:
         with self._core_lock:
-            return self._core.receive_query(wire, self.clock(), udp=udp)
+            return self._core.receive(wire, self.clock(), udp=udp)
 
     def resolve(self, wire: bytes, *, udp: bool) -> bytes | None:
         """Answer one query in the calling thread (TCP clients, tests)."""
-        command = self._decide(wire, udp=udp)
-        if isinstance(command, Answer):
-            return command.wire
-        if isinstance(command, AskCluster):
-            return self._ask_cluster(command)
-        if isinstance(command, AskUpstream):
-            result: list[bytes] = []
-            self._upstream_job(command, result.append, tcp=not udp)()
-            return result[0] if result else None
+        for action in self._decide(wire, udp=udp):
+            if isinstance(action, Send):
+                return action.wire
+            if isinstance(action, AskCluster):
+                return self._ask_cluster(action)
+            if isinstance(action, AskUpstream):
+                result: list[bytes] = []
+                self._upstream_job(action, result.append, tcp=not udp)()
+                return result[0] if result else None
         return None
 
-    def _ask_cluster(self, command: AskCluster) -> bytes:
-        pending: ClusterPending = command.pending
+    def _cluster_job(
+        self, action: AskCluster, respond: Callable[[bytes], None]
+    ) -> Callable[[], None]:
+        def job() -> None:
+            reply = self._ask_cluster(action)
+            if reply is not None:
+                respond(reply)
+
+        return job
+
+    def _ask_cluster(self, action: AskCluster) -> bytes | None:
+        pending: ClusterPending = action.pending
         try:
-            reply = self.cluster_exchange(command.wire)
+            reply = self.cluster_exchange(action.wire)
         except Exception as exc:  # noqa: BLE001 - injected; any failure is a SERVFAIL
             log.info("cluster dns failed", name=pending.ask, reason=str(exc) or type(exc).__name__)
             with self._core_lock:
-                return self._core.cluster_failed(pending, self.clock()).wire
+                return _sent(self._core.handle(ClusterFailed(pending), self.clock()))
         with self._core_lock:
-            return self._core.cluster_answered(pending, reply, self.clock()).wire
+            return _sent(self._core.handle(ClusterAnswered(pending, reply), self.clock()))
 
     def _upstream_job(
-        self, command: AskUpstream, respond: Callable[[bytes], None], *, tcp: bool
+        self, action: AskUpstream, respond: Callable[[bytes], None], *, tcp: bool
     ) -> Callable[[], None]:
-        pending: UpstreamPending = command.pending
+        pending: UpstreamPending = action.pending
 
         def job() -> None:
-            outcome: Answer | Ignore
+            outcome: list[DnsAction]
             try:
-                reply = ask_upstreams(command.wire, self.upstreams, self.upstream_timeout, tcp=tcp)
+                reply = ask_upstreams(action.wire, self.upstreams, self.upstream_timeout, tcp=tcp)
             except OSError as exc:
                 log.info("upstream dns failed", reason=str(exc))
                 with self._core_lock:
-                    outcome = self._core.upstream_failed(pending, self.clock())
+                    outcome = self._core.handle(UpstreamFailed(pending), self.clock())
             else:
                 with self._core_lock:
-                    outcome = self._core.upstream_answered(pending, reply, self.clock())
-            if isinstance(outcome, Answer):
-                respond(outcome.wire)
+                    outcome = self._core.handle(UpstreamAnswered(pending, reply), self.clock())
+            sent = _sent(outcome)
+            if sent is not None:
+                respond(sent)
 
         return job
+
+
+def _sent(actions: list[DnsAction]) -> bytes | None:
+    """The reply among an outcome's actions (there is none after an Ignore)."""
+    for action in actions:
+        if isinstance(action, Send):
+            return action.wire
+    return None

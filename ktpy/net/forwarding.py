@@ -20,11 +20,10 @@ from collections.abc import Callable
 
 from ktpy.logs import get_logger
 from ktpy.net.listener import ThreadedListener
-from ktpy.net.relay import Flow, SocketFlow, relay
+from ktpy.net.relay import Flow, FlowOpener, SocketFlow, relay
 
 log = get_logger(__name__)
 
-OpenFlow = Callable[[str, int], Flow]
 
 # Refused, unreachable or silent: worth another try, the Service may pick another
 # endpoint (during a rollout, kube-proxy still sends some connections to a pod that
@@ -38,7 +37,7 @@ RETRY_DELAY = 0.2
 
 
 def open_with_retries(
-    open_flow: OpenFlow,
+    open_flow: FlowOpener,
     host: str,
     port: int,
     *,
@@ -71,7 +70,7 @@ class ForwardServer(ThreadedListener):
 
     def __init__(
         self,
-        open_flow: OpenFlow,
+        open_flow: FlowOpener,
         host: str,
         port: int,
         *,

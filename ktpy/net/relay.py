@@ -24,6 +24,11 @@ class Flow(Protocol):
     def close(self) -> None: ...
 
 
+# What a server is given to open the app side of a flow to host:port (an SSH
+# direct-tcpip channel, wired by the command); OSError when it cannot.
+FlowOpener = Callable[[str, int], Flow]
+
+
 class SocketFlow:
     """A connected socket as a Flow."""
 

@@ -1,4 +1,5 @@
-"""The SOCKS5 server handshake (RFC 1928) as a pure state machine: bytes in, commands out.
+"""The SOCKS5 server handshake (RFC 1928) as a pure state machine: bytes and
+events in, actions out (the vocabulary of ktpy.sansio).
 
 Scope, and why: no authentication (method 0x00; the proxy listens on
 loopback only), CONNECT only (UDP other than DNS is not carried, BIND has no
@@ -6,12 +7,12 @@ use here), addresses IPv4, IPv6 or a domain name; a domain name is passed on
 as it is, to be resolved on the cluster side (what ``curl --socks5-hostname``
 relies on).
 
-The I/O wrapper feeds client bytes to ``receive_data`` and carries out the
-commands it gets back, in order:
+The I/O wrapper feeds client bytes to ``receive`` and carries out the
+actions it gets back, in order:
 
 - ``Send(data)``: write to the client;
-- ``OpenConnection(host, port)``: open the flow (an SSH direct-tcpip channel),
-  then call ``connection_opened`` or ``connection_failed(code)``;
+- ``OpenFlow(host, port)``: open the flow (an SSH direct-tcpip channel),
+  then ``handle`` ``FlowOpened`` or ``FlowOpenFailed(code)``;
 - ``StartRelay(early_data)``: from now on copy bytes both ways, starting with
   ``early_data`` (what the client sent before the reply, if anything);
 - ``Close(reason)``: close the client connection.
@@ -23,6 +24,9 @@ import ipaddress
 import struct
 from dataclasses import dataclass
 from enum import Enum, IntEnum
+from typing import assert_never
+
+from ktpy.sansio import Action, Event
 
 VERSION = 5
 NO_AUTHENTICATION = 0x00
@@ -48,29 +52,53 @@ class ReplyCode(IntEnum):
     ADDRESS_TYPE_NOT_SUPPORTED = 0x08
 
 
-@dataclass(frozen=True)
-class Send:
+@dataclass(frozen=True, slots=True)
+class Send(Action):
+    """Write to the client."""
+
     data: bytes
 
 
-@dataclass(frozen=True)
-class OpenConnection:
+@dataclass(frozen=True, slots=True)
+class OpenFlow(Action):
+    """Open the flow to the target, then handle FlowOpened or FlowOpenFailed."""
+
     host: str
     port: int
     address_type: AddressType
 
 
-@dataclass(frozen=True)
-class StartRelay:
+@dataclass(frozen=True, slots=True)
+class StartRelay(Action):
+    """Copy bytes both ways from now on, starting with early_data for the flow."""
+
     early_data: bytes
 
 
-@dataclass(frozen=True)
-class Close:
+@dataclass(frozen=True, slots=True)
+class Close(Action):
+    """Close the client connection."""
+
     reason: str
 
 
-Command = Send | OpenConnection | StartRelay | Close
+SocksAction = Send | OpenFlow | StartRelay | Close
+
+
+@dataclass(frozen=True, slots=True)
+class FlowOpened(Event):
+    """The flow is open; the reply names the address it is bound to."""
+
+    bound_host: str = "0.0.0.0"  # noqa: S104
+    bound_port: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class FlowOpenFailed(Event):
+    code: ReplyCode
+
+
+SocksEvent = FlowOpened | FlowOpenFailed
 
 
 class State(Enum):
@@ -94,13 +122,14 @@ class Socks5Handshake:
     def __init__(self) -> None:
         self.state = State.GREETING
         self._buffer = bytearray()
-        self.target: OpenConnection | None = None
+        self.target: OpenFlow | None = None
 
-    def receive_data(self, data: bytes) -> list[Command]:
+    def receive(self, data: bytes) -> list[SocksAction]:
+        """Bytes from the client, until the relay starts."""
         if self.state in (State.RELAYING, State.CLOSED):
             raise RuntimeError(f"no handshake data expected in state {self.state.value}")
         self._buffer += data
-        commands: list[Command] = []
+        actions: list[SocksAction] = []
         while True:
             if self.state is State.GREETING:
                 step = self._greeting()
@@ -108,41 +137,44 @@ class Socks5Handshake:
                 step = self._request()
             else:
                 # CONNECTING: bytes sent ahead of our reply wait for the relay.
-                return commands
+                return actions
             if step is None:
-                return commands
-            commands += step
-            if any(isinstance(command, Close) for command in step):
-                return commands
+                return actions
+            actions += step
+            if any(isinstance(action, Close) for action in step):
+                return actions
 
-    def connection_opened(self, bound_host: str = "0.0.0.0", bound_port: int = 0) -> list[Command]:  # noqa: S104
+    def handle(self, event: SocksEvent) -> list[SocksAction]:
+        """The outcome of OpenFlow."""
         self._expect(State.CONNECTING)
-        self.state = State.RELAYING
-        early = bytes(self._buffer)
-        self._buffer.clear()
-        return [Send(reply(ReplyCode.SUCCEEDED, bound_host, bound_port)), StartRelay(early)]
-
-    def connection_failed(self, code: ReplyCode) -> list[Command]:
-        self._expect(State.CONNECTING)
-        if code is ReplyCode.SUCCEEDED:
-            raise ValueError("a failure needs a failure code")
-        return self._refuse(code, f"connect to target failed: {code.name.lower()}")
+        match event:
+            case FlowOpened(bound_host, bound_port):
+                self.state = State.RELAYING
+                early = bytes(self._buffer)
+                self._buffer.clear()
+                return [Send(reply(ReplyCode.SUCCEEDED, bound_host, bound_port)), StartRelay(early)]
+            case FlowOpenFailed(code):
+                if code is ReplyCode.SUCCEEDED:
+                    raise ValueError("a failure needs a failure code")
+                return self._refuse(code, f"connect to target failed: {code.name.lower()}")
+            case _:
+                assert_never(event)
 
     def _expect(self, state: State) -> None:
         if self.state is not state:
             raise RuntimeError(f"expected state {state.value}, in {self.state.value}")
 
-    def _refuse(self, code: ReplyCode, reason: str) -> list[Command]:
+    def _refuse(self, code: ReplyCode, reason: str) -> list[SocksAction]:
         self.state = State.CLOSED
         self._buffer.clear()
         return [Send(reply(code)), Close(reason)]
 
-    def _close(self, reason: str) -> list[Command]:
+    def _close(self, reason: str) -> list[SocksAction]:
         self.state = State.CLOSED
         self._buffer.clear()
         return [Close(reason)]
 
-    def _greeting(self) -> list[Command] | None:
+    def _greeting(self) -> list[SocksAction] | None:
         buffer = self._buffer
         if not buffer:
             return None
@@ -166,7 +198,7 @@ class Socks5Handshake:
         self.state = State.REQUEST
         return [Send(bytes([VERSION, NO_AUTHENTICATION]))]
 
-    def _request(self) -> list[Command] | None:
+    def _request(self) -> list[SocksAction] | None:
         buffer = self._buffer
         if len(buffer) < 4:
             return None
@@ -205,7 +237,7 @@ class Socks5Handshake:
         if port == 0:
             return self._refuse(ReplyCode.GENERAL_FAILURE, "port 0")
         self.state = State.CONNECTING
-        self.target = OpenConnection(host, port, AddressType(address_type))
+        self.target = OpenFlow(host, port, AddressType(address_type))
         return [self.target]
 
 

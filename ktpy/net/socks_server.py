@@ -11,24 +11,24 @@ from __future__ import annotations
 import contextlib
 import errno
 import socket
-from collections.abc import Callable
 
 from ktpy.logs import get_logger
 from ktpy.net.listener import ThreadedListener
-from ktpy.net.relay import Flow, SocketFlow, relay
+from ktpy.net.relay import Flow, FlowOpener, SocketFlow, relay
 from ktpy.net.socks5 import (
     Close,
-    Command,
-    OpenConnection,
+    FlowOpened,
+    FlowOpenFailed,
+    OpenFlow,
     ReplyCode,
     Send,
     Socks5Handshake,
+    SocksAction,
     StartRelay,
 )
 
 log = get_logger(__name__)
 
-OpenFlow = Callable[[str, int], Flow]
 HANDSHAKE_TIMEOUT = 10.0
 
 
@@ -46,7 +46,7 @@ def reply_code_for(exc: OSError) -> ReplyCode:
 
 
 class SocksServer(ThreadedListener):
-    def __init__(self, open_flow: OpenFlow, host: str = "127.0.0.1", port: int = 2223) -> None:
+    def __init__(self, open_flow: FlowOpener, host: str = "127.0.0.1", port: int = 2223) -> None:
         super().__init__(host, port, "socks")
         self.open_flow = open_flow
 
@@ -60,7 +60,7 @@ class SocksServer(ThreadedListener):
                 if not data:
                     client.close()
                     return
-                if self._carry_out(client, handshake, handshake.receive_data(data)):
+                if self._carry_out(client, handshake, handshake.receive(data)):
                     return
         except OSError as exc:
             clog.debug("socks client gone", reason=str(exc))
@@ -68,35 +68,36 @@ class SocksServer(ThreadedListener):
                 client.close()
 
     def _carry_out(
-        self, client: socket.socket, handshake: Socks5Handshake, commands: list[Command]
+        self, client: socket.socket, handshake: Socks5Handshake, actions: list[SocksAction]
     ) -> bool:
-        """Carry out commands; True once the connection is handed off or closed."""
-        queue: list[Command] = list(commands)
+        """Carry out actions; True once the connection is handed off or closed."""
+        queue: list[SocksAction] = list(actions)
         flow: Flow | None = None
         while queue:
-            command = queue.pop(0)
-            if isinstance(command, Send):
-                client.sendall(command.data)
-            elif isinstance(command, Close):
+            action = queue.pop(0)
+            if isinstance(action, Send):
+                client.sendall(action.data)
+            elif isinstance(action, Close):
                 client.close()
                 return True
-            elif isinstance(command, OpenConnection):
+            elif isinstance(action, OpenFlow):
                 try:
-                    flow = self.open_flow(command.host, command.port)
+                    flow = self.open_flow(action.host, action.port)
                 except OSError as exc:
                     log.info(
                         "socks target failed",
-                        target=f"{command.host}:{command.port}",
+                        target=f"{action.host}:{action.port}",
                         reason=str(exc),
                     )
-                    queue = list(handshake.connection_failed(reply_code_for(exc))) + queue
+                    failed = FlowOpenFailed(reply_code_for(exc))
+                    queue = list(handshake.handle(failed)) + queue
                     continue
-                queue = list(handshake.connection_opened()) + queue
-            elif isinstance(command, StartRelay):
+                queue = list(handshake.handle(FlowOpened())) + queue
+            elif isinstance(action, StartRelay):
                 assert flow is not None, "the handshake relays only after a flow opened"
                 client.settimeout(None)
-                if command.early_data:
-                    flow.sendall(command.early_data)
+                if action.early_data:
+                    flow.sendall(action.early_data)
                 relay(SocketFlow(client), flow, name="socks")
                 return True
         return False

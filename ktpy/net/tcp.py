@@ -1,27 +1,29 @@
 """The TUN stack's TCP, as a pure state machine: packets and app events in,
-actions out.
+actions out (the vocabulary of ktpy.sansio).
 
 The kernel is always the client here: it sends a SYN to a cluster address
 routed into the TUN device, and this module plays the server at that
 address. Each flow is relayed to an app-side Flow (an SSH direct-tcpip
-channel) by the I/O wrapper, ktpy.net.tun_stack, which feeds events in and
+channel) by the I/O wrapper, ktpy.net.tun_tcp, which feeds events in and
 carries actions out:
 
 - ``receive(packet, now)`` for each packet read from the TUN device, then
   ``flush(now)`` once per batch of reads: ACKs are held until then, so a burst
   of segments is acknowledged once (without delaying any ACK past the batch);
-- ``opened(conn)`` / ``open_failed(conn, failure)``: the outcome of a
-  ``Connect`` action. Only then does the client get its SYN-ACK, or a RST
-  (refused, other failures) or an ICMP unreachable: never a hang;
-- ``app_data``, ``app_end`` (the app sent EOF), ``app_failed`` (the app flow
-  broke: the client gets a RST), ``app_consumed(conn, n)`` (n delivered bytes
-  were written to the app: the receive window reopens);
+- ``handle(event, now)`` for what happened on the app side of a flow:
+  ``FlowOpened`` / ``FlowOpenFailed``, the outcome of an ``OpenFlow`` action
+  (only then does the client get its SYN-ACK, or a RST (refused, other
+  failures) or an ICMP unreachable: never a hang); ``FlowData``, ``FlowEnd``
+  (the app sent EOF), ``FlowFailed`` (the app flow broke: the client gets a
+  RST), ``Delivered`` (n delivered bytes were written to the app: the receive
+  window reopens);
 - ``expire(now)`` when ``next_deadline()`` has passed (retransmission,
-  persist probes, TIME_WAIT, connect timeout).
+  persist probes, TIME_WAIT, connect timeout); ``abort_all`` when stopping.
 
-Actions: ``Transmit`` (write a packet to the TUN device), ``Connect``,
-``Deliver``/``DeliverEnd`` (data and EOF for the app), ``Writable`` (the send
-buffer has room again) and ``Release`` (the flow is over: close the app side).
+Actions: ``Send`` (write a packet to the TUN device), ``OpenFlow``,
+``Deliver``/``DeliverEnd`` (data and EOF for the app), ``ResumeReading`` (the
+send buffer has room again: read the app flow) and ``CloseFlow`` (the flow is
+over: close the app side).
 
 Memory per flow is bounded: the receive window only covers what
 ``receive_buffer`` can hold beyond what the app has not yet consumed
@@ -43,10 +45,12 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import assert_never
 
 from ktpy.config import TUN_MTU
 from ktpy.net import ip
 from ktpy.net.ip import ACK, FIN, PSH, RST, SYN, PacketError, TcpSegment
+from ktpy.sansio import Action, Event
 
 MASK = 0xFFFFFFFF
 HALF = 0x80000000
@@ -127,8 +131,11 @@ def describe(packet: bytes) -> str:
     )
 
 
+# -- actions ------------------------------------------------------------------
+
+
 @dataclass(frozen=True, slots=True)
-class Transmit:
+class Send(Action):
     """A packet for the TUN device: packet, then payload (kept apart so that
     the write can gather them without copying the payload once more)."""
 
@@ -141,11 +148,13 @@ class Transmit:
         return self.packet + self.payload
 
     def __repr__(self) -> str:
-        return f"Transmit({describe(self.wire)})"
+        return f"Send({describe(self.wire)})"
 
 
 @dataclass(frozen=True, slots=True)
-class Connect:
+class OpenFlow(Action):
+    """Open the app side of a new flow, then handle FlowOpened or FlowOpenFailed."""
+
     conn: int
     host: str
     port: int
@@ -153,7 +162,9 @@ class Connect:
 
 
 @dataclass(frozen=True, slots=True)
-class Deliver:
+class Deliver(Action):
+    """Write the client's bytes to the app flow, then handle Delivered."""
+
     conn: int
     data: bytes
 
@@ -163,23 +174,80 @@ class Deliver:
 
 
 @dataclass(frozen=True, slots=True)
-class DeliverEnd:
+class DeliverEnd(Action):
+    """The client sent FIN: half-close the app flow after what was delivered."""
+
     conn: int
 
 
 @dataclass(frozen=True, slots=True)
-class Writable:
+class ResumeReading(Action):
+    """The send buffer has room again: read the app flow (``send_space``)."""
+
     conn: int
 
 
 @dataclass(frozen=True, slots=True)
-class Release:
+class CloseFlow(Action):
+    """The flow is over: close its app side."""
+
     conn: int
     reset: bool  # True: abort the app flow; False: it ended cleanly both ways
     reason: str
 
 
-Action = Transmit | Connect | Deliver | DeliverEnd | Writable | Release
+TcpAction = Send | OpenFlow | Deliver | DeliverEnd | ResumeReading | CloseFlow
+
+
+# -- events from the app side ---------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FlowOpened(Event):
+    conn: int
+
+
+@dataclass(frozen=True, slots=True)
+class FlowOpenFailed(Event):
+    conn: int
+    failure: OpenFailure
+
+
+@dataclass(frozen=True, slots=True)
+class FlowData(Event):
+    """Bytes the app sent, for the client (no more than ``send_space``)."""
+
+    conn: int
+    data: bytes
+
+    def __repr__(self) -> str:
+        return f"FlowData({self.conn}, {len(self.data)} bytes)"
+
+
+@dataclass(frozen=True, slots=True)
+class FlowEnd(Event):
+    """The app sent EOF: FIN after the buffered data."""
+
+    conn: int
+
+
+@dataclass(frozen=True, slots=True)
+class Delivered(Event):
+    """n bytes of Deliver actions were written to the app: the window reopens."""
+
+    conn: int
+    n: int
+
+
+@dataclass(frozen=True, slots=True)
+class FlowFailed(Event):
+    """The app flow broke: the client gets a RST."""
+
+    conn: int
+    reason: str
+
+
+TcpEvent = FlowOpened | FlowOpenFailed | FlowData | FlowEnd | Delivered | FlowFailed
 
 
 @dataclass(frozen=True)
@@ -381,7 +449,7 @@ class TcpStack:
         return f.state if f else State.CLOSED
 
     def send_space(self, conn: int) -> int | None:
-        """How many bytes the app may hand over now; 0: wait for Writable;
+        """How many bytes the app may hand over now; 0: wait for ResumeReading;
         None: the flow takes no more data (closed, or the app already ended)."""
         f = self._by_conn.get(conn)
         if f is None or f.state not in _APP_WRITES or f.fin_queued:
@@ -398,7 +466,7 @@ class TcpStack:
 
     def receive(
         self, packet: bytes, now: float, trusted: bool = False, offset: int = 0
-    ) -> list[Action]:
+    ) -> list[TcpAction]:
         """A packet read from the TUN device, from packet[offset:]. trusted: the
         kernel says its checksum needs no checking (it never computed it)."""
         self.stats.packets += 1
@@ -414,7 +482,7 @@ class TcpStack:
             self.stats.malformed += 1
             self.stats.last_malformed = str(exc)
             return []
-        out: list[Action] = []
+        out: list[TcpAction] = []
         key = (seg.src, seg.sport, seg.dst, seg.dport)
         f = self._flows.get(key)
         raw = packet[offset:] if offset and seg.flags & SYN else packet  # quoted by ICMP errors
@@ -424,7 +492,7 @@ class TcpStack:
             self._input(f, seg, raw, now, out)
         return out
 
-    def flush(self, now: float) -> list[Action]:
+    def flush(self, now: float) -> list[TcpAction]:
         """ACKs held back while a batch of packets was read."""
         pending, self._pending_acks = self._pending_acks, {}
         return [
@@ -435,45 +503,63 @@ class TcpStack:
 
     # -- events from the app side -------------------------------------------
 
-    def opened(self, conn: int, now: float) -> list[Action]:
+    def handle(self, event: TcpEvent, now: float) -> list[TcpAction]:
+        """What happened on the app side of one flow."""
+        match event:  # the frequent ones first
+            case FlowData(conn, data):
+                return self._flow_data(conn, data, now)
+            case Delivered(conn, n):
+                return self._delivered(conn, n)
+            case FlowOpened(conn):
+                return self._opened(conn, now)
+            case FlowOpenFailed(conn, failure):
+                return self._open_failed(conn, failure, now)
+            case FlowEnd(conn):
+                return self._flow_end(conn, now)
+            case FlowFailed(conn, reason):
+                return self._flow_failed(conn, reason)
+            case _:
+                assert_never(event)
+
+    def _opened(self, conn: int, now: float) -> list[TcpAction]:
         f = self._by_conn.get(conn)
         if f is None or f.state is not State.CONNECTING:
-            return [Release(conn, True, "the client went away while the flow was opened")]
+            return [CloseFlow(conn, True, "the client went away while the flow was opened")]
         f.state = State.SYN_RECEIVED
         f.snd_nxt = f.snd_max = (f.iss + 1) & MASK
         f.syn_packet = b""
         self._arm(f, Timer.RETRANSMIT, now + f.rto)
         return [self._syn_ack(f, now)]
 
-    def open_failed(self, conn: int, failure: OpenFailure, now: float) -> list[Action]:
+    def _open_failed(self, conn: int, failure: OpenFailure, now: float) -> list[TcpAction]:
         f = self._by_conn.get(conn)
         if f is None or f.state is not State.CONNECTING:
             return []
-        out: list[Action] = []
+        out: list[TcpAction] = []
         self._fail(f, failure, now, out)
         return out
 
-    def app_data(self, conn: int, data: bytes, now: float) -> list[Action]:
+    def _flow_data(self, conn: int, data: bytes, now: float) -> list[TcpAction]:
         f = self._by_conn.get(conn)
         if f is None or f.state not in _APP_WRITES or f.fin_queued or not data:
             return []
         f.sndbuf += data
         if self.config.send_buffer - len(f.sndbuf) < self._low_water:
             f.want_writable = True
-        out: list[Action] = []
+        out: list[TcpAction] = []
         self._output(f, now, out)
         return out
 
-    def app_end(self, conn: int, now: float) -> list[Action]:
+    def _flow_end(self, conn: int, now: float) -> list[TcpAction]:
         f = self._by_conn.get(conn)
         if f is None or f.state not in _APP_WRITES or f.fin_queued:
             return []
         f.fin_queued = True
-        out: list[Action] = []
+        out: list[TcpAction] = []
         self._output(f, now, out)
         return out
 
-    def app_consumed(self, conn: int, n: int, now: float) -> list[Action]:
+    def _delivered(self, conn: int, n: int) -> list[TcpAction]:
         f = self._by_conn.get(conn)
         if f is None:
             return []
@@ -488,17 +574,17 @@ class TcpStack:
             return [self._send(f, f.snd_nxt, ACK)]
         return []
 
-    def app_failed(self, conn: int, reason: str, now: float) -> list[Action]:
+    def _flow_failed(self, conn: int, reason: str) -> list[TcpAction]:
         f = self._by_conn.get(conn)
         if f is None:
             return []
-        out: list[Action] = []
+        out: list[TcpAction] = []
         self._abort(f, f"app flow failed: {reason}", out, send_rst=True)
         return out
 
-    def abort_all(self, reason: str) -> list[Action]:
+    def abort_all(self, reason: str) -> list[TcpAction]:
         """Reset every flow (the stack is stopping)."""
-        out: list[Action] = []
+        out: list[TcpAction] = []
         for f in list(self._flows.values()):
             if f.state is State.CONNECTING:
                 out.append(self._reply_reset(f.key, 0, f.rcv_nxt, RST | ACK))
@@ -521,8 +607,8 @@ class TcpStack:
             heapq.heappop(timers)
         return None
 
-    def expire(self, now: float) -> list[Action]:
-        out: list[Action] = []
+    def expire(self, now: float) -> list[TcpAction]:
+        out: list[TcpAction] = []
         timers = self._timers
         while timers and timers[0][0] <= now:
             _, conn, gen = heapq.heappop(timers)
@@ -551,7 +637,7 @@ class TcpStack:
         if f.timer is kind:
             f.timer = None
 
-    def _on_timer(self, f: _Flow, kind: Timer, now: float, out: list[Action]) -> None:
+    def _on_timer(self, f: _Flow, kind: Timer, now: float, out: list[TcpAction]) -> None:
         if kind is Timer.CONNECT:
             self._fail(f, OpenFailure.HOST_UNREACHABLE, now, out)
         elif kind in (Timer.TIME_WAIT, Timer.FORGET):
@@ -582,7 +668,7 @@ class TcpStack:
     # -- segment processing ----------------------------------------------------
 
     def _no_flow(
-        self, key: Key, seg: TcpSegment, packet: bytes, now: float, out: list[Action]
+        self, key: Key, seg: TcpSegment, packet: bytes, now: float, out: list[TcpAction]
     ) -> None:
         flags = seg.flags
         if flags & RST:
@@ -600,13 +686,13 @@ class TcpStack:
             self.stats.flows_opened += 1
             self._arm(f, Timer.CONNECT, now + self.config.connect_timeout)
             out.append(
-                Connect(conn, ip.ip_str(seg.dst), seg.dport, f"{ip.ip_str(seg.src)}:{seg.sport}")
+                OpenFlow(conn, ip.ip_str(seg.dst), seg.dport, f"{ip.ip_str(seg.src)}:{seg.sport}")
             )
             return
         out.append(self._reset_for(seg))
 
     def _input(
-        self, f: _Flow, seg: TcpSegment, packet: bytes, now: float, out: list[Action]
+        self, f: _Flow, seg: TcpSegment, packet: bytes, now: float, out: list[TcpAction]
     ) -> None:
         flags = seg.flags
         state = f.state
@@ -615,7 +701,7 @@ class TcpStack:
             # The answer to the SYN waits for the app flow; a retransmitted SYN changes nothing.
             if flags & RST and seg.seq == f.rcv_nxt:
                 self.stats.resets_received += 1
-                self._forget(f)  # opened() will then release the app flow
+                self._forget(f)  # FlowOpened will then close the app flow
             return
         if state is State.FAILED:
             if is_new_syn and seg.seq == f.irs:
@@ -699,7 +785,7 @@ class TcpStack:
         self._disarm(f, Timer.RETRANSMIT)
 
     def _ack(
-        self, f: _Flow, seg: TcpSegment, now: float, out: list[Action], duplicate_ok: bool = True
+        self, f: _Flow, seg: TcpSegment, now: float, out: list[TcpAction], duplicate_ok: bool = True
     ) -> bool:
         """Process the ACK field; False if the segment must be dropped."""
         ack = seg.ack
@@ -732,7 +818,7 @@ class TcpStack:
             f.snd_wl1, f.snd_wl2 = seg.seq, ack
         return True
 
-    def _take_ack(self, f: _Flow, ack: int, now: float, out: list[Action]) -> None:
+    def _take_ack(self, f: _Flow, ack: int, now: float, out: list[TcpAction]) -> None:
         acked = (ack - f.snd_una) & MASK
         buffered = len(f.sndbuf)
         fin_acked = f.fin_sent and acked == buffered + 1
@@ -756,17 +842,17 @@ class TcpStack:
             self._arm(f, Timer.RETRANSMIT, now + f.rto)
         if f.want_writable and self.config.send_buffer - len(f.sndbuf) >= self._high_water:
             f.want_writable = False
-            out.append(Writable(f.conn))
+            out.append(ResumeReading(f.conn))
         if fin_acked:
             if f.state is State.FIN_WAIT_1:
                 f.state = State.FIN_WAIT_2
             elif f.state is State.CLOSING:
                 self._time_wait(f, now, out)
             elif f.state is State.LAST_ACK:
-                out.append(Release(f.conn, False, "closed"))
+                out.append(CloseFlow(f.conn, False, "closed"))
                 self._forget(f)
 
-    def _data(self, f: _Flow, seq: int, payload: bytes, out: list[Action]) -> None:
+    def _data(self, f: _Flow, seq: int, payload: bytes, out: list[TcpAction]) -> None:
         off = (seq - f.rcv_nxt) & MASK
         if off >= HALF:  # starts before rcv_nxt: drop the part we already have
             payload = payload[(f.rcv_nxt - seq) & MASK :]
@@ -793,7 +879,7 @@ class TcpStack:
             if first:
                 self._deliver(f, first, out)
 
-    def _deliver(self, f: _Flow, data: bytes, out: list[Action]) -> None:
+    def _deliver(self, f: _Flow, data: bytes, out: list[TcpAction]) -> None:
         f.rcv_nxt = (f.rcv_nxt + len(data)) & MASK
         f.undelivered += len(data)
         out.append(Deliver(f.conn, data))
@@ -822,7 +908,7 @@ class TcpStack:
         f.ooo_bytes = held
         f.ooo_last = seq
 
-    def _fin(self, f: _Flow, fin_seq: int, now: float, out: list[Action]) -> None:
+    def _fin(self, f: _Flow, fin_seq: int, now: float, out: list[TcpAction]) -> None:
         if f.fin_received:
             self._want_ack(f)  # a retransmitted FIN: our ACK was lost
             if f.state is State.TIME_WAIT:
@@ -848,12 +934,12 @@ class TcpStack:
         elif f.state is State.FIN_WAIT_2:
             self._time_wait(f, now, out)
 
-    def _time_wait(self, f: _Flow, now: float, out: list[Action]) -> None:
+    def _time_wait(self, f: _Flow, now: float, out: list[TcpAction]) -> None:
         f.state = State.TIME_WAIT
         self._arm(f, Timer.TIME_WAIT, now + self.config.time_wait)
-        out.append(Release(f.conn, False, "closed"))
+        out.append(CloseFlow(f.conn, False, "closed"))
 
-    def _output(self, f: _Flow, now: float, out: list[Action]) -> None:
+    def _output(self, f: _Flow, now: float, out: list[TcpAction]) -> None:
         """Send what the app gave us, as far as the client's window allows, then the FIN."""
         if f.state not in _SENDING:
             return
@@ -902,7 +988,7 @@ class TcpStack:
         ):
             self._arm(f, Timer.PERSIST, now + f.rto)
 
-    def _retransmit_first(self, f: _Flow, now: float, out: list[Action]) -> None:
+    def _retransmit_first(self, f: _Flow, now: float, out: list[TcpAction]) -> None:
         self.stats.retransmits += 1
         f.timed_seq = None  # Karn: no RTT sample from a retransmitted segment
         in_flight = (f.snd_max - f.snd_una) & MASK
@@ -914,27 +1000,27 @@ class TcpStack:
 
     # -- endings -----------------------------------------------------------------
 
-    def _fail(self, f: _Flow, failure: OpenFailure, now: float, out: list[Action]) -> None:
+    def _fail(self, f: _Flow, failure: OpenFailure, now: float, out: list[TcpAction]) -> None:
         f.state = State.FAILED
         f.failure = failure
         out.append(self._failure_answer(f, failure))
         # Kept a little, so that a retransmitted SYN gets the same answer at once.
         self._arm(f, Timer.FORGET, now + self.config.time_wait)
 
-    def _failure_answer(self, f: _Flow, failure: OpenFailure) -> Transmit:
+    def _failure_answer(self, f: _Flow, failure: OpenFailure) -> Send:
         if failure is OpenFailure.NET_UNREACHABLE:
-            return Transmit(ip.build_icmp_unreachable(f.syn_packet, ip.ICMP_NET_UNREACHABLE))
+            return Send(ip.build_icmp_unreachable(f.syn_packet, ip.ICMP_NET_UNREACHABLE))
         if failure is OpenFailure.HOST_UNREACHABLE:
-            return Transmit(ip.build_icmp_unreachable(f.syn_packet, ip.ICMP_HOST_UNREACHABLE))
+            return Send(ip.build_icmp_unreachable(f.syn_packet, ip.ICMP_HOST_UNREACHABLE))
         return self._reply_reset(f.key, 0, f.rcv_nxt, RST | ACK)
 
-    def _abort(self, f: _Flow, reason: str, out: list[Action], send_rst: bool) -> None:
+    def _abort(self, f: _Flow, reason: str, out: list[TcpAction], send_rst: bool) -> None:
         if send_rst and f.state not in (State.CONNECTING, State.FAILED, State.TIME_WAIT):
             out.append(self._send(f, f.snd_nxt, RST | ACK))
         released = f.state in (State.TIME_WAIT, State.CLOSED)
         self._forget(f)
         if not released:
-            out.append(Release(f.conn, True, reason))
+            out.append(CloseFlow(f.conn, True, reason))
 
     def _forget(self, f: _Flow) -> None:
         if f.state is State.CLOSED:
@@ -977,7 +1063,7 @@ class TcpStack:
 
     def _send(
         self, f: _Flow, seq: int, flags: int, payload: bytes = b"", window: int | None = None
-    ) -> Transmit:
+    ) -> Send:
         options = b""
         if f.sack_ok and f.ooo and flags & ACK and not payload:
             options = ip.encode_options(sack=self._sack_blocks(f))
@@ -988,7 +1074,7 @@ class TcpStack:
             self.stats.resets_sent += 1
         self._ident = (self._ident + 1) & 0xFFFF
         header = f.hdr.header(seq, f.rcv_nxt, flags, window, payload, options, self._ident)
-        return Transmit(header, f.snd_mss if len(payload) > f.snd_mss else 0, payload)
+        return Send(header, f.snd_mss if len(payload) > f.snd_mss else 0, payload)
 
     @staticmethod
     def _sack_blocks(f: _Flow) -> tuple[tuple[int, int], ...]:
@@ -998,7 +1084,7 @@ class TcpStack:
         rest = [b for b in blocks if b not in newest]
         return tuple((newest + rest)[:MAX_SACK_BLOCKS])
 
-    def _syn_ack(self, f: _Flow, now: float) -> Transmit:
+    def _syn_ack(self, f: _Flow, now: float) -> Send:
         window = min(self._free(f), 0xFFFF)  # a SYN's window is never scaled
         f.rcv_adv = (f.rcv_nxt + window) & MASK
         f.timed_at = now
@@ -1007,17 +1093,15 @@ class TcpStack:
             wscale=f.rcv_wscale if f.snd_wscale or f.rcv_wscale else None,
             sack_permitted=f.sack_ok,
         )
-        return Transmit(f.hdr.packet(f.iss, f.rcv_nxt, SYN | ACK, window, b"", options))
+        return Send(f.hdr.packet(f.iss, f.rcv_nxt, SYN | ACK, window, b"", options))
 
-    def _reply_reset(self, key: Key, seq: int, ack: int, flags: int) -> Transmit:
+    def _reply_reset(self, key: Key, seq: int, ack: int, flags: int) -> Send:
         client, cport, target, tport = key
         self.stats.resets_sent += 1
         partial = self.config.offload
-        return Transmit(
-            ip.build_tcp(target, client, tport, cport, seq, ack, flags, 0, partial=partial)
-        )
+        return Send(ip.build_tcp(target, client, tport, cport, seq, ack, flags, 0, partial=partial))
 
-    def _reset_for(self, seg: TcpSegment) -> Transmit:
+    def _reset_for(self, seg: TcpSegment) -> Send:
         """RFC 793's reply to a segment that belongs to no connection."""
         key = (seg.src, seg.sport, seg.dst, seg.dport)
         if seg.flags & ACK:

@@ -36,9 +36,9 @@ from collections.abc import Callable
 import socks
 
 from ktpy.logs import LogFormat, configure, get_logger
-from ktpy.net.relay import Flow, SocketFlow
+from ktpy.net.relay import Flow, FlowOpener, SocketFlow
 from ktpy.net.socks5 import ReplyCode
-from ktpy.net.tun_stack import OpenFlow, TunStack
+from ktpy.net.tun_tcp import TunStack
 
 log = get_logger("ktpy.tun")
 
@@ -74,7 +74,7 @@ def _reply_code(exc: socks.SOCKS5Error) -> int:
         return ReplyCode.GENERAL_FAILURE
 
 
-def socks_opener(proxy_host: str, proxy_port: int, timeout: float = OPEN_TIMEOUT) -> OpenFlow:
+def socks_opener(proxy_host: str, proxy_port: int, timeout: float = OPEN_TIMEOUT) -> FlowOpener:
     """open_flow for the stack: a SOCKS5 CONNECT through the parent's proxy."""
 
     def open_flow(host: str, port: int) -> Flow:
@@ -100,7 +100,7 @@ def socks_opener(proxy_host: str, proxy_port: int, timeout: float = OPEN_TIMEOUT
     return open_flow
 
 
-def serve(fd: int, open_flow: OpenFlow, mtu: int, stop_fd: int) -> int:
+def serve(fd: int, open_flow: FlowOpener, mtu: int, stop_fd: int) -> int:
     """Run the stack on fd until stop_fd reaches EOF; 0, or 1 if the packet loop died."""
     stack = TunStack(fd, open_flow, mtu=mtu).start()
     try:

@@ -5,7 +5,9 @@ Each stream is one WebSocket: the server opens channel 0 (data) and channel 1
 (errors) for the port, each announced by a 2-byte little-endian port number.
 Data frames carry the channel number as their first byte. websocket-client does
 the HTTP upgrade (TLS, proxies); after it, ktpy reads and writes the frames
-itself on the raw socket, and hands paramiko a socket-like Stream.
+itself on the raw socket, and hands paramiko a socket-like Stream. The frames
+are read by a pure core, FrameReader (frames in, actions out, as every core in
+ktpy.sansio); Stream is its I/O.
 
 The official client's `kubernetes.stream.portforward` copies its whole pending
 buffer on every frame (quadratic on bulk transfers); here each frame is written
@@ -30,10 +32,12 @@ from typing import TypeVar
 import websocket
 
 from ktpy.logs import get_logger
+from ktpy.sansio import Action
 
 PROTOCOL = "v4.channel.k8s.io"
 DATA_CHANNEL = 0
 ERROR_CHANNEL = 1
+OP_CLOSE, OP_PING, OP_PONG = 0x8, 0x9, 0xA
 READ_CHUNK = 256 * 1024
 
 log = get_logger(__name__)
@@ -62,13 +66,44 @@ class Target:
         return f"/api/v1/namespaces/{self.namespace}/pods/{self.pod}/portforward?ports={self.port}"
 
 
-class FrameReader:
-    """Incremental parser of server-to-client WebSocket frames (never masked).
+@dataclass(frozen=True, slots=True)
+class Deliver(Action):
+    """Bytes of the data channel, for the app (paramiko)."""
 
-    feed() takes whatever the socket gave and yields (channel, payload) pieces as
-    soon as they arrive, without waiting for a frame's end: a 1 MiB frame is
-    streamed through in socket-sized pieces. Control frames are returned whole
-    with channel None and their opcode.
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class DeliverEnd(Action):
+    """The server closed the WebSocket: the app reads the end after what was delivered."""
+
+
+@dataclass(frozen=True, slots=True)
+class Send(Action):
+    """Write a frame to the server (masked by the writer, as every client frame is)."""
+
+    payload: bytes
+    opcode: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReportError(Action):
+    """Text of the error channel (the kubelet says why the port-forward failed)."""
+
+    text: str
+
+
+FrameAction = Deliver | DeliverEnd | Send | ReportError
+
+
+class FrameReader:
+    """The server-to-client side of the channel protocol, pure: frames in,
+    actions out (the vocabulary of ktpy.sansio).
+
+    receive() takes whatever the socket gave and hands out the data channel's
+    bytes as soon as they arrive, without waiting for a frame's end: a 1 MiB
+    frame is streamed through in socket-sized pieces. Control frames are
+    answered whole: a ping with a pong, a close with the end.
     """
 
     def __init__(self) -> None:
@@ -81,7 +116,23 @@ class FrameReader:
         self._skip_port = 0  # port-number bytes still to drop at a channel's start
         self.announced: set[int] = set()
 
-    def feed(self, data: memoryview) -> list[tuple[int | None, int, memoryview]]:
+    def receive(self, data: bytes | memoryview) -> list[FrameAction]:
+        """Bytes from the server, in any pieces (frames never masked)."""
+        actions: list[FrameAction] = []
+        for channel, opcode, piece in self._frames(data):
+            if channel == DATA_CHANNEL:
+                actions.append(Deliver(bytes(piece)))
+            elif channel == ERROR_CHANNEL:
+                actions.append(ReportError(bytes(piece).decode(errors="replace")))
+            elif opcode == OP_PING:
+                actions.append(Send(bytes(piece), OP_PONG))
+            elif opcode == OP_CLOSE:
+                actions.append(DeliverEnd())
+        return actions
+
+    def _frames(self, data: bytes | memoryview) -> list[tuple[int | None, int, memoryview]]:
+        """(channel, opcode, piece) as they come; control frames whole, channel None."""
+        data = memoryview(data)
         out: list[tuple[int | None, int, memoryview]] = []
         pos = 0
         while pos < len(data):
@@ -257,7 +308,7 @@ class Stream:
             return
         self._eof = True
         with contextlib.suppress(OSError):
-            self._send(mask_frame(struct.pack("!H", 1000), 0x8))
+            self._send(mask_frame(struct.pack("!H", 1000), OP_CLOSE))
         with contextlib.suppress(OSError):
             self._raw.shutdown(socket.SHUT_RDWR)
         with contextlib.suppress(OSError):
@@ -307,15 +358,15 @@ class Stream:
         if not n:
             self._eof = True
             return
-        for channel, opcode, piece in self._reader.feed(self._view[:n]):
-            if channel == DATA_CHANNEL:
-                self._pending.append(bytes(piece))
-            elif channel == ERROR_CHANNEL:
-                self.error = (self.error or "") + bytes(piece).decode(errors="replace")
+        for action in self._reader.receive(self._view[:n]):
+            if type(action) is Deliver:
+                self._pending.append(action.data)
+            elif type(action) is ReportError:
+                self.error = (self.error or "") + action.text
                 log.warning("port-forward error", pod=self.target.pod, error=self.error)
-            elif opcode == 0x9:
-                self._send(mask_frame(bytes(piece), 0xA))
-            elif opcode == 0x8:
+            elif type(action) is Send:
+                self._send(mask_frame(action.payload, action.opcode))
+            elif type(action) is DeliverEnd:
                 self._eof = True
 
     def _read_available(self, tls: bool) -> int | None:

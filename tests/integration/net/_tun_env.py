@@ -27,7 +27,7 @@ from typing import Any
 import pytun
 
 from ktpy.net.tcp import TcpConfig
-from ktpy.net.tun_stack import TunStack
+from ktpy.net.tun_tcp import TunStack
 from tests.integration.support import in_netns
 
 PREFIX = "ktpy-it-tun-"

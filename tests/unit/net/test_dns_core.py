@@ -1,4 +1,5 @@
-"""DnsCore driven with scripted queries and answers: no sockets, a fake clock."""
+"""DnsCore driven with scripted queries and answers: no sockets, a fake clock.
+Where the whole exchange is known byte for byte, by the Playbook."""
 
 from __future__ import annotations
 
@@ -10,16 +11,22 @@ from dnslib import EDNS0, QTYPE, RCODE, RR, SOA, A, DNSHeader, DNSQuestion, DNSR
 
 from ktpy.net.dns import (
     MAX_NEGATIVE_TTL,
-    Answer,
     AskCluster,
     AskUpstream,
+    ClusterAnswered,
+    ClusterFailed,
     ClusterNames,
+    DnsAction,
     DnsCore,
     DnsStats,
     Ignore,
     Route,
+    Send,
+    UpstreamAnswered,
+    UpstreamFailed,
     cache_ttl,
 )
+from tests.unit.playbook import Placeholder, Playbook
 
 NAMES = ClusterNames(
     domain="cluster.local",
@@ -61,15 +68,24 @@ def cluster_reply(
     return wire
 
 
+def decide(core: DnsCore, wire: bytes, now: float, *, udp: bool) -> DnsAction:
+    """The one action a query gets."""
+    (action,) = core.receive(wire, now, udp=udp)
+    return action
+
+
 def ask_cluster(core: DnsCore, wire: bytes, now: float = 0.0, *, udp: bool = True) -> AskCluster:
-    command = core.receive_query(wire, now, udp=udp)
-    assert isinstance(command, AskCluster), command
-    return command
+    action = decide(core, wire, now, udp=udp)
+    assert isinstance(action, AskCluster), action
+    return action
 
 
-def answer(command: object) -> DNSRecord:
-    assert isinstance(command, Answer), command
-    return DNSRecord.parse(command.wire)
+def answer(actions: DnsAction | list[DnsAction]) -> DNSRecord:
+    """The reply the client is sent."""
+    if isinstance(actions, list):
+        (actions,) = actions
+    assert isinstance(actions, Send), actions
+    return DNSRecord.parse(actions.wire)
 
 
 def records(reply: DNSRecord) -> list[tuple[str, str, int, str]]:
@@ -88,8 +104,8 @@ def test_short_name_is_expanded_and_the_answer_renamed_back() -> None:
     assert asked.pending.decision.rule == "service"
 
     reply = answer(
-        core.cluster_answered(
-            asked.pending, cluster_reply(asked.wire, f"{FQDN} 30 A 10.96.7.7"), now=0.0
+        core.handle(
+            ClusterAnswered(asked.pending, cluster_reply(asked.wire, f"{FQDN} 30 A 10.96.7.7")), 0.0
         )
     )
     assert reply.header.id == 77
@@ -106,10 +122,12 @@ def test_namespace_forms_ask_the_full_name(name: str) -> None:
     asked = ask_cluster(core, query(name))
     assert str(DNSRecord.parse(asked.wire).q.qname) == "echo.team.svc.cluster.local."
     reply = answer(
-        core.cluster_answered(
-            asked.pending,
-            cluster_reply(asked.wire, "echo.team.svc.cluster.local. 5 A 10.96.1.1"),
-            now=0.0,
+        core.handle(
+            ClusterAnswered(
+                asked.pending,
+                cluster_reply(asked.wire, "echo.team.svc.cluster.local. 5 A 10.96.1.1"),
+            ),
+            0.0,
         )
     )
     assert records(reply) == [(name + ".", "A", 5, "10.96.1.1")]
@@ -124,7 +142,7 @@ def test_cname_chain_of_an_external_name_service() -> None:
         "db.example.org. 60 CNAME db-1.example.org.",
         "db-1.example.org. 60 A 192.0.2.10",
     )
-    reply = answer(core.cluster_answered(asked.pending, wire, now=0.0))
+    reply = answer(core.handle(ClusterAnswered(asked.pending, wire), 0.0))
     # Only the owner the stub asked about changes; the chain after it stays.
     assert records(reply) == [
         ("ext.team.", "CNAME", 5, "db.example.org."),
@@ -142,7 +160,7 @@ def test_headless_service_and_srv_records() -> None:
         f"_http._tcp.{FQDN} 5 SRV 0 50 80 a.{FQDN}",
         f"_http._tcp.{FQDN} 5 SRV 0 50 80 b.{FQDN}",
     )
-    reply = answer(core.cluster_answered(asked.pending, wire, now=0.0))
+    reply = answer(core.handle(ClusterAnswered(asked.pending, wire), 0.0))
     assert [r[0] for r in records(reply)] == ["_http._tcp.echo.", "_http._tcp.echo."]
     assert [str(rr.rdata.target) for rr in reply.rr] == [f"a.{FQDN}", f"b.{FQDN}"]
 
@@ -153,10 +171,10 @@ def test_reverse_lookup_in_a_cluster_range_goes_to_the_cluster() -> None:
     asked = ask_cluster(core, query(name, "PTR"))
     assert str(DNSRecord.parse(asked.wire).q.qname) == name
     wire = cluster_reply(asked.wire, f"{name} 5 PTR kube-dns.kube-system.svc.cluster.local.")
-    reply = answer(core.cluster_answered(asked.pending, wire, now=0.0))
+    reply = answer(core.handle(ClusterAnswered(asked.pending, wire), 0.0))
     assert records(reply) == [(name, "PTR", 5, "kube-dns.kube-system.svc.cluster.local.")]
 
-    outside = core.receive_query(query("1.0.168.192.in-addr.arpa", "PTR"), 0.0, udp=True)
+    outside = decide(core, query("1.0.168.192.in-addr.arpa", "PTR"), 0.0, udp=True)
     assert isinstance(outside, AskUpstream)
 
 
@@ -164,23 +182,22 @@ def test_reverse_lookup_in_a_cluster_range_goes_to_the_cluster() -> None:
 
 
 def test_other_names_go_upstream_byte_for_byte() -> None:
-    core = DnsCore(NAMES)
     wire = query("www.example.org", "AAAA", edns=1232)
-    command = core.receive_query(wire, 0.0, udp=True)
-    assert isinstance(command, AskUpstream)
-    assert command.wire == wire
-    assert command.pending.decision.route is Route.UPSTREAM
     upstream_reply = DNSRecord.parse(wire).reply()
     upstream_reply.add_answer(*RR.fromZone("www.example.org. 300 AAAA 2001:db8::1"))
     raw = upstream_reply.pack()
-    assert core.upstream_answered(command.pending, raw, 0.0) == Answer(raw)
+    asked = Placeholder(AskUpstream)
+    pb = Playbook(DnsCore(NAMES), now=0.0, udp=True) >> wire << asked
+    assert asked().wire == wire
+    assert asked().pending.decision.route is Route.UPSTREAM
+    assert pb >> UpstreamAnswered(asked().pending, raw) << Send(raw)
 
 
 def test_upstream_failure_is_servfail_to_the_client() -> None:
     core = DnsCore(NAMES)
-    command = core.receive_query(query("www.example.org", qid=9), 0.0, udp=True)
+    command = decide(core, query("www.example.org", qid=9), 0.0, udp=True)
     assert isinstance(command, AskUpstream)
-    reply = answer(core.upstream_failed(command.pending, 0.0))
+    reply = answer(core.handle(UpstreamFailed(command.pending), 0.0))
     assert reply.header.rcode == RCODE.SERVFAIL
     assert reply.header.id == 9
     assert str(reply.q.qname) == "www.example.org."
@@ -203,16 +220,16 @@ def test_upstream_failure_is_servfail_to_the_client() -> None:
 )
 def test_unusual_queries_go_upstream_untouched(wire: bytes) -> None:
     core = DnsCore(NAMES)
-    command = core.receive_query(wire, 0.0, udp=True)
+    command = decide(core, wire, 0.0, udp=True)
     assert isinstance(command, AskUpstream)
     assert command.wire == wire
 
 
 def test_unparseable_query_without_upstream_answer_is_dropped() -> None:
-    core = DnsCore(NAMES)
-    command = core.receive_query(b"\x12\x34\x01\x00\x00\x01" + b"\x00" * 6 + b"\xff", 0.0, udp=True)
-    assert isinstance(command, AskUpstream)
-    assert isinstance(core.upstream_failed(command.pending, 0.0), Ignore)
+    asked = Placeholder(AskUpstream)
+    pb = Playbook(DnsCore(NAMES), now=0.0, udp=True)
+    pb >> b"\x12\x34\x01\x00\x00\x01" + b"\x00" * 6 + b"\xff" << asked
+    assert pb >> UpstreamFailed(asked().pending) << Placeholder(Ignore)
 
 
 @pytest.mark.parametrize(
@@ -221,7 +238,7 @@ def test_unparseable_query_without_upstream_answer_is_dropped() -> None:
     ids=["empty", "short", "a-response"],
 )
 def test_ignored(wire: bytes) -> None:
-    assert isinstance(DnsCore(NAMES).receive_query(wire, 0.0, udp=True), Ignore)
+    assert Playbook(DnsCore(NAMES), now=0.0, udp=True) >> wire << Placeholder(Ignore)
 
 
 # --- AAAA in an IPv4-only cluster ---------------------------------------------
@@ -231,7 +248,7 @@ def test_ignored(wire: bytes) -> None:
 @pytest.mark.parametrize("name", ["echo", "echo.team", FQDN])
 def test_no_ipv6_types_answered_empty_at_once(name: str, qtype: str) -> None:
     core = DnsCore(NAMES)
-    reply = answer(core.receive_query(query(name, qtype, qid=5), 0.0, udp=True))
+    reply = answer(decide(core, query(name, qtype, qid=5), 0.0, udp=True))
     assert reply.header.rcode == RCODE.NOERROR
     assert reply.header.id == 5
     assert reply.rr == []
@@ -244,10 +261,13 @@ def test_no_ipv6_types_answered_empty_at_once(name: str, qtype: str) -> None:
 def test_aaaa_of_a_name_known_missing_is_nxdomain() -> None:
     core = DnsCore(NAMES)
     asked = ask_cluster(core, query("gone.team"))
-    core.cluster_answered(
-        asked.pending, cluster_reply(asked.wire, rcode=RCODE.NXDOMAIN, auth=(SOA_RR,)), 0.0
+    core.handle(
+        ClusterAnswered(
+            asked.pending, cluster_reply(asked.wire, rcode=RCODE.NXDOMAIN, auth=(SOA_RR,))
+        ),
+        0.0,
     )
-    reply = answer(core.receive_query(query("gone.team", "AAAA"), 1.0, udp=True))
+    reply = answer(decide(core, query("gone.team", "AAAA"), 1.0, udp=True))
     assert reply.header.rcode == RCODE.NXDOMAIN
     assert reply.rr == []
     assert [QTYPE[rr.rtype] for rr in reply.auth] == ["SOA"]
@@ -269,8 +289,8 @@ def test_other_types_are_asked(qtype: str) -> None:
 
 def _answer_echo(core: DnsCore, name: str = "echo", now: float = 0.0, ttl: int = 30) -> None:
     asked = ask_cluster(core, query(name), now)
-    core.cluster_answered(
-        asked.pending, cluster_reply(asked.wire, f"{FQDN} {ttl} A 10.96.7.7"), now
+    core.handle(
+        ClusterAnswered(asked.pending, cluster_reply(asked.wire, f"{FQDN} {ttl} A 10.96.7.7")), now
     )
 
 
@@ -278,13 +298,13 @@ def test_answers_are_cached_by_their_ttl() -> None:
     core = DnsCore(NAMES)
     _answer_echo(core, now=100.0, ttl=30)
 
-    hit = answer(core.receive_query(query("echo", qid=8), 112.4, udp=True))
+    hit = answer(decide(core, query("echo", qid=8), 112.4, udp=True))
     assert hit.header.id == 8
     assert records(hit) == [("echo.", "A", 18, "10.96.7.7")], "TTL counts down"
     assert core.stats().cache_hits == 1
 
     # The same cluster name in another form shares the entry.
-    other_form = answer(core.receive_query(query("ECHO.default"), 120.0, udp=True))
+    other_form = answer(decide(core, query("ECHO.default"), 120.0, udp=True))
     assert records(other_form) == [("ECHO.default.", "A", 10, "10.96.7.7")]
 
     # Expired: asked again.
@@ -308,8 +328,11 @@ def test_nxdomain_passes_through_and_is_cached_by_the_soa_minimum() -> None:
     core = DnsCore(NAMES)
     asked = ask_cluster(core, query("gone.team", qid=3), 0.0)
     reply = answer(
-        core.cluster_answered(
-            asked.pending, cluster_reply(asked.wire, rcode=RCODE.NXDOMAIN, auth=(SOA_RR,)), 0.0
+        core.handle(
+            ClusterAnswered(
+                asked.pending, cluster_reply(asked.wire, rcode=RCODE.NXDOMAIN, auth=(SOA_RR,))
+            ),
+            0.0,
         )
     )
     assert reply.header.rcode == RCODE.NXDOMAIN
@@ -319,9 +342,7 @@ def test_nxdomain_passes_through_and_is_cached_by_the_soa_minimum() -> None:
     assert core.stats().nxdomain == 1
 
     # SOA minimum is 5 s: cached for 5 s, then asked again.
-    assert answer(core.receive_query(query("gone.team"), 4.9, udp=True)).header.rcode == (
-        RCODE.NXDOMAIN
-    )
+    assert answer(decide(core, query("gone.team"), 4.9, udp=True)).header.rcode == (RCODE.NXDOMAIN)
     ask_cluster(core, query("gone.team"), 5.0)
 
 
@@ -329,7 +350,9 @@ def test_nxdomain_without_soa_is_not_cached() -> None:
     core = DnsCore(NAMES)
     asked = ask_cluster(core, query("gone.team"))
     reply = answer(
-        core.cluster_answered(asked.pending, cluster_reply(asked.wire, rcode=RCODE.NXDOMAIN), 0.0)
+        core.handle(
+            ClusterAnswered(asked.pending, cluster_reply(asked.wire, rcode=RCODE.NXDOMAIN)), 0.0
+        )
     )
     assert reply.header.rcode == RCODE.NXDOMAIN
     ask_cluster(core, query("gone.team"), 0.1)
@@ -340,14 +363,14 @@ def test_failures_pass_through_and_are_not_cached(rcode: int) -> None:
     core = DnsCore(NAMES)
     asked = ask_cluster(core, query("echo"))
     wire = cluster_reply(asked.wire, rcode=rcode, auth=(SOA_RR,))
-    assert answer(core.cluster_answered(asked.pending, wire, 0.0)).header.rcode == rcode
+    assert answer(core.handle(ClusterAnswered(asked.pending, wire), 0.0)).header.rcode == rcode
     ask_cluster(core, query("echo"), 0.1)
 
 
 def test_cluster_unreachable_is_servfail_and_not_cached() -> None:
     core = DnsCore(NAMES)
     asked = ask_cluster(core, query("echo", qid=11))
-    reply = answer(core.cluster_failed(asked.pending, 0.0))
+    reply = answer(core.handle(ClusterFailed(asked.pending), 0.0))
     assert reply.header.rcode == RCODE.SERVFAIL
     assert reply.header.id == 11
     assert str(reply.q.qname) == "echo."
@@ -368,7 +391,9 @@ def test_cluster_unreachable_is_servfail_and_not_cached() -> None:
 def test_a_reply_to_something_else_is_a_failure(bad: bytes) -> None:
     core = DnsCore(NAMES)
     asked = ask_cluster(core, query("echo"))
-    assert answer(core.cluster_answered(asked.pending, bad, 0.0)).header.rcode == RCODE.SERVFAIL
+    assert (
+        answer(core.handle(ClusterAnswered(asked.pending, bad), 0.0)).header.rcode == RCODE.SERVFAIL
+    )
     ask_cluster(core, query("echo"), 0.1)
 
 
@@ -376,14 +401,17 @@ def test_new_knowledge_forgets_negative_answers_only() -> None:
     core = DnsCore(NAMES)
     _answer_echo(core)
     asked = ask_cluster(core, query("late.team"))
-    core.cluster_answered(
-        asked.pending, cluster_reply(asked.wire, rcode=RCODE.NXDOMAIN, auth=(SOA_RR,)), 0.0
+    core.handle(
+        ClusterAnswered(
+            asked.pending, cluster_reply(asked.wire, rcode=RCODE.NXDOMAIN, auth=(SOA_RR,))
+        ),
+        0.0,
     )
     assert len(core.cache) == 2
     core.update_names(NAMES.with_known(services={"echo", "late"}))
     assert len(core.cache) == 1
     ask_cluster(core, query("late.team"), 1.0)
-    assert isinstance(core.receive_query(query("echo"), 1.0, udp=True), Answer)
+    assert isinstance(decide(core, query("echo"), 1.0, udp=True), Send)
 
 
 def test_cache_is_bounded() -> None:
@@ -391,7 +419,9 @@ def test_cache_is_bounded() -> None:
     for name in ("a.team", "b.team", "c.team"):
         asked = ask_cluster(core, query(name))
         fqdn = name + ".svc.cluster.local."
-        core.cluster_answered(asked.pending, cluster_reply(asked.wire, f"{fqdn} 30 A 10.96.0.1"), 0)
+        core.handle(
+            ClusterAnswered(asked.pending, cluster_reply(asked.wire, f"{fqdn} 30 A 10.96.0.1")), 0
+        )
     assert len(core.cache) == 2
     ask_cluster(core, query("a.team"), 1.0)  # the oldest went first
 
@@ -425,7 +455,9 @@ def _big_answer(core: DnsCore, wire: bytes, *, udp: bool) -> DNSRecord:
     asked = ask_cluster(core, wire, udp=udp)
     fqdn = "big.default.svc.cluster.local."
     lines = [f"{fqdn} 30 A 10.244.{i // 250}.{i % 250 + 1}" for i in range(100)]
-    return answer(core.cluster_answered(asked.pending, cluster_reply(asked.wire, *lines), 0.0))
+    return answer(
+        core.handle(ClusterAnswered(asked.pending, cluster_reply(asked.wire, *lines)), 0.0)
+    )
 
 
 def test_udp_answer_too_large_is_truncated() -> None:
@@ -455,14 +487,14 @@ def test_tcp_answer_is_never_truncated() -> None:
 def test_statistics() -> None:
     core = DnsCore(NAMES)
     _answer_echo(core)  # cluster, asked
-    core.receive_query(query("echo"), 1.0, udp=True)  # cluster, cache hit
-    core.receive_query(query("echo", "AAAA"), 1.0, udp=True)  # cluster, synthesised
-    up = core.receive_query(query("example.org"), 1.0, udp=True)  # upstream
+    decide(core, query("echo"), 1.0, udp=True)  # cluster, cache hit
+    decide(core, query("echo", "AAAA"), 1.0, udp=True)  # cluster, synthesised
+    up = decide(core, query("example.org"), 1.0, udp=True)  # upstream
     assert isinstance(up, AskUpstream)
     nx = DNSRecord.parse(query("example.org")).reply()
     nx.header.rcode = RCODE.NXDOMAIN
-    core.upstream_answered(up.pending, nx.pack(), 1.0)
-    core.receive_query(b"", 1.0, udp=True)  # ignored
+    core.handle(UpstreamAnswered(up.pending, nx.pack()), 1.0)
+    decide(core, b"", 1.0, udp=True)  # ignored
     core.note_dropped()
     assert core.stats() == DnsStats(
         queries=5,
@@ -481,7 +513,7 @@ def test_statistics() -> None:
 def test_stats_are_a_snapshot() -> None:
     core = DnsCore(NAMES)
     before = core.stats()
-    core.receive_query(query("example.org"), 0.0, udp=True)
+    decide(core, query("example.org"), 0.0, udp=True)
     assert before.queries == 0
     assert core.stats().queries == 1
 
@@ -490,6 +522,8 @@ def test_answers_keep_an_address_record_intact() -> None:
     core = DnsCore(NAMES)
     asked = ask_cluster(core, query("echo"))
     reply = answer(
-        core.cluster_answered(asked.pending, cluster_reply(asked.wire, f"{FQDN} 30 A 10.96.7.7"), 0)
+        core.handle(
+            ClusterAnswered(asked.pending, cluster_reply(asked.wire, f"{FQDN} 30 A 10.96.7.7")), 0
+        )
     )
     assert reply.rr[0].rdata == A("10.96.7.7")

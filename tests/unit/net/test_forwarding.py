@@ -4,7 +4,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from ktpy.net.forwarding import OpenFlow, open_with_retries
+from ktpy.net.forwarding import open_with_retries
+from ktpy.net.relay import FlowOpener
 
 
 class FakeFlow:
@@ -26,7 +27,7 @@ class FakeFlow:
         self.closed.set()
 
 
-def scripted(*outcomes: OSError | FakeFlow) -> tuple[list[tuple[str, int]], OpenFlow]:
+def scripted(*outcomes: OSError | FakeFlow) -> tuple[list[tuple[str, int]], FlowOpener]:
     calls: list[tuple[str, int]] = []
     queue: Iterator[OSError | FakeFlow] = iter(outcomes)
 

@@ -5,7 +5,9 @@ import pytest
 from ktpy.net.socks5 import (
     AddressType,
     Close,
-    OpenConnection,
+    FlowOpened,
+    FlowOpenFailed,
+    OpenFlow,
     ReplyCode,
     Send,
     Socks5Handshake,
@@ -13,7 +15,7 @@ from ktpy.net.socks5 import (
     State,
     reply,
 )
-from tests.unit.net.playbook import Failed, Opened, Playbook
+from tests.unit.playbook import Playbook
 
 GREETING = b"\x05\x01\x00"
 CHOSEN = Send(b"\x05\x00")
@@ -34,14 +36,14 @@ def connect_ipv4(address: bytes, port: int) -> bytes:
 
 def test_connect_by_domain_name_is_resolved_on_the_far_side() -> None:
     machine = Socks5Handshake()
-    target = OpenConnection("echo.ktbed.svc.cluster.local", 80, AddressType.DOMAIN)
+    target = OpenFlow("echo.ktbed.svc.cluster.local", 80, AddressType.DOMAIN)
     assert (
         Playbook(machine)
         >> GREETING
         << CHOSEN
         >> connect_domain(b"echo.ktbed.svc.cluster.local", 80)
         << target
-        >> Opened()
+        >> FlowOpened()
         << OK
         << StartRelay(b"")
     )
@@ -55,8 +57,8 @@ def test_connect_by_ipv4() -> None:
         >> GREETING
         << CHOSEN
         >> connect_ipv4(b"\x0a\x60\x00\x0a", 8080)
-        << OpenConnection("10.96.0.10", 8080, AddressType.IPV4)
-        >> Opened("10.244.0.7", 41000)
+        << OpenFlow("10.96.0.10", 8080, AddressType.IPV4)
+        >> FlowOpened("10.244.0.7", 41000)
         << Send(b"\x05\x00\x00\x01\x0a\xf4\x00\x07" + struct.pack("!H", 41000))
         << StartRelay(b"")
     )
@@ -69,8 +71,8 @@ def test_connect_by_ipv6() -> None:
         >> GREETING
         << CHOSEN
         >> b"\x05\x01\x00\x04" + address + b"\x01\xbb"
-        << OpenConnection("fd00::1", 443, AddressType.IPV6)
-        >> Opened("fd00::2", 1)
+        << OpenFlow("fd00::1", 443, AddressType.IPV6)
+        >> FlowOpened("fd00::2", 1)
         << Send(
             b"\x05\x00\x00\x04" + bytes.fromhex("fd000000000000000000000000000002") + b"\x00\x01"
         )
@@ -87,7 +89,7 @@ def test_every_message_split_byte_by_byte() -> None:
     request = connect_domain(b"web", 443)
     for byte in request[:-1]:
         book = book >> bytes([byte])
-    assert book >> request[-1:] << OpenConnection("web", 443, AddressType.DOMAIN)
+    assert book >> request[-1:] << OpenFlow("web", 443, AddressType.DOMAIN)
 
 
 def test_greeting_and_request_in_one_read() -> None:
@@ -95,7 +97,7 @@ def test_greeting_and_request_in_one_read() -> None:
         Playbook(Socks5Handshake())
         >> GREETING + connect_domain(b"web", 80)
         << CHOSEN
-        << OpenConnection("web", 80, AddressType.DOMAIN)
+        << OpenFlow("web", 80, AddressType.DOMAIN)
     )
 
 
@@ -104,9 +106,9 @@ def test_data_sent_before_the_reply_is_relayed_first() -> None:
         Playbook(Socks5Handshake())
         >> GREETING + connect_domain(b"web", 80) + b"GET / HTTP/1.1\r\n"
         << CHOSEN
-        << OpenConnection("web", 80, AddressType.DOMAIN)
+        << OpenFlow("web", 80, AddressType.DOMAIN)
         >> b"Host: web\r\n\r\n"
-        >> Opened()
+        >> FlowOpened()
         << OK
         << StartRelay(b"GET / HTTP/1.1\r\nHost: web\r\n\r\n")
     )
@@ -203,8 +205,8 @@ def test_failed_connection_replies_with_its_code(code: ReplyCode) -> None:
         >> GREETING
         << CHOSEN
         >> connect_domain(b"web", 81)
-        << OpenConnection("web", 81, AddressType.DOMAIN)
-        >> Failed(code)
+        << OpenFlow("web", 81, AddressType.DOMAIN)
+        >> FlowOpenFailed(code)
         << failure(code)
         << Close(f"connect to target failed: {code.name.lower()}")
     )
@@ -214,13 +216,13 @@ def test_failed_connection_replies_with_its_code(code: ReplyCode) -> None:
 def test_misuse_is_an_error_not_a_silent_state_change() -> None:
     machine = Socks5Handshake()
     with pytest.raises(RuntimeError, match="expected state connecting"):
-        machine.connection_opened()
-    machine.receive_data(GREETING + connect_domain(b"web", 80))
+        machine.handle(FlowOpened())
+    machine.receive(GREETING + connect_domain(b"web", 80))
     with pytest.raises(ValueError, match="failure code"):
-        machine.connection_failed(ReplyCode.SUCCEEDED)
-    machine.connection_opened()
+        machine.handle(FlowOpenFailed(ReplyCode.SUCCEEDED))
+    machine.handle(FlowOpened())
     with pytest.raises(RuntimeError, match="relaying"):
-        machine.receive_data(b"more")
+        machine.receive(b"more")
 
 
 def test_the_playbook_itself_catches_a_wrong_script() -> None:

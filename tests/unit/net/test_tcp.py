@@ -9,31 +9,31 @@ import pytest
 from ktpy.net import ip
 from ktpy.net.ip import ACK, FIN, PSH, SYN
 from ktpy.net.tcp import (
+    CloseFlow,
     Deliver,
+    Delivered,
     DeliverEnd,
+    FlowData,
+    FlowEnd,
+    FlowFailed,
+    FlowOpened,
+    FlowOpenFailed,
     OpenFailure,
-    Release,
+    ResumeReading,
     State,
     TcpConfig,
     TcpStack,
-    Writable,
     seq_le,
     seq_lt,
 )
 from tests.unit.net.test_tcp_playbook import (
     SERVER_ISN,
     AbortAll,
-    AppConsumed,
-    AppData,
-    AppEnd,
-    AppFailed,
     Batch,
     Client,
     Icmp,
-    Opened,
-    OpenFailed,
-    Playbook,
     Seg,
+    TcpPlaybook,
     Tick,
     handshake,
 )
@@ -41,12 +41,12 @@ from tests.unit.net.test_tcp_playbook import (
 MSS = 1460
 
 
-def book(**config: object) -> Playbook:
+def book(**config: object) -> TcpPlaybook:
     settings: dict[str, object] = {"mtu": 1500, **config}
-    return Playbook(TcpStack(TcpConfig(**settings), isn=lambda: SERVER_ISN))  # type: ignore[arg-type]
+    return TcpPlaybook(TcpStack(TcpConfig(**settings), isn=lambda: SERVER_ISN))  # type: ignore[arg-type]
 
 
-def established(**config: object) -> tuple[Playbook, Client]:
+def established(**config: object) -> tuple[TcpPlaybook, Client]:
     pb = book(**config)
     c = pb.client()
     handshake(pb, c, 1)
@@ -73,7 +73,11 @@ def test_handshake_answers_only_once_the_app_flow_is_open() -> None:
     pb >> c.syn() << c.connect(1)
     pb >> c.syn()  # the kernel retransmits its SYN: no second open, no answer yet
     assert pb.stack.state(1) is State.CONNECTING
-    pb >> Opened(1) << Seg("S.", seq=0, ack=1, window=65535, mss=MSS, wscale=5, sack_permitted=True)
+    (
+        pb
+        >> FlowOpened(1)
+        << Seg("S.", seq=0, ack=1, window=65535, mss=MSS, wscale=5, sack_permitted=True)
+    )
     assert pb.stack.state(1) is State.SYN_RECEIVED
     assert pb >> c.ack()
     assert pb.stack.state(1) is State.ESTABLISHED
@@ -83,7 +87,7 @@ def test_syn_ack_offers_no_scaling_or_sack_when_the_client_did_not() -> None:
     pb = book()
     c = pb.client(wscale=None, sack=False)
     pb >> c.syn() << c.connect(1)
-    pb >> Opened(1) << Seg("S.", mss=MSS, wscale=None, sack_permitted=False, window=65535)
+    pb >> FlowOpened(1) << Seg("S.", mss=MSS, wscale=None, sack_permitted=False, window=65535)
     pb >> c.ack() >> c.send(b"x" * 100) << Deliver(1, b"x" * 100)
     # Unscaled, the window field cannot say more than 64 KiB.
     assert pb << Seg(".", ack=101, window=65535)
@@ -93,7 +97,7 @@ def test_segments_are_no_larger_than_the_clients_mss() -> None:
     pb = book()
     c = pb.client(mss=536)
     handshake(pb, c, 1)
-    pb >> AppData(1, b"a" * 1000)
+    pb >> FlowData(1, b"a" * 1000)
     assert pb << Seg(".", seq=1, payload=b"a" * 536) << Seg("P.", seq=537, payload=b"a" * 464)
 
 
@@ -101,21 +105,21 @@ def test_a_syn_without_mss_gets_the_rfc_default() -> None:
     pb = book()
     c = pb.client(mss=None)
     handshake(pb, c, 1)
-    assert pb >> AppData(1, b"a" * 600) << Seg(".", payload=b"a" * 536) << Seg("P.", seq=537)
+    assert pb >> FlowData(1, b"a" * 600) << Seg(".", payload=b"a" * 536) << Seg("P.", seq=537)
 
 
 def test_the_mtu_sets_our_mss() -> None:
     pb = book(mtu=9000)
     c = pb.client(mss=65495)
     pb >> c.syn() << c.connect(1)
-    pb >> Opened(1) << Seg("S.", mss=8960) >> c.ack()
-    assert pb >> AppData(1, b"b" * 9000) << Seg(".", payload=b"b" * 8960) << Seg("P.", seq=8961)
+    pb >> FlowOpened(1) << Seg("S.", mss=8960) >> c.ack()
+    assert pb >> FlowData(1, b"b" * 9000) << Seg(".", payload=b"b" * 8960) << Seg("P.", seq=8961)
 
 
 def test_a_lost_syn_ack_is_sent_again() -> None:
     pb = book()
     c = pb.client()
-    pb >> c.syn() << c.connect(1) >> Opened(1) << Seg("S.", seq=0, lost=True)
+    pb >> c.syn() << c.connect(1) >> FlowOpened(1) << Seg("S.", seq=0, lost=True)
     pb >> Tick(0.49)
     pb >> Tick(0.02) << Seg("S.", seq=0, ack=1)
     pb >> c.syn() << Seg("S.", seq=0, ack=1)  # the client's own retransmission
@@ -126,15 +130,15 @@ def test_a_lost_syn_ack_is_sent_again() -> None:
 def test_app_data_before_the_handshake_completes_waits_for_it() -> None:
     pb = book()
     c = pb.client()
-    pb >> c.syn() << c.connect(1) >> Opened(1) << Seg("S.")
-    pb >> AppData(1, b"220 banner\r\n")
+    pb >> c.syn() << c.connect(1) >> FlowOpened(1) << Seg("S.")
+    pb >> FlowData(1, b"220 banner\r\n")
     assert pb >> c.ack() << Seg("P.", seq=1, payload=b"220 banner\r\n")
 
 
 def test_an_ack_that_does_not_ack_our_syn_is_reset() -> None:
     pb = book()
     c = pb.client()
-    pb >> c.syn() << c.connect(1) >> Opened(1) << Seg("S.")
+    pb >> c.syn() << c.connect(1) >> FlowOpened(1) << Seg("S.")
     assert pb >> c.ack(ack=77) << Seg("R", seq=77)
     assert pb.stack.state(1) is State.SYN_RECEIVED
 
@@ -157,7 +161,7 @@ def test_a_batch_of_segments_is_acked_once() -> None:
 
 def test_app_data_is_cut_into_segments_and_freed_when_acked() -> None:
     pb, c = established()
-    pb >> AppData(1, bytes(range(256)) * 12)  # 3072 bytes
+    pb >> FlowData(1, bytes(range(256)) * 12)  # 3072 bytes
     pb << Seg(".", seq=1, payload=(bytes(range(256)) * 12)[:MSS])
     pb << Seg(".", seq=1 + MSS)
     pb << Seg("P.", seq=1 + 2 * MSS, payload=(bytes(range(256)) * 12)[2 * MSS :])
@@ -170,7 +174,7 @@ def test_app_data_is_cut_into_segments_and_freed_when_acked() -> None:
 def test_the_clients_scaled_window_limits_what_is_sent() -> None:
     pb, c = established()
     pb >> c.ack(window=2)  # 2 << 7 = 256 bytes
-    pb >> AppData(1, b"z" * 1000) << Seg(".", seq=1, payload=b"z" * 256)
+    pb >> FlowData(1, b"z" * 1000) << Seg(".", seq=1, payload=b"z" * 256)
     pb >> c.ack(window=4) << Seg(".", seq=257, payload=b"z" * 512)
     assert pb >> c.ack(window=100) << Seg("P.", seq=769, payload=b"z" * 232)
 
@@ -190,19 +194,19 @@ def test_a_retransmission_overlapping_new_data_delivers_only_the_new_bytes() -> 
 
 def test_an_ack_for_unsent_data_is_answered_and_ignored() -> None:
     pb, c = established()
-    pb >> AppData(1, b"abc") << Seg("P.", seq=1, lost=True)
+    pb >> FlowData(1, b"abc") << Seg("P.", seq=1, lost=True)
     assert pb >> c.ack(ack=500) << Seg(".", seq=4, ack=1)
     assert pb.stack.buffered_bytes() == 3
 
 
 def test_sequence_numbers_wrap_during_a_transfer() -> None:
-    pb = Playbook(TcpStack(TcpConfig(mtu=1500), isn=lambda: 0xFFFFFF00))
+    pb = TcpPlaybook(TcpStack(TcpConfig(mtu=1500), isn=lambda: 0xFFFFFF00))
     c = pb.client(isn=0xFFFFFFF0)
     handshake(pb, c, 1)
     data = bytes(range(256)) * 4
     pb >> c.send(data) << Deliver(1, data) << Seg(".", ack=1025)
-    pb >> AppData(1, data) << Seg("P.", seq=1, payload=data)
-    assert pb >> c.ack() >> AppConsumed(1, len(data))
+    pb >> FlowData(1, data) << Seg("P.", seq=1, payload=data)
+    assert pb >> c.ack() >> Delivered(1, len(data))
     assert pb.stack.buffered_bytes() == 0
     assert c.received == data
 
@@ -252,7 +256,7 @@ def test_a_fin_ahead_of_missing_data_waits_for_it() -> None:
 
 def test_a_lost_segment_is_retransmitted_after_the_rto() -> None:
     pb, c = established()
-    pb >> AppData(1, b"lost") << Seg("P.", seq=1, payload=b"lost", lost=True)
+    pb >> FlowData(1, b"lost") << Seg("P.", seq=1, payload=b"lost", lost=True)
     pb >> Tick(0.19)  # the handshake measured a tiny RTT: RTO is the 0.2 s minimum
     pb >> Tick(0.02) << Seg(".", seq=1, payload=b"lost")
     pb >> c.ack()
@@ -263,19 +267,19 @@ def test_a_lost_segment_is_retransmitted_after_the_rto() -> None:
 
 def test_retransmissions_back_off_then_give_up_with_a_reset() -> None:
     pb, _ = established(max_retransmits=3)
-    pb >> AppData(1, b"x") << Seg("P.", seq=1, lost=True)
+    pb >> FlowData(1, b"x") << Seg("P.", seq=1, lost=True)
     pb >> Tick(0.2) << Seg(".", seq=1, payload=b"x", lost=True)
     pb >> Tick(0.39)
     pb >> Tick(0.01) << Seg(".", seq=1, lost=True)
     pb >> Tick(0.8) << Seg(".", seq=1, lost=True)
     pb >> Tick(1.6) << Seg("R.", seq=2)
-    assert pb << Release(1, True, "retransmissions unanswered")
+    assert pb << CloseFlow(1, True, "retransmissions unanswered")
     assert pb.stack.state(1) is State.CLOSED
 
 
 def test_three_duplicate_acks_retransmit_at_once() -> None:
     pb, c = established()
-    pb >> AppData(1, b"d" * (5 * MSS))
+    pb >> FlowData(1, b"d" * (5 * MSS))
     pb << Seg(".", seq=1)
     pb << Seg(".", seq=1 + MSS, lost=True)
     pb << Seg(".", seq=1 + 2 * MSS) << Seg(".", seq=1 + 3 * MSS) << Seg("P.", seq=1 + 4 * MSS)
@@ -289,7 +293,7 @@ def test_three_duplicate_acks_retransmit_at_once() -> None:
 
 def test_a_partial_ack_retransmits_the_next_hole() -> None:
     pb, c = established()
-    pb >> AppData(1, b"d" * (5 * MSS))
+    pb >> FlowData(1, b"d" * (5 * MSS))
     pb << Seg(".", seq=1) << Seg(".", seq=1 + MSS, lost=True) << Seg(".", seq=1 + 2 * MSS)
     pb << Seg(".", seq=1 + 3 * MSS, lost=True) << Seg("P.", seq=1 + 4 * MSS)
     dupack = c.ack(ack=1 + MSS)
@@ -305,7 +309,7 @@ def test_a_partial_ack_retransmits_the_next_hole() -> None:
 def test_a_zero_window_stops_sending_and_is_probed_until_it_reopens() -> None:
     pb, c = established()
     pb >> c.ack(window=0)
-    pb >> AppData(1, b"w" * 1000)  # nothing may be sent
+    pb >> FlowData(1, b"w" * 1000)  # nothing may be sent
     pb >> Tick(0.2) << Seg(".", seq=0, payload=b"")  # probe: an old seq makes the client answer
     pb >> c.ack(window=0)
     pb >> Tick(0.4) << Seg(".", seq=0)  # backed off
@@ -319,7 +323,7 @@ def test_a_zero_window_stops_sending_and_is_probed_until_it_reopens() -> None:
 def test_the_fin_goes_out_even_into_a_zero_window() -> None:
     pb, c = established()
     pb >> c.ack(window=0)
-    assert pb >> AppEnd(1) << Seg("F.", seq=1)
+    assert pb >> FlowEnd(1) << Seg("F.", seq=1)
 
 
 def test_a_slow_app_closes_our_window_and_its_progress_reopens_it() -> None:
@@ -333,11 +337,11 @@ def test_a_slow_app_closes_our_window_and_its_progress_reopens_it() -> None:
     # Beyond the closed window: not taken, just acked.
     pb >> c.send(chunk) << Seg(".", ack=4 * MSS + 1, window=0)
     c.seq -= MSS
-    pb >> AppConsumed(1, 100)  # too little to announce (silly window avoidance)
-    pb >> AppConsumed(1, MSS - 100) << Seg(".", ack=4 * MSS + 1, window=MSS)
-    pb >> AppConsumed(1, MSS) << Seg(".", window=2 * MSS)
-    pb >> AppConsumed(1, MSS)  # the window would not double: not worth a packet
-    pb >> AppConsumed(1, MSS) << Seg(".", window=4 * MSS)
+    pb >> Delivered(1, 100)  # too little to announce (silly window avoidance)
+    pb >> Delivered(1, MSS - 100) << Seg(".", ack=4 * MSS + 1, window=MSS)
+    pb >> Delivered(1, MSS) << Seg(".", window=2 * MSS)
+    pb >> Delivered(1, MSS)  # the window would not double: not worth a packet
+    pb >> Delivered(1, MSS) << Seg(".", window=4 * MSS)
     assert pb >> c.send(chunk) << Deliver(1, chunk) << Seg(".", ack=5 * MSS + 1)
 
 
@@ -347,7 +351,7 @@ def test_a_zero_window_probe_from_the_client_gets_our_window() -> None:
     pb >> c.send(b"p" * MSS) << Deliver(1, b"p" * MSS) << Seg(".", window=0)
     probe = c.packet(ACK, seq=2 * MSS)  # Linux probes with the last byte it sent
     pb >> probe << Seg(".", ack=2 * MSS + 1, window=0)
-    pb >> AppConsumed(1, 2 * MSS) << Seg(".", window=2 * MSS)
+    pb >> Delivered(1, 2 * MSS) << Seg(".", window=2 * MSS)
     assert pb >> probe << Seg(".", window=2 * MSS)
 
 
@@ -357,7 +361,7 @@ def test_a_window_update_is_heard_while_our_own_window_is_closed() -> None:
     pb >> c.send(b"b" * MSS) << Deliver(1, b"b" * MSS) << Seg(".", window=0)
     pb >> c.send(b"c" * MSS) << Seg(".", ack=2 * MSS + 1, window=0)  # not taken
     pb >> c.ack(window=0) << Seg(".", window=0)  # the client's window closes too
-    pb >> AppData(1, b"x" * 100)
+    pb >> FlowData(1, b"x" * 100)
     # Its update carries a seq beyond what we took: the ACK field still counts.
     assert pb >> c.ack(window=100) << Seg("P.", seq=1, payload=b"x" * 100)
 
@@ -366,13 +370,13 @@ def test_send_space_tells_the_app_side_to_wait_for_writable() -> None:
     pb, c = established(send_buffer=16384)
     assert pb.stack.send_space(1) == 16384
     pb >> c.ack(window=0)
-    pb >> AppData(1, b"s" * 14000)
+    pb >> FlowData(1, b"s" * 14000)
     assert pb.stack.send_space(1) == 0  # below a quarter free: wait
     pb >> c.ack(window=1000)
     for _ in range(9):
         pb << Seg(".")
     pb << Seg("P.")
-    pb >> c.ack() << Writable(1)
+    pb >> c.ack() << ResumeReading(1)
     assert pb.stack.send_space(1) == 16384
 
 
@@ -383,11 +387,11 @@ def test_the_client_closes_first_and_the_app_keeps_sending() -> None:
     pb, c = established()
     pb >> c.fin() << DeliverEnd(1) << Seg(".", ack=2)
     assert pb.stack.state(1) is State.CLOSE_WAIT
-    pb >> AppData(1, b"still here") << Seg("P.", seq=1, payload=b"still here")
+    pb >> FlowData(1, b"still here") << Seg("P.", seq=1, payload=b"still here")
     pb >> c.ack()
-    pb >> AppEnd(1) << Seg("F.", seq=11, ack=2)
+    pb >> FlowEnd(1) << Seg("F.", seq=11, ack=2)
     assert pb.stack.state(1) is State.LAST_ACK
-    pb >> c.ack() << Release(1, False, "closed")
+    pb >> c.ack() << CloseFlow(1, False, "closed")
     assert pb.stack.state(1) is State.CLOSED
     assert len(pb.stack) == 0
 
@@ -399,15 +403,15 @@ def test_a_fin_can_carry_data() -> None:
 
 def test_the_app_closes_first_and_the_client_keeps_sending() -> None:
     pb, c = established()
-    pb >> AppData(1, b"response") << Seg("P.", seq=1)
-    pb >> AppEnd(1) << Seg("F.", seq=9)
+    pb >> FlowData(1, b"response") << Seg("P.", seq=1)
+    pb >> FlowEnd(1) << Seg("F.", seq=9)
     assert pb.stack.state(1) is State.FIN_WAIT_1
     pb >> c.ack()
     assert pb.stack.state(1) is State.FIN_WAIT_2
     pb >> c.send(b"more") << Deliver(1, b"more") << Seg(".", seq=10, ack=5)
-    pb >> c.fin() << DeliverEnd(1) << Release(1, False, "closed") << Seg(".", ack=6)
+    pb >> c.fin() << DeliverEnd(1) << CloseFlow(1, False, "closed") << Seg(".", ack=6)
     assert pb.stack.state(1) is State.TIME_WAIT
-    assert pb >> AppData(1, b"too late")  # the app side is released: ignored
+    assert pb >> FlowData(1, b"too late")  # the app side is released: ignored
     c.seq -= 1
     pb >> c.fin() << Seg(".", ack=6)  # its FIN again: our ACK was lost
     pb >> Tick(1.0)
@@ -416,10 +420,10 @@ def test_the_app_closes_first_and_the_client_keeps_sending() -> None:
 
 def test_simultaneous_close() -> None:
     pb, c = established()
-    pb >> AppEnd(1) << Seg("F.", seq=1)
+    pb >> FlowEnd(1) << Seg("F.", seq=1)
     pb >> c.fin(ack=1) << DeliverEnd(1) << Seg(".", seq=2, ack=2)  # crossed: ours not acked yet
     assert pb.stack.buffered_bytes() == 0
-    pb >> c.ack(ack=2) << Release(1, False, "closed")
+    pb >> c.ack(ack=2) << CloseFlow(1, False, "closed")
     assert len(pb.stack) == 1
     assert pb >> Tick(1.0)
     assert len(pb.stack) == 0
@@ -427,15 +431,15 @@ def test_simultaneous_close() -> None:
 
 def test_a_lost_fin_is_retransmitted() -> None:
     pb, c = established()
-    pb >> AppEnd(1) << Seg("F.", seq=1, lost=True)
+    pb >> FlowEnd(1) << Seg("F.", seq=1, lost=True)
     assert pb >> Tick(0.2) << Seg("F.", seq=1)
-    assert pb >> c.ack() >> c.fin() << DeliverEnd(1) << Release(1, False, "closed") << Seg(".")
+    assert pb >> c.ack() >> c.fin() << DeliverEnd(1) << CloseFlow(1, False, "closed") << Seg(".")
 
 
 def test_a_new_syn_on_a_port_in_time_wait_starts_a_new_flow() -> None:
     pb, c = established()
-    pb >> AppEnd(1) << Seg("F.") >> c.ack()
-    pb >> c.fin() << DeliverEnd(1) << Release(1, False, "closed") << Seg(".")
+    pb >> FlowEnd(1) << Seg("F.") >> c.ack()
+    pb >> c.fin() << DeliverEnd(1) << CloseFlow(1, False, "closed") << Seg(".")
     again = Client(isn=90_000)
     assert pb >> again.syn() << again.connect(2)
 
@@ -443,36 +447,36 @@ def test_a_new_syn_on_a_port_in_time_wait_starts_a_new_flow() -> None:
 # -- resets received, in every state -------------------------------------------------------
 
 
-def _to_syn_received(pb: Playbook, c: Client) -> None:
-    pb >> c.syn() << c.connect(1) >> Opened(1) << Seg("S.")
+def _to_syn_received(pb: TcpPlaybook, c: Client) -> None:
+    pb >> c.syn() << c.connect(1) >> FlowOpened(1) << Seg("S.")
 
 
-def _to_close_wait(pb: Playbook, c: Client) -> None:
+def _to_close_wait(pb: TcpPlaybook, c: Client) -> None:
     handshake(pb, c, 1)
     pb >> c.fin() << DeliverEnd(1) << Seg(".")
 
 
-def _to_last_ack(pb: Playbook, c: Client) -> None:
+def _to_last_ack(pb: TcpPlaybook, c: Client) -> None:
     _to_close_wait(pb, c)
-    pb >> AppEnd(1) << Seg("F.")
+    pb >> FlowEnd(1) << Seg("F.")
 
 
-def _to_fin_wait_1(pb: Playbook, c: Client) -> None:
+def _to_fin_wait_1(pb: TcpPlaybook, c: Client) -> None:
     handshake(pb, c, 1)
-    pb >> AppEnd(1) << Seg("F.", lost=True)
+    pb >> FlowEnd(1) << Seg("F.", lost=True)
 
 
-def _to_fin_wait_2(pb: Playbook, c: Client) -> None:
+def _to_fin_wait_2(pb: TcpPlaybook, c: Client) -> None:
     handshake(pb, c, 1)
-    pb >> AppEnd(1) << Seg("F.") >> c.ack()
+    pb >> FlowEnd(1) << Seg("F.") >> c.ack()
 
 
-def _to_closing(pb: Playbook, c: Client) -> None:
+def _to_closing(pb: TcpPlaybook, c: Client) -> None:
     _to_fin_wait_1(pb, c)
     pb >> c.fin() << DeliverEnd(1) << Seg(".")
 
 
-STATES: dict[State, Callable[[Playbook, Client], object]] = {
+STATES: dict[State, Callable[[TcpPlaybook, Client], object]] = {
     State.SYN_RECEIVED: _to_syn_received,
     State.ESTABLISHED: lambda pb, c: handshake(pb, c, 1),
     State.CLOSE_WAIT: _to_close_wait,
@@ -489,7 +493,7 @@ def test_a_reset_from_the_client_aborts_the_app_flow(state: State) -> None:
     c = pb.client()
     STATES[state](pb, c)
     assert pb.stack.state(1) is state
-    pb >> c.rst() << Release(1, True, "reset by the client")
+    pb >> c.rst() << CloseFlow(1, True, "reset by the client")
     assert pb.stack.state(1) is State.CLOSED
     assert len(pb.stack) == 0
     assert pb.stack.stats.resets_received == 1
@@ -501,14 +505,16 @@ def test_a_reset_while_connecting_releases_the_flow_once_it_opens() -> None:
     c = pb.client()
     pb >> c.syn() << c.connect(1) >> c.rst(ack=False)
     assert len(pb.stack) == 0
-    assert pb >> Opened(1) << Release(1, True, "the client went away while the flow was opened")
+    assert (
+        pb >> FlowOpened(1) << CloseFlow(1, True, "the client went away while the flow was opened")
+    )
 
 
 def test_a_reset_in_time_wait_drops_the_flow() -> None:
     pb = book()
     c = pb.client()
     _to_fin_wait_2(pb, c)
-    pb >> c.fin() << DeliverEnd(1) << Release(1, False, "closed") << Seg(".")
+    pb >> c.fin() << DeliverEnd(1) << CloseFlow(1, False, "closed") << Seg(".")
     assert len(pb.stack) == 1
     assert pb >> c.rst()  # nothing more to release
     assert len(pb.stack) == 0
@@ -536,10 +542,10 @@ def test_a_broken_app_flow_resets_the_client(state: State) -> None:
     c = pb.client()
     STATES[state](pb, c)
     seq = {State.LAST_ACK: 2, State.FIN_WAIT_1: 2, State.FIN_WAIT_2: 2, State.CLOSING: 2}
-    pb >> AppFailed(1, "channel closed") << Seg("R.", seq=seq.get(state, 1))
-    assert pb << Release(1, True, "app flow failed: channel closed")
+    pb >> FlowFailed(1, "channel closed") << Seg("R.", seq=seq.get(state, 1))
+    assert pb << CloseFlow(1, True, "app flow failed: channel closed")
     assert len(pb.stack) == 0
-    assert pb >> AppData(1, b"late")  # events for a released flow are ignored
+    assert pb >> FlowData(1, b"late")  # events for a released flow are ignored
 
 
 @pytest.mark.parametrize("state", [State.CONNECTING, *STATES], ids=lambda s: s.value)
@@ -551,7 +557,7 @@ def test_stopping_resets_every_flow(state: State) -> None:
         pb >> AbortAll() << Seg("R.", ack=1)
     else:
         STATES[state](pb, c)
-        pb >> AbortAll() << Seg("R.") << Release(1, True, "stopping")
+        pb >> AbortAll() << Seg("R.") << CloseFlow(1, True, "stopping")
     assert len(pb.stack) == 0
     assert pb.stack.next_deadline() is None
 
@@ -571,7 +577,7 @@ def test_a_refused_target_resets_the_client_at_once() -> None:
     pb = book()
     c = pb.client()
     pb >> c.syn() << c.connect(1)
-    pb >> OpenFailed(1, OpenFailure.REFUSED) << Seg("R.", abs_seq=0, ack=1)
+    pb >> FlowOpenFailed(1, OpenFailure.REFUSED) << Seg("R.", abs_seq=0, ack=1)
     pb >> c.syn() << Seg("R.", ack=1)  # a retransmitted SYN: same answer, no new open
     pb >> Tick(1.0)
     assert pb >> c.syn() << c.connect(2)  # later, a fresh attempt
@@ -585,7 +591,7 @@ def test_an_unreachable_target_gets_an_icmp_error(failure: OpenFailure, code: in
     pb = book()
     c = pb.client()
     pb >> c.syn() << c.connect(1)
-    pb >> OpenFailed(1, failure) << Icmp(code, quotes_port=40000)
+    pb >> FlowOpenFailed(1, failure) << Icmp(code, quotes_port=40000)
     assert pb >> c.syn() << Icmp(code, quotes_port=40000)
 
 
@@ -593,7 +599,7 @@ def test_other_open_failures_reset() -> None:
     pb = book()
     c = pb.client()
     pb >> c.syn() << c.connect(1)
-    assert pb >> OpenFailed(1, OpenFailure.FAILED) << Seg("R.", ack=1)
+    assert pb >> FlowOpenFailed(1, OpenFailure.FAILED) << Seg("R.", ack=1)
 
 
 def test_a_connect_that_never_finishes_times_out_as_unreachable() -> None:
@@ -602,7 +608,9 @@ def test_a_connect_that_never_finishes_times_out_as_unreachable() -> None:
     pb >> c.syn() << c.connect(1)
     pb >> Tick(4.9)
     pb >> Tick(0.1) << Icmp(1)
-    assert pb >> Opened(1) << Release(1, True, "the client went away while the flow was opened")
+    assert (
+        pb >> FlowOpened(1) << CloseFlow(1, True, "the client went away while the flow was opened")
+    )
 
 
 def test_the_icmp_error_quotes_the_syn() -> None:
@@ -610,7 +618,7 @@ def test_the_icmp_error_quotes_the_syn() -> None:
     c = pb.client()
     syn = c.syn()
     pb >> syn << c.connect(1)
-    (action,) = pb.stack.open_failed(1, OpenFailure.HOST_UNREACHABLE, pb.now)
+    (action,) = pb.stack.handle(FlowOpenFailed(1, OpenFailure.HOST_UNREACHABLE), pb.now)
     packet = ip.parse_ipv4(action.wire)  # type: ignore[union-attr]
     assert packet.src == ip.ip_bytes(c.dst)
     assert packet.dst == ip.ip_bytes(c.src)
@@ -629,10 +637,10 @@ def test_flows_are_kept_apart_by_their_four_tuple() -> None:
     handshake(pb, b, 2)
     pb >> b.send(b"to two") << Deliver(2, b"to two") << Seg(".", to=b, ack=7)
     pb >> a.send(b"to one") << Deliver(1, b"to one") << Seg(".", to=a, ack=7)
-    pb >> AppData(2, b"from two") << Seg("P.", to=b, payload=b"from two")
-    pb >> b.rst() << Release(2, True, "reset by the client")
+    pb >> FlowData(2, b"from two") << Seg("P.", to=b, payload=b"from two")
+    pb >> b.rst() << CloseFlow(2, True, "reset by the client")
     assert pb.stack.state(1) is State.ESTABLISHED
-    assert pb >> AppData(1, b"from one") << Seg("P.", to=a, payload=b"from one")
+    assert pb >> FlowData(1, b"from one") << Seg("P.", to=a, payload=b"from one")
 
 
 def test_the_flow_table_is_bounded() -> None:
@@ -719,18 +727,18 @@ def test_a_bogus_syn_fin_is_reset() -> None:
 
 def test_buffered_bytes_counts_every_kind_of_held_data() -> None:
     pb, c = established()
-    pb >> c.ack(window=0) >> AppData(1, b"u" * 300)  # unsent
+    pb >> c.ack(window=0) >> FlowData(1, b"u" * 300)  # unsent
     pb >> c.send(b"d" * 200, window=0) << Deliver(1, b"d" * 200) << Seg(".")  # not consumed
     pb >> c.send(b"o" * 50, seq=500, window=0) << Seg(".")  # out of order
     assert pb.stack.buffered_bytes() == 300 + 200 + 50
-    pb >> AppConsumed(1, 200)
+    pb >> Delivered(1, 200)
     assert pb.stack.buffered_bytes() == 350
 
 
 def test_timers_are_reported_and_cleared() -> None:
     pb, c = established()
     assert pb.stack.next_deadline() is None
-    pb >> AppData(1, b"t") << Seg("P.", lost=True)
+    pb >> FlowData(1, b"t") << Seg("P.", lost=True)
     assert pb.stack.next_deadline() == pytest.approx(pb.now + 0.2)
     pb >> c.ack(ack=1)  # acks nothing new
     pb >> c.ack(ack=2)
@@ -739,8 +747,8 @@ def test_timers_are_reported_and_cleared() -> None:
 
 def test_an_ack_pushes_the_retransmission_timer_back() -> None:
     pb, c = established()
-    pb >> AppData(1, b"a" * 100) << Seg("P.", seq=1)
-    pb >> AppData(1, b"b" * 100) << Seg("P.", seq=101, lost=True)
+    pb >> FlowData(1, b"a" * 100) << Seg("P.", seq=1)
+    pb >> FlowData(1, b"b" * 100) << Seg("P.", seq=101, lost=True)
     pb >> Tick(0.1) >> c.ack(ack=101)  # progress: the RTO restarts from here
     pb >> Tick(0.15)  # the first deadline has passed: nothing yet
     pb >> Tick(0.05) << Seg(".", seq=101, payload=b"b" * 100)
@@ -770,16 +778,16 @@ def test_flags_are_shown_like_tcpdump() -> None:
 def test_with_offloads_segments_are_as_large_as_a_packet_allows() -> None:
     pb, _ = established(offload=True)
     big = MSS * (65495 // MSS)  # whole segments that fit one IPv4 packet
-    pb >> AppData(1, b"g" * 100_000)
+    pb >> FlowData(1, b"g" * 100_000)
     pb << Seg(".", seq=1, payload=b"g" * big, gso=MSS)
     pb << Seg("P.", seq=1 + big, payload=b"g" * (100_000 - big), gso=MSS)
-    pb >> AppData(1, b"small")
+    pb >> FlowData(1, b"small")
     assert pb << Seg("P.", payload=b"small", gso=0)  # fits one MSS: no GSO
 
 
 def test_with_offloads_the_checksum_is_left_for_the_kernel() -> None:
     pb, _ = established(offload=True)
-    (action,) = pb.stack.app_data(1, b"x" * 1000, pb.now)
+    (action,) = pb.stack.handle(FlowData(1, b"x" * 1000), pb.now)
     packet = action.wire  # type: ignore[union-attr]
     # Only the pseudo-header sum is there (CHECKSUM_PARTIAL): the kernel adds the rest.
     pseudo = ip.ones_sum(packet[12:20]) + ip.PROTO_TCP + len(packet) - 20
@@ -806,6 +814,6 @@ def test_packets_after_a_virtio_header_are_read_in_place() -> None:
     syn = c.syn()
     (connect,) = pb.stack.receive(header + syn, pb.now, offset=10)
     assert connect == c.connect(1)
-    (icmp,) = pb.stack.open_failed(1, OpenFailure.HOST_UNREACHABLE, pb.now)
+    (icmp,) = pb.stack.handle(FlowOpenFailed(1, OpenFailure.HOST_UNREACHABLE), pb.now)
     _, _, quoted = ip.parse_icmp(ip.parse_ipv4(icmp.wire))  # type: ignore[union-attr]
     assert quoted == syn[:28]  # the SYN, not the virtio header

@@ -14,14 +14,17 @@ from ktpy.net import ip
 from ktpy.net.ip import ACK, PSH
 from ktpy.net.tcp import (
     MASK,
-    Action,
+    CloseFlow,
     Deliver,
+    Delivered,
     DeliverEnd,
-    Release,
+    FlowData,
+    FlowOpened,
+    ResumeReading,
+    Send,
+    TcpAction,
     TcpConfig,
     TcpStack,
-    Transmit,
-    Writable,
 )
 from tests.unit.net.test_tcp_playbook import SERVER_ISN, Client
 
@@ -50,7 +53,7 @@ class Episode:
         self.released = False
         self.window = 65535
 
-    def run(self, actions: list[Action]) -> None:
+    def run(self, actions: list[TcpAction]) -> None:
         for action in actions:
             if isinstance(action, Deliver):
                 assert action.conn == 1
@@ -58,16 +61,16 @@ class Episode:
                 assert action.data == expected, f"delivered out of order at {self.delivered}"
                 self.delivered += len(action.data)
                 self.unconsumed += len(action.data)
-            elif isinstance(action, Transmit):
+            elif isinstance(action, Send):
                 self.check_packet(action)
-            elif isinstance(action, Release):
+            elif isinstance(action, CloseFlow):
                 self.released = True
             else:
-                assert isinstance(action, Writable | DeliverEnd), action
+                assert isinstance(action, ResumeReading | DeliverEnd), action
         limit = self.config.receive_buffer + self.config.send_buffer + (1 << 5)
         assert self.stack.buffered_bytes() <= limit
 
-    def check_packet(self, action: Transmit) -> None:
+    def check_packet(self, action: Send) -> None:
         wire = action.wire
         segment = ip.parse_tcp_packet(wire, verify=not self.config.offload)
         if action.gso:
@@ -116,11 +119,11 @@ class Episode:
                 n = rng.randint(1, min(space, 6000))
                 data = APP_STREAM[self.app_sent : self.app_sent + n]
                 self.app_sent += n
-                self.run(s.app_data(1, data, self.now))
+                self.run(s.handle(FlowData(1, data), self.now))
         elif choice < 0.85 and self.unconsumed:
             n = rng.randint(1, self.unconsumed)
             self.unconsumed -= n
-            self.run(s.app_consumed(1, n, self.now))
+            self.run(s.handle(Delivered(1, n), self.now))
         else:
             self.now += rng.choice([0.01, 0.1, 0.3, 1.0])
             self.run(s.expire(self.now))
@@ -128,7 +131,7 @@ class Episode:
     def start(self) -> None:
         s, c = self.stack, self.client
         assert len(s.receive(c.syn(), self.now)) == 1
-        self.run(s.opened(1, self.now))
+        self.run(s.handle(FlowOpened(1), self.now))
         self.run(s.receive(c.ack(), self.now))
 
 

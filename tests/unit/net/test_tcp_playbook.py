@@ -1,16 +1,18 @@
-"""A Playbook for the TUN stack's TCP (ktpy.net.tcp), and tests of the Playbook itself.
+"""The Playbook (tests/unit/playbook.py) extended for the TUN stack's TCP
+(ktpy.net.tcp), and tests of the Playbook itself.
 
-    pb = Playbook(TcpStack(config, isn=lambda: SERVER_ISN))
+    pb = TcpPlaybook(TcpStack(config, isn=lambda: SERVER_ISN))
     client = pb.client()
-    pb >> client.syn() << Connect(1, TARGET, 80, ...) >> Opened(1) << Seg("S.", seq=0, ack=1)
+    pb >> client.syn() << OpenFlow(1, TARGET, 80, ...) >> FlowOpened(1) << Seg("S.", seq=0, ack=1)
 
 ``>>`` feeds an input: a packet from the client (bytes, read from the TUN
 device, followed by ``flush`` as the I/O wrapper does after each read batch),
-a ``Batch`` of packets, or an app-side event (``Opened``, ``AppData``...).
-``<<`` states the next action the stack must emit: an action itself
-(``Deliver``, ``Connect``, ``Release``...) or a ``Seg``/``Icmp`` matcher for a
-transmitted packet. The script runs as it is written; an action not expected
-before the next input, or left over at the end (``assert pb``), fails.
+a ``Batch`` of packets, an app-side event (``FlowOpened``, ``FlowData``...),
+``Tick`` (time passes, timers fire) or ``AbortAll``. ``<<`` states the next
+action the stack must emit: an action itself (``Deliver``, ``OpenFlow``,
+``CloseFlow``...) or a ``Seg``/``Icmp`` matcher for a sent packet. The script
+runs as it is written; an action not expected before the next input, or left
+over at the end (``assert pb``), fails.
 
 Sequence numbers in ``Seg`` are relative, like tcpdump's: ``seq`` counts from
 the stack's ISN, ``ack`` from the client's. The scripted ``Client`` sees every
@@ -28,14 +30,16 @@ from ktpy.net import ip
 from ktpy.net.ip import ACK, FIN, PSH, RST, SYN
 from ktpy.net.tcp import (
     MASK,
-    Action,
-    Connect,
-    OpenFailure,
+    FlowOpened,
+    OpenFlow,
+    Send,
+    TcpAction,
     TcpConfig,
+    TcpEvent,
     TcpStack,
-    Transmit,
     describe,
 )
+from tests.unit.playbook import Playbook
 
 SERVER_ISN = 1_000_000
 CLIENT_ISN = 5_000
@@ -61,43 +65,6 @@ class Batch:
 
     def __init__(self, *packets: bytes) -> None:
         object.__setattr__(self, "packets", packets)
-
-
-@dataclass(frozen=True)
-class Opened:
-    conn: int
-
-
-@dataclass(frozen=True)
-class OpenFailed:
-    conn: int
-    failure: OpenFailure
-
-
-@dataclass(frozen=True)
-class AppData:
-    conn: int
-    data: bytes
-
-    def __repr__(self) -> str:
-        return f"AppData({self.conn}, {len(self.data)} bytes)"
-
-
-@dataclass(frozen=True)
-class AppEnd:
-    conn: int
-
-
-@dataclass(frozen=True)
-class AppConsumed:
-    conn: int
-    n: int
-
-
-@dataclass(frozen=True)
-class AppFailed:
-    conn: int
-    reason: str = "broken"
 
 
 @dataclass(frozen=True)
@@ -129,7 +96,7 @@ class Seg:
     wscale: int | None = None
     sack_permitted: bool | None = None
     sack: tuple[tuple[int, int], ...] | None = None  # relative to the client's ISN
-    gso: int | None = None  # the Transmit's GSO size (offloads)
+    gso: int | None = None  # the Send's GSO size (offloads)
     to: Client | None = field(default=None, repr=False)  # which client; any if None
     lost: bool = False  # the client never sees it
 
@@ -273,94 +240,57 @@ class Client:
                 self.rcv_nxt + len(segment.payload) + (1 if segment.flags & FIN else 0)
             ) & MASK
 
-    def connect(self, conn: int) -> Connect:
-        return Connect(conn, self.dst, self.dport, f"{self.src}:{self.sport}")
+    def connect(self, conn: int) -> OpenFlow:
+        return OpenFlow(conn, self.dst, self.dport, f"{self.src}:{self.sport}")
 
 
 # -- the playbook -------------------------------------------------------------------
 
 
-Input = (
-    bytes
-    | Batch
-    | Opened
-    | OpenFailed
-    | AppData
-    | AppEnd
-    | AppConsumed
-    | AppFailed
-    | Tick
-    | AbortAll
-)
-Expected = Action | Seg | Icmp
+Input = bytes | Batch | TcpEvent | Tick | AbortAll
+Expected = TcpAction | Seg | Icmp
 
 
-@dataclass
-class Playbook:
-    stack: TcpStack = field(
-        default_factory=lambda: TcpStack(TcpConfig(mtu=1500), isn=lambda: SERVER_ISN)
-    )
-    now: float = 100.0
-    clients: list[Client] = field(default_factory=list)
-    transcript: list[str] = field(default_factory=list)
-    pending: list[Action] = field(default_factory=list)
+class TcpPlaybook(Playbook):
+    def __init__(self, stack: TcpStack | None = None, now: float = 100.0) -> None:
+        if stack is None:
+            stack = TcpStack(TcpConfig(mtu=1500), isn=lambda: SERVER_ISN)
+        super().__init__(stack, now=now)
+        self.clients: list[Client] = []
+
+    @property
+    def stack(self) -> TcpStack:
+        stack: TcpStack = self.core
+        return stack
 
     def client(self, **kw: Any) -> Client:
         c = Client(server_isn=kw.pop("server_isn", self.stack.isn()), **kw)
         self.clients.append(c)
         return c
 
-    def fail(self, message: str) -> None:
-        self.transcript.append(f"!! {message}")
-        raise AssertionError("\n".join(self.transcript))
-
-    def _run(self, event: Input) -> list[Action]:
+    def run(self, item: Input) -> list[Any]:
         s, now = self.stack, self.now
-        if isinstance(event, bytes):
-            return s.receive(event, now) + s.flush(now)
-        if isinstance(event, Batch):
-            out: list[Action] = []
-            for packet in event.packets:
+        assert now is not None
+        if isinstance(item, bytes):
+            return s.receive(item, now) + s.flush(now)
+        if isinstance(item, Batch):
+            out: list[TcpAction] = []
+            for packet in item.packets:
                 out += s.receive(packet, now)
             return out + s.flush(now)
-        if isinstance(event, Opened):
-            return s.opened(event.conn, now)
-        if isinstance(event, OpenFailed):
-            return s.open_failed(event.conn, event.failure, now)
-        if isinstance(event, AppData):
-            return s.app_data(event.conn, event.data, now)
-        if isinstance(event, AppEnd):
-            return s.app_end(event.conn, now)
-        if isinstance(event, AppConsumed):
-            return s.app_consumed(event.conn, event.n, now)
-        if isinstance(event, AppFailed):
-            return s.app_failed(event.conn, event.reason, now)
-        if isinstance(event, Tick):
-            self.now += event.seconds
+        if isinstance(item, Tick):
+            self.now = now + item.seconds
             return s.expire(self.now)
-        return s.abort_all(event.reason)
+        if isinstance(item, AbortAll):
+            return s.abort_all(item.reason)
+        return s.handle(item, now)
 
-    def __rshift__(self, event: Input) -> Playbook:
-        if self.pending:
-            self.fail(f"unexpected, before the next input: {self.pending}")
-        shown = describe(event) if isinstance(event, bytes) else repr(event)
-        self.transcript.append(f">> {shown}")
-        self.pending = list(self._run(event))
-        return self
+    def show(self, item: Any) -> str:
+        return describe(item) if isinstance(item, bytes) else repr(item)
 
-    def __lshift__(self, expected: Expected) -> Playbook:
-        self.transcript.append(f"<< {expected!r}")
-        if not self.pending:
-            self.fail("nothing was emitted")
-        actual = self.pending.pop(0)
-        problem = self._mismatch(expected, actual)
-        if problem:
-            self.fail(f"emitted instead: {actual!r}: {problem}")
-        return self
-
-    def _mismatch(self, expected: Expected, actual: Action) -> str | None:
+    def mismatch(self, expected: Any, actual: Any) -> str | None:
         if isinstance(expected, Seg):
-            if not isinstance(actual, Transmit):
+            if not isinstance(actual, Send):
                 return "not a packet"
             try:
                 # With offloads the kernel finishes our checksums: nothing to check yet.
@@ -379,7 +309,7 @@ class Playbook:
                 owner.sees(segment)
             return problem
         if isinstance(expected, Icmp):
-            if not isinstance(actual, Transmit):
+            if not isinstance(actual, Send):
                 return "not a packet"
             pkt = ip.parse_ipv4(actual.wire)
             kind, code, quoted = ip.parse_icmp(pkt)
@@ -389,7 +319,7 @@ class Playbook:
             if expected.quotes_port is not None and port != expected.quotes_port:
                 return f"quotes port {port}"
             return None
-        return None if actual == expected else "different action"
+        return super().mismatch(expected, actual)
 
     def _owner(self, segment: ip.TcpSegment, hint: Client | None) -> Client | None:
         if hint is not None:
@@ -399,19 +329,14 @@ class Playbook:
                 return c
         return None
 
-    def __bool__(self) -> bool:
-        if self.pending:
-            self.fail(f"left over: {self.pending}")
-        return True
 
-
-def handshake(pb: Playbook, client: Client, conn: int) -> Playbook:
+def handshake(pb: TcpPlaybook, client: Client, conn: int) -> TcpPlaybook:
     """SYN, open the app flow, SYN-ACK, ACK: the flow is established."""
     return (
         pb
         >> client.syn()
         << client.connect(conn)
-        >> Opened(conn)
+        >> FlowOpened(conn)
         << Seg("S.", seq=0, ack=1, to=client)
         >> client.ack()
     )
@@ -421,20 +346,20 @@ def handshake(pb: Playbook, client: Client, conn: int) -> Playbook:
 
 
 def test_a_met_expectation_passes() -> None:
-    pb = Playbook()
+    pb = TcpPlaybook()
     c = pb.client()
     assert handshake(pb, c, 1)
 
 
 def test_a_wrong_expectation_fails_with_a_transcript() -> None:
-    pb = Playbook()
+    pb = TcpPlaybook()
     c = pb.client()
     with pytest.raises(AssertionError, match=r"(?s)>> .*S\].*!! emitted instead"):
         pb >> c.syn() << Seg("S.")  # the stack asks for the app flow first
 
 
 def test_a_left_over_action_fails() -> None:
-    pb = Playbook()
+    pb = TcpPlaybook()
     c = pb.client()
     pb >> c.syn()
     with pytest.raises(AssertionError, match="left over"):
@@ -442,15 +367,15 @@ def test_a_left_over_action_fails() -> None:
 
 
 def test_an_unexpected_action_fails_at_the_next_input() -> None:
-    pb = Playbook()
+    pb = TcpPlaybook()
     c = pb.client()
     with pytest.raises(AssertionError, match="unexpected, before the next input"):
-        pb >> c.syn() >> Opened(1)
+        pb >> c.syn() >> FlowOpened(1)
 
 
 def test_seg_checks_each_given_field() -> None:
-    pb = Playbook()
+    pb = TcpPlaybook()
     c = pb.client()
-    pb >> c.syn() << c.connect(1) >> Opened(1)
+    pb >> c.syn() << c.connect(1) >> FlowOpened(1)
     with pytest.raises(AssertionError, match="ack=1 \\(want 2\\)"):
         pb << Seg("S.", seq=0, ack=2)

@@ -10,7 +10,7 @@ import socks
 from ktpy.net.socks5 import ReplyCode
 from ktpy.net.tcp import OpenFailure
 from ktpy.net.tun_process import _reply_code, error_for_reply
-from ktpy.net.tun_stack import open_failure_for
+from ktpy.net.tun_tcp import open_failure_for
 
 
 @pytest.mark.parametrize(

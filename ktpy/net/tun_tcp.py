@@ -1,5 +1,6 @@
-"""The TUN stack's I/O: a TUN device, the pure TCP core, and the threads that
-relay each flow to an app-side Flow.
+"""TCP flows between a TUN device and flow openers: the TUN device, the pure
+TCP core (ktpy.net.tcp), and the threads that relay each flow to an app-side
+Flow. TCP only.
 
     stack = TunStack("ktpy0", open_flow)      # or an open TUN fd / TunTapDevice
     stack.start()
@@ -57,23 +58,27 @@ from typing import Protocol
 
 from ktpy.config import TUN_MTU
 from ktpy.logs import get_logger
-from ktpy.net.relay import Flow
+from ktpy.net.relay import Flow, FlowOpener
 from ktpy.net.tcp import (
-    Action,
-    Connect,
+    CloseFlow,
     Deliver,
+    Delivered,
     DeliverEnd,
+    FlowData,
+    FlowEnd,
+    FlowFailed,
+    FlowOpened,
+    FlowOpenFailed,
     OpenFailure,
-    Release,
+    OpenFlow,
+    ResumeReading,
+    Send,
+    TcpAction,
     TcpConfig,
     TcpStack,
-    Transmit,
-    Writable,
 )
 
 log = get_logger(__name__)
-
-OpenFlow = Callable[[str, int], Flow]
 
 CHUNK = 256 * 1024  # largest read from a Flow
 BATCH = 64  # packets read from the TUN fd before the stack flushes ACKs
@@ -239,7 +244,7 @@ class TunStack:
     def __init__(
         self,
         tun: int | str | TunDevice,
-        open_flow: OpenFlow,
+        open_flow: FlowOpener,
         *,
         mtu: int | None = None,
         config: TcpConfig | None = None,
@@ -431,7 +436,7 @@ class TunStack:
                 now = clock()
                 with lock:
                     self._sleep_until = -math.inf  # awake: no need to poke it
-                    actions: list[Action] = []
+                    actions: list[TcpAction] = []
                     for packet in packets:
                         try:
                             if header:
@@ -466,16 +471,16 @@ class TunStack:
         if deadline is not None and deadline < self._sleep_until:
             self._poke()
 
-    def _carry_out(self, actions: list[Action]) -> None:
+    def _carry_out(self, actions: list[TcpAction]) -> None:
         """Lock held: writes to the fd are serialized and in the stack's order."""
         for action in actions:
-            if type(action) is Transmit:
+            if type(action) is Send:
                 self._write(action)
             elif type(action) is Deliver:
                 h = self._handles.get(action.conn)
                 if h is not None:
                     h.queue.put(action.data)
-            elif type(action) is Writable:
+            elif type(action) is ResumeReading:
                 h = self._handles.get(action.conn)
                 if h is not None:
                     h.space.set()
@@ -483,13 +488,13 @@ class TunStack:
                 h = self._handles.get(action.conn)
                 if h is not None:
                     h.queue.put(_EOF)
-            elif type(action) is Connect:
+            elif type(action) is OpenFlow:
                 if not self._stopping:
                     self._workers.submit(functools.partial(self._open, action))
-            elif type(action) is Release:
+            elif type(action) is CloseFlow:
                 self._release(action)
 
-    def _write(self, action: Transmit) -> None:
+    def _write(self, action: Send) -> None:
         if not self._fd_usable:
             return
         packet, payload = action.packet, action.payload
@@ -515,7 +520,7 @@ class TunStack:
 
     # -- opening flows ---------------------------------------------------------------
 
-    def _open(self, action: Connect) -> None:
+    def _open(self, action: OpenFlow) -> None:
         target = f"{action.host}:{action.port}"
         try:
             flow = self.open_flow(action.host, action.port)
@@ -524,15 +529,16 @@ class TunStack:
             log.info("tun flow failed", conn=action.conn, target=target, reason=str(exc))
             self.counters.open_failures += 1
             with self._lock:
-                self._carry_out(self._stack.open_failed(action.conn, failure, self._clock()))
+                event = FlowOpenFailed(action.conn, failure)
+                self._carry_out(self._stack.handle(event, self._clock()))
                 self._after_event()
             return
         except Exception:
             log.exception("open_flow raised", conn=action.conn, target=target)
             self.counters.open_failures += 1
             with self._lock:
-                actions = self._stack.open_failed(action.conn, OpenFailure.FAILED, self._clock())
-                self._carry_out(actions)
+                event = FlowOpenFailed(action.conn, OpenFailure.FAILED)
+                self._carry_out(self._stack.handle(event, self._clock()))
             return
         h = _Handle(action.conn, flow, target)
         reader = threading.Thread(
@@ -543,8 +549,8 @@ class TunStack:
         )
         h.reader, h.writer = reader, writer
         with self._lock:
-            actions = self._stack.opened(action.conn, self._clock())
-            gone = self._stopping or any(type(a) is Release for a in actions)
+            actions = self._stack.handle(FlowOpened(action.conn), self._clock())
+            gone = self._stopping or any(type(a) is CloseFlow for a in actions)
             if not gone:
                 self._handles[h.conn] = h
                 self._live.add(h)
@@ -583,9 +589,9 @@ class TunStack:
                     continue
                 with lock:
                     if data:
-                        self._carry_out(stack.app_data(h.conn, data, clock()))
+                        self._carry_out(stack.handle(FlowData(h.conn, data), clock()))
                     else:
-                        self._carry_out(stack.app_end(h.conn, clock()))
+                        self._carry_out(stack.handle(FlowEnd(h.conn), clock()))
                     self._after_event()
                 if not data:
                     return
@@ -618,7 +624,7 @@ class TunStack:
                     data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
                     h.flow.sendall(data)
                     with lock:
-                        self._carry_out(stack.app_consumed(h.conn, len(data), clock()))
+                        self._carry_out(stack.handle(Delivered(h.conn, len(data)), clock()))
                         self._after_event()
                 if marker is _EOF:
                     with contextlib.suppress(OSError, EOFError):
@@ -642,9 +648,9 @@ class TunStack:
             return  # closing the Flow ourselves is what broke it
         reason = str(exc) or type(exc).__name__
         with self._lock:
-            self._carry_out(self._stack.app_failed(h.conn, reason, self._clock()))
+            self._carry_out(self._stack.handle(FlowFailed(h.conn, reason), self._clock()))
 
-    def _release(self, action: Release) -> None:
+    def _release(self, action: CloseFlow) -> None:
         """Lock held. The flow is over: the app side goes, cleanly or not."""
         h = self._handles.pop(action.conn, None)
         if h is None:

@@ -20,7 +20,7 @@ import pytest
 
 from ktpy.config import TUN_MTU
 from ktpy.net.tcp import TcpConfig
-from ktpy.net.tun_stack import TunStack
+from ktpy.net.tun_tcp import TunStack
 from tests.integration.support import unavailable, wait_for
 
 from . import _tun_env as te
