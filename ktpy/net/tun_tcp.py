@@ -51,7 +51,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from queue import Empty, SimpleQueue
 from typing import Protocol
@@ -566,10 +566,24 @@ class TunStack:
 
     # -- relaying ------------------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def _relaying(self, h: _Handle) -> Iterator[None]:
+        """Around a flow's relay thread: a failure of the flow is told to the client,
+        and the thread is accounted for however it ends."""
+        try:
+            yield
+        except (OSError, EOFError) as exc:
+            self._app_failed(h, exc)
+        except Exception as exc:  # a Flow's own error type: the client must still hear
+            log.exception("tun flow relay failed", conn=h.conn, target=h.target)
+            self._app_failed(h, exc)
+        finally:
+            self._thread_done(h)
+
     def _read_app(self, h: _Handle) -> None:
         """Flow -> client, as fast as the client's window drains our send buffer."""
         stack, lock, clock = self._stack, self._lock, self._clock
-        try:
+        with self._relaying(h):
             while True:
                 h.space.clear()
                 with lock:
@@ -595,18 +609,11 @@ class TunStack:
                     self._after_event()
                 if not data:
                     return
-        except (OSError, EOFError) as exc:
-            self._app_failed(h, exc)
-        except Exception as exc:  # a Flow's own error type: the client must still hear
-            log.exception("tun flow relay failed", conn=h.conn, target=h.target)
-            self._app_failed(h, exc)
-        finally:
-            self._thread_done(h)
 
     def _write_app(self, h: _Handle) -> None:
         """Client -> Flow; what was written reopens the client's window."""
         stack, lock, clock, queue = self._stack, self._lock, self._clock, h.queue
-        try:
+        with self._relaying(h):
             while True:
                 item = queue.get()
                 chunks: list[bytes] = []
@@ -635,13 +642,6 @@ class TunStack:
                     return
                 elif marker is _ABORT:
                     return
-        except (OSError, EOFError) as exc:
-            self._app_failed(h, exc)
-        except Exception as exc:  # a Flow's own error type: the client must still hear
-            log.exception("tun flow relay failed", conn=h.conn, target=h.target)
-            self._app_failed(h, exc)
-        finally:
-            self._thread_done(h)
 
     def _app_failed(self, h: _Handle, exc: BaseException) -> None:
         if h.released:
