@@ -157,10 +157,10 @@ class Session:
 
     def close(self, *, hurry: bool = False) -> list[Created]:
         """Stop the tunnel and delete every object this session created (newest first).
-        Returns what was deleted, for the command's last line."""
+        Returns what was deleted, in that order, for the command's last line."""
         self._stop.set()
         self.link.close()
-        deleted = list(self.objects.created)
+        deleted = list(reversed(self.objects.created))
         self.objects.delete_all(hurry=hurry)
         for thread in self._threads:
             if thread is not threading.current_thread():

@@ -202,7 +202,8 @@ class RunningKtpy:
         self.output: list[str] = []
         self.errors: list[str] = []
         threading.Thread(target=self._pump, args=(proc.stdout, self.lines), daemon=True).start()
-        threading.Thread(target=self._collect_stderr, daemon=True).start()
+        self._stderr_reader = threading.Thread(target=self._collect_stderr, daemon=True)
+        self._stderr_reader.start()
 
     @staticmethod
     def _pump(stream: Any, sink: queue.Queue[str]) -> None:
@@ -236,6 +237,12 @@ class RunningKtpy:
 
     def line_with(self, marker: str) -> str:
         return next(line for line in self.output if marker in line)
+
+    def all_errors(self, timeout: float = 10) -> list[str]:
+        """Every stderr line, once the process has exited and its stderr is read to the end."""
+        self.proc.wait(timeout)
+        self._stderr_reader.join(timeout)
+        return self.errors
 
     def stop(self, sig: int = signal.SIGINT, timeout: float = 60) -> int:
         if self.proc.poll() is None:

@@ -262,6 +262,10 @@ def test_selector_mode_switches_both_ways_without_a_failed_request(
     assert service_text(bed, ns) == before
     assert bed.ktpy_objects(ns) == []
     assert "Restored the selector of service echo" in drain(session)
+    # The last line says what Ctrl-C undid: the selector, then the shadow's objects.
+    ending = session.all_errors()[-1]
+    assert ending.startswith("Stopped by Ctrl-C after "), session.errors
+    assert ": restored the selector of service echo; deleted pod/echo-kt-exchange-" in ending
 
 
 def test_scale_mode_restores_the_replica_count(bed: Bed, echo: str, laptop: Laptop) -> None:

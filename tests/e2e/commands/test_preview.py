@@ -131,6 +131,13 @@ def test_preview_reaches_this_laptop_from_a_pod_and_from_another_laptop(
     assert code == 130, preview.errors
     assert bed.ktpy_objects(ns) == []
     assert f"service/{NAME}" not in service_names(bed, ns)
+    # Ctrl-C ends with one line saying what was undone, in the order it was, not an error.
+    errors = preview.all_errors()
+    endings = [line for line in errors if line.startswith("Stopped by Ctrl-C after ")]
+    assert len(endings) == 1, errors
+    assert f": deleted service/{NAME}, pod/{NAME}-kt-" in endings[0], endings
+    assert endings[0].endswith(".")
+    assert not [line for line in errors if line.startswith("Error:")], errors
 
 
 def test_kill9_preview_is_cleaned_by_ktpy_clean(bed: Bed, namespace: str, laptop: Laptop) -> None:
