@@ -68,7 +68,7 @@ class Request:
     template_labels: dict[str, str] = field(default_factory=dict)
 
 
-def _named_ports(api: ClusterApi, namespace: str, selector: dict[str, str]) -> dict[str, int]:
+def named_ports(api: ClusterApi, namespace: str, selector: dict[str, str]) -> dict[str, int]:
     """Named container ports of the pods the Service selects, then of the Deployments
     whose pods it would select (all scaled to 0, say)."""
     pods = api.list_objects(Kind.POD, namespace, label_selector=labels.format_selector(selector))
@@ -97,7 +97,7 @@ def check_request(
     selector = redirect.original_selector(body)
     entries = ports.service_ports(body)
     needs_names = any(isinstance(e.target, str) for e in entries)
-    named = _named_ports(api, namespace, selector) if needs_names else {}
+    named = named_ports(api, namespace, selector) if needs_names else {}
     forwards = ports.plan_forwards(service, entries, mappings, named)
     deployment: JsonObject | None = None
     if mode is Mode.SCALE:

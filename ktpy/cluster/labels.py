@@ -19,7 +19,9 @@ Annotations (free text, not selectable):
 - ``ktpy.dev/target``: what the session works on, e.g. ``service/nginx``;
 - ``ktpy.dev/original``: on a modified object, the original values of every
   field ktpy changed (JSON), so they can be put back exactly;
-- ``ktpy.dev/lock``: on an exchanged or meshed Service, the holder (JSON).
+- ``ktpy.dev/lock``: on an exchanged or meshed Service, the holder (JSON);
+- ``ktpy.dev/mark-<session>``: on a meshed Service, one member's header and
+  value, owner and heartbeat (JSON).
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ PID_START = PREFIX + "pid-start"
 TARGET = PREFIX + "target"
 ORIGINAL = PREFIX + "original"
 LOCK = PREFIX + "lock"
+# On a meshed Service, one per member session: ``ktpy.dev/mark-<session>`` (JSON).
+MESH_MARK_PREFIX = PREFIX + "mark-"
 
 # The ReplicaSet controller adopts any pod carrying its pod-template-hash (and then deletes it).
 POD_TEMPLATE_HASH = "pod-template-hash"

@@ -213,6 +213,8 @@ def restored_body(current: Mapping[str, Any]) -> JsonObject:
     object_labels.pop(labels.MODIFIED_BY, None)
     annotations.pop(labels.ORIGINAL, None)
     annotations.pop(labels.LOCK, None)
+    for key in [k for k in annotations if k.startswith(labels.MESH_MARK_PREFIX)]:
+        del annotations[key]  # a mesh member's mark goes with the mesh
     meta = body["metadata"]
     # The API server stores an empty map as no map; drop ours to compare equal to the original.
     for key in ("labels", "annotations"):

@@ -77,6 +77,8 @@ class Session:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._started = time.monotonic()
+        # Called with the API server's now after each heartbeat (a mesh member's mark).
+        self.heartbeat_hooks: list[Callable[[], None]] = []
 
     @property
     def created(self) -> list[Created]:
@@ -135,6 +137,8 @@ class Session:
         while not self._stop.wait(interval):
             try:
                 self.objects.refresh_heartbeat(self.api.server_time())
+                for hook in list(self.heartbeat_hooks):
+                    hook()
             except NotFound:
                 if self.objects.pod_gone():
                     self.lose(f"shadow pod {self.spec.pod_name} was deleted by someone else")

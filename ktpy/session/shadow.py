@@ -79,6 +79,9 @@ class ShadowObjects:
         self.session_id = session_id
         self.log = log
         self.created: list[Created] = []
+        # Objects of others whose heartbeat this session refreshes while it lives (a
+        # mesh's router and stuntman), never deleted by it.
+        self.shared: list[tuple[Kind, str, str]] = []
 
     def meta(self, now: datetime) -> manifests.SessionMeta:
         """What every object of this session carries."""
@@ -165,9 +168,21 @@ class ShadowObjects:
             "raise KTPY_POD_START_TIMEOUT for slow clusters.",
         )
 
+    def share(self, kind: Kind, namespace: str, name: str) -> None:
+        """Refresh this object's heartbeat with the session's, without owning it."""
+        if (kind, namespace, name) not in self.shared:
+            self.shared.append((kind, namespace, name))
+
+    def unshare(self, kind: Kind, namespace: str, name: str) -> None:
+        with contextlib.suppress(ValueError):
+            self.shared.remove((kind, namespace, name))
+
     def refresh_heartbeat(self, now: datetime) -> None:
         for obj in list(self.created):
             self.api.patch(obj.kind, obj.namespace, obj.name, labels.heartbeat_patch(now))
+        for kind, namespace, name in list(self.shared):
+            with contextlib.suppress(NotFound):  # gone with its mesh: nothing to keep alive
+                self.api.patch(kind, namespace, name, labels.heartbeat_patch(now))
 
     def pod_gone(self) -> bool:
         try:
