@@ -19,6 +19,7 @@ the mesh's objects. A dead member's leftovers are swept by ``clean``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -176,8 +177,11 @@ def check_value_free(
 class RouterAdmin:
     """HAProxy's runtime API in the router pod, over the router's sshd."""
 
-    def __init__(self, api: ClusterApi, namespace: str, service: str, session: Session) -> None:
+    def __init__(
+        self, api: ClusterApi, namespace: str, service: str, session: Session, ssh_port: int
+    ) -> None:
         self.api = api
+        self.ssh_port = ssh_port
         self.namespace = namespace
         self.service = service
         self.session = session
@@ -188,7 +192,7 @@ class RouterAdmin:
             Kind.POD,
             self.namespace,
             label_selector=",".join(
-                f"{k}={v}" for k, v in sorted(mesh.router_selector(self.service).items())
+                f"{k}={v}" for k, v in sorted(router.router_selector(self.service).items())
             ),
         )
         ready = waits.serving_pods({str(p["metadata"]["name"]): p for p in listed.items})
@@ -203,18 +207,20 @@ class RouterAdmin:
         while True:
             try:
                 pod = self._router_pod()
-                target = portforward.Target(self.namespace, pod, router.SSH_PORT)
+                target = portforward.Target(self.namespace, pod, self.ssh_port)
                 stream = portforward.open_stream(self.api.open_websocket, target)
                 credentials = ssh.SshCredentials(self.session.keys.client.pkey(), host_public)
                 self._transport = ssh.connect(stream, credentials, where=f"pod/{pod}")
-                return
             except (ssh.SshError, portforward.PortForwardError, ConnectionError, ApiError) as exc:
+                self.close()
                 if time.monotonic() >= deadline:
                     raise KtpyError(
                         f"cannot reach the mesh router of service {self.service}: {exc}",
                         hint="See 'kubectl describe' and 'kubectl logs' of its router pod.",
                     ) from exc
                 time.sleep(0.5)  # the next attempt is a new port-forward and login
+            else:
+                return
 
     def command(self, line: str) -> str:
         """One runtime API command; its answer."""
@@ -223,11 +229,13 @@ class RouterAdmin:
         channel = ssh.open_channel(self._transport, "127.0.0.1", router.ADMIN_PORT)
         try:
             channel.settimeout(ADMIN_TIMEOUT)
-            channel.sendall(line.rstrip("\n").encode() + b"\n")
+            channel.sendall(router.runtime_exchange(line))
             chunks: list[bytes] = []
             while data := channel.recv(65536):
                 chunks.append(data)
-            return b"".join(chunks).decode(errors="replace")
+            return router.parse_answer(b"".join(chunks))
+        except router.RuntimeRefused as exc:
+            raise KtpyError(f"the mesh router refused {line!r}: {exc}") from exc
         finally:
             channel.close()
 
@@ -259,8 +267,15 @@ class MeshMember:
         self.mesh_id: str | None = None
         self.marked = False
         self.routed = False
-        self.admin = RouterAdmin(api, request.namespace, request.service, session)
         self.names = router.router_names(request.service)
+        self.router_ports = router.router_ports(request.service, request.entries, request.named)
+        self.admin = RouterAdmin(
+            api,
+            request.namespace,
+            request.service,
+            session,
+            router.router_ssh_port(self.router_ports),
+        )
         self.log = get_logger(
             "ktpy.mesh", session=session.id, service=request.service, value=request.value
         )
@@ -363,14 +378,14 @@ class MeshMember:
                     field_selector=f"metadata.name={request.service}",
                 )
                 continue
+            held = mesh.mesh_lock(mesh_id, self.settings.owner, now)
             try:
-                held = mesh.mesh_lock(mesh_id, self.settings.owner, now)
                 lock.take(
                     self.api,
                     Kind.SERVICE,
                     request.namespace,
                     request.service,
-                    build=lambda current: mesh.meshed_service(current, held),
+                    build=functools.partial(mesh.meshed_service, lock=held),
                     check=redirect.check_selector,
                     session_id=mesh_id,
                     stale_after=self.settings.stale_after,
@@ -399,7 +414,7 @@ class MeshMember:
             router.stuntman_service(self.names.stuntman, request.namespace, service, meta),
         )
         host = keys.generate_key_pair(f"ktpy-router-{mesh_id}")
-        router_ports = router.router_ports(request.entries, request.named)
+        router_ports = self.router_ports
         router_meta = manifests.SessionMeta(
             session_id=mesh_id,
             role=Role.ROUTER,
@@ -437,14 +452,14 @@ class MeshMember:
                 secret_name=self.names.secret,
                 ports=router_ports,
                 mesh_of=request.service,
-                ssh_port=router.SSH_PORT,
+                ssh_port=router.router_ssh_port(router_ports),
             ),
         )
         self.say(f"Mesh of service {request.service} made: router {self.names.deployment}")
         if not waits.wait_pods(
             self.api,
             request.namespace,
-            mesh.router_selector(request.service),
+            router.router_selector(request.service),
             bool,
             timeout=ROUTER_READY_TIMEOUT,
         ):
@@ -458,7 +473,7 @@ class MeshMember:
         """Until the Service's EndpointSlices list only router pods, and kube-proxy had time."""
         request = self.request
         routers = set(
-            waits.ready_pods(self.api, request.namespace, mesh.router_selector(request.service))
+            waits.ready_pods(self.api, request.namespace, router.router_selector(request.service))
         )
         waits.wait_endpoints(
             self.api,
@@ -539,7 +554,7 @@ class MeshMember:
             Kind.POD,
             self.request.namespace,
             label_selector=",".join(
-                f"{k}={v}" for k, v in sorted(mesh.router_selector(self.request.service).items())
+                f"{k}={v}" for k, v in sorted(router.router_selector(self.request.service).items())
             ),
         )
         for pod in listed.items:

@@ -178,3 +178,37 @@ class Service(TypedDict):
 
 class MetadataPatch(TypedDict):
     metadata: ObjectMeta
+
+
+class LabelSelector(TypedDict):
+    matchLabels: dict[str, str]
+
+
+class PodTemplateSpec(TypedDict):
+    metadata: ObjectMeta
+    spec: PodSpec
+
+
+class RollingUpdate(TypedDict, total=False):
+    maxUnavailable: int | str
+    maxSurge: int | str
+
+
+class DeploymentStrategy(TypedDict, total=False):
+    type: Literal["RollingUpdate", "Recreate"]
+    rollingUpdate: RollingUpdate
+
+
+class DeploymentSpec(TypedDict, total=False):
+    replicas: int
+    selector: LabelSelector
+    strategy: DeploymentStrategy
+    revisionHistoryLimit: int
+    template: PodTemplateSpec
+
+
+class Deployment(TypedDict):
+    apiVersion: Literal["apps/v1"]
+    kind: Literal["Deployment"]
+    metadata: ObjectMeta
+    spec: DeploymentSpec

@@ -8,7 +8,9 @@ Labels (selectable, so short and label-value safe):
 - ``app.kubernetes.io/managed-by=ktpy`` on every object ktpy creates;
 - ``ktpy.dev/role``: connect, exchange, mesh, preview, forward, router, stuntman;
 - ``ktpy.dev/session``: the session id (8 lowercase letters and digits);
-- ``ktpy.dev/modified-by``: on a user's object ktpy changed, the session id.
+- ``ktpy.dev/modified-by``: on a user's object ktpy changed, the session id;
+- ``ktpy.dev/mesh-of``: on the mesh router's pods, the meshed Service (which
+  selects them by it while it is switched to the router).
 
 Annotations (free text, not selectable):
 
@@ -40,6 +42,7 @@ MANAGED_BY_KTPY = "ktpy"
 ROLE = PREFIX + "role"
 SESSION = PREFIX + "session"
 MODIFIED_BY = PREFIX + "modified-by"
+MESH_OF = PREFIX + "mesh-of"
 
 OWNER = PREFIX + "owner"
 HEARTBEAT = PREFIX + "heartbeat"

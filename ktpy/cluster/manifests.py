@@ -36,10 +36,16 @@ from ktpy.cluster.bodies import (
     MetadataPatch,
     ObjectMeta,
     Pod,
+    PodSecurityContext,
+    PodSpec,
+    Probe,
     ResourceRequirements,
     Secret,
+    SecurityContext,
     Service,
     ServicePort,
+    Volume,
+    VolumeMount,
 )
 from ktpy.cluster.labels import PidStart, Role
 from ktpy.params import is_dns1123_label
@@ -192,6 +198,79 @@ def _extra_container_ports(options: ShadowPodOptions) -> list[ContainerPort]:
     return ports
 
 
+def container_security() -> SecurityContext:
+    """A shadow image container's security context (restricted PSS, uid 10001)."""
+    return {
+        "allowPrivilegeEscalation": False,
+        "privileged": False,
+        "capabilities": {"drop": ["ALL"]},
+        "runAsNonRoot": True,
+        "runAsUser": SHADOW_UID,
+        "runAsGroup": SHADOW_GID,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def pod_security() -> PodSecurityContext:
+    """A shadow image pod's security context: restricted PSS, fsGroup for the
+    Secret's files, the sysctl that lets the non-root daemons bind low ports."""
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": SHADOW_UID,
+        "runAsGroup": SHADOW_GID,
+        "fsGroup": SHADOW_GID,
+        "seccompProfile": {"type": "RuntimeDefault"},
+        "sysctls": [{"name": UNPRIVILEGED_PORT_SYSCTL, "value": "0"}],
+    }
+
+
+def readiness(port: int | str) -> Probe:
+    """Ready as soon as ``port`` takes connections, checked every second."""
+    return {
+        "tcpSocket": {"port": port},
+        "initialDelaySeconds": 0,
+        "periodSeconds": 1,
+        "timeoutSeconds": 1,
+        "successThreshold": 1,
+        "failureThreshold": 3,
+    }
+
+
+def secret_volume(secret_name: str) -> Volume:
+    return {
+        "name": SECRET_VOLUME,
+        "secret": {"secretName": secret_name, "defaultMode": SECRET_FILE_MODE},
+    }
+
+
+def secret_mount() -> VolumeMount:
+    return {"name": SECRET_VOLUME, "mountPath": SECRET_MOUNT_PATH, "readOnly": True}
+
+
+def shadow_pod_spec(
+    container: Container,
+    *,
+    secret_name: str,
+    termination_grace_seconds: int = DEFAULT_TERMINATION_GRACE_SECONDS,
+    image_pull_secrets: tuple[str, ...] = (),
+) -> PodSpec:
+    """The spec around a shadow image container: its Secret, no service
+    account token, no Service links, a short grace period."""
+    spec: PodSpec = {
+        "containers": [container],
+        "volumes": [secret_volume(secret_name)],
+        "securityContext": pod_security(),
+        "automountServiceAccountToken": False,
+        # Thousands of Service env vars slow the start and are never used.
+        "enableServiceLinks": False,
+        "terminationGracePeriodSeconds": termination_grace_seconds,
+        "restartPolicy": "Always",
+    }
+    if image_pull_secrets:
+        spec["imagePullSecrets"] = [{"name": s} for s in image_pull_secrets]
+    return spec
+
+
 def shadow_pod(options: ShadowPodOptions) -> Pod:
     """The shadow pod: sshd + dnsmasq, restricted-PSS clean, Ready when sshd listens."""
     _check_name(options.name)
@@ -212,67 +291,28 @@ def shadow_pod(options: ShadowPodOptions) -> Pod:
             {"name": "KTPY_DNS_PORT", "value": str(options.dns_port)},
             {"name": "KTPY_ROLE", "value": options.session.role.value},
         ],
-        "volumeMounts": [
-            {"name": SECRET_VOLUME, "mountPath": SECRET_MOUNT_PATH, "readOnly": True},
-        ],
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "privileged": False,
-            "capabilities": {"drop": ["ALL"]},
-            "runAsNonRoot": True,
-            "runAsUser": SHADOW_UID,
-            "runAsGroup": SHADOW_GID,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
-        "readinessProbe": {
-            "tcpSocket": {"port": SSH_PORT_NAME},
-            "initialDelaySeconds": 0,
-            "periodSeconds": 1,
-            "timeoutSeconds": 1,
-            "successThreshold": 1,
-            "failureThreshold": 3,
-        },
+        "volumeMounts": [secret_mount()],
+        "securityContext": container_security(),
+        "readinessProbe": readiness(SSH_PORT_NAME),
     }
     if options.resources is not None:
         container["resources"] = options.resources
-    pod: Pod = {
+    return {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": object_meta(
             options.name, options.namespace, options.session, options.extra_labels
         ),
-        "spec": {
-            "containers": [container],
-            "volumes": [
-                {
-                    "name": SECRET_VOLUME,
-                    "secret": {
-                        "secretName": options.secret_name,
-                        "defaultMode": SECRET_FILE_MODE,
-                    },
-                },
-            ],
-            "securityContext": {
-                "runAsNonRoot": True,
-                "runAsUser": SHADOW_UID,
-                "runAsGroup": SHADOW_GID,
-                "fsGroup": SHADOW_GID,
-                "seccompProfile": {"type": "RuntimeDefault"},
-                "sysctls": [{"name": UNPRIVILEGED_PORT_SYSCTL, "value": "0"}],
-            },
-            "automountServiceAccountToken": False,
-            # Thousands of Service env vars slow the start and are never used.
-            "enableServiceLinks": False,
-            "terminationGracePeriodSeconds": options.termination_grace_seconds,
-            "restartPolicy": "Always",
-        },
+        "spec": shadow_pod_spec(
+            container,
+            secret_name=options.secret_name,
+            termination_grace_seconds=options.termination_grace_seconds,
+            image_pull_secrets=options.image_pull_secrets,
+        ),
     }
-    if options.image_pull_secrets:
-        pod["spec"]["imagePullSecrets"] = [{"name": s} for s in options.image_pull_secrets]
-    return pod
 
 
-def _b64(text: str) -> str:
+def b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode("ascii")
 
 
@@ -291,9 +331,9 @@ def shadow_secret(options: ShadowSecretOptions) -> Secret:
         "type": "Opaque",
         "immutable": True,
         "data": {
-            AUTHORIZED_KEYS: _b64(options.authorized_keys),
-            HOST_KEY: _b64(options.host_private_key),
-            HOST_KEY_PUB: _b64(options.host_public_key),
+            AUTHORIZED_KEYS: b64(options.authorized_keys),
+            HOST_KEY: b64(options.host_private_key),
+            HOST_KEY_PUB: b64(options.host_public_key),
         },
     }
 
@@ -328,7 +368,7 @@ def _service_port(spec: ServicePortSpec) -> ServicePort:
     return port
 
 
-def _service(
+def service_body(
     name: str,
     namespace: str,
     session: SessionMeta,
@@ -336,6 +376,7 @@ def _service(
     ports: tuple[ServicePortSpec, ...],
     service_type: Literal["ClusterIP", "LoadBalancer"] = "ClusterIP",
 ) -> Service:
+    """A Service ktpy creates, carrying the session's labels and annotations."""
     if not names.is_dns1035_label(name):
         raise ValueError(f"{name!r} cannot name a Service")
     if not ports:
@@ -378,30 +419,13 @@ def preview_service(
         )
         for p in ports
     )
-    return _service(
+    return service_body(
         name,
         namespace,
         session,
         labels.shadow_selector(session.session_id, session.role),
         specs,
         "LoadBalancer" if external else "ClusterIP",
-    )
-
-
-def stuntman_service(
-    service: str,
-    namespace: str,
-    session: SessionMeta,
-    original_selector: Mapping[str, str],
-    original_ports: tuple[ServicePortSpec, ...],
-) -> Service:
-    """Mesh: ``<svc>-kt-stuntman`` keeps reaching the original pods for default traffic."""
-    return _service(
-        names.stuntman_name(service),
-        namespace,
-        session,
-        original_selector,
-        original_ports,
     )
 
 
@@ -417,7 +441,7 @@ def mesh_service(
     Ports copy the original Service's (a named targetPort resolves through the
     shadow's mirrored named container ports).
     """
-    return _service(
+    return service_body(
         names.mesh_name(service, version),
         namespace,
         session,

@@ -23,14 +23,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from ktpy.cluster import labels, modify
+from ktpy.cluster import labels, modify, router
 from ktpy.cluster.bodies import JsonObject
 from ktpy.cluster.heartbeat import Liveness, LocalProcessCheck, SessionView, no_local_check
 from ktpy.cluster.labels import Lock, Role
 from ktpy.cluster.modify import FieldChange
 
 SELECTOR_PATH = ("spec", "selector")
-MESH_OF = labels.PREFIX + "mesh-of"  # label of the router pods: the Service they route for
 
 
 @dataclass(frozen=True)
@@ -146,11 +145,6 @@ def mark_patch(mark: Mark) -> JsonObject:
     return {"metadata": {"annotations": {mark_annotation(mark.session): mark.encode()}}}
 
 
-def router_selector(service: str) -> dict[str, str]:
-    """What the meshed Service selects: the pods of its mesh's router."""
-    return {labels.ROLE: Role.ROUTER.value, MESH_OF: service}
-
-
 def mesh_lock(mesh_id: str, owner: str, now: datetime) -> Lock:
     return Lock(mesh_id, owner, Role.MESH, now)
 
@@ -158,7 +152,7 @@ def mesh_lock(mesh_id: str, owner: str, now: datetime) -> Lock:
 def meshed_service(service: Mapping[str, Any], lock: Lock) -> JsonObject:
     """The Service selecting the router, its selector and the lock recorded."""
     name = str(service["metadata"]["name"])
-    changes = (FieldChange(SELECTOR_PATH, router_selector(name)),)
+    changes = (FieldChange(SELECTOR_PATH, router.router_selector(name)),)
     return modify.modified_body(service, changes, session_id=lock.session, lock=lock)
 
 

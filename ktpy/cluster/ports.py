@@ -30,6 +30,8 @@ class ServicePortEntry:
     target: int | str
     name: str | None = None
     protocol: str = "TCP"
+    # What the port speaks (``http``, ``kubernetes.io/h2c``, ``grpc``...), if the Service says.
+    app_protocol: str | None = None
 
     def describe(self) -> str:
         named = f" ({self.name})" if self.name else ""
@@ -48,6 +50,7 @@ def service_ports(service: Mapping[str, Any]) -> tuple[ServicePortEntry, ...]:
                 target=int(target) if isinstance(target, int) or str(target).isdigit() else target,
                 name=raw.get("name") or None,
                 protocol=str(raw.get("protocol") or "TCP"),
+                app_protocol=raw.get("appProtocol") or None,
             )
         )
     return tuple(entries)

@@ -13,6 +13,7 @@ from ktpy.commands.clean import clean
 from ktpy.commands.connect import connect
 from ktpy.commands.exchange import exchange
 from ktpy.commands.forward import forward
+from ktpy.commands.mesh import mesh
 from ktpy.commands.preview import preview
 from ktpy.commands.recover import recover
 from ktpy.commands.status import status
@@ -20,6 +21,7 @@ from ktpy.commands.status import status
 COMMANDS: tuple[click.Command, ...] = (
     connect,
     exchange,
+    mesh,
     preview,
     forward,
     status,

@@ -97,6 +97,18 @@ def ensure_base_image() -> None:
         subprocess.run(["buildah", "rm", ctr], check=False, capture_output=True)
 
 
+# Several worktrees (one image source each) share the cache: keep a few
+# images, so one tree's rebuild does not pull the rootfs from under another's
+# running tests.
+KEEP_SLOTS = 3
+
+
+def _prune(keep: int) -> None:
+    slots = sorted(CACHE.glob("img-*"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in slots[keep:]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 @dataclass(frozen=True)
 class BuiltImage:
     archive: Path
@@ -116,8 +128,8 @@ def build_cached() -> BuiltImage:
     with _locked():
         seconds = None
         if not done.exists():
-            for old in CACHE.glob("img-*"):
-                shutil.rmtree(old, ignore_errors=True)
+            shutil.rmtree(slot, ignore_errors=True)  # a failed build's leftovers
+            _prune(keep=KEEP_SLOTS - 1)
             slot.mkdir(parents=True)
             ensure_base_image()
             env = {**os.environ, "KTPY_BUILD_PULL": "never"}
@@ -134,4 +146,5 @@ def build_cached() -> BuiltImage:
             _oci.extract_rootfs(archive, rootfs)
             _pod.prepare_rootfs(rootfs)
             done.write_text(json.dumps({"build_seconds": seconds}))
+        slot.touch()  # the most recently used slots are the ones kept
         return BuiltImage(archive, rootfs, _oci.read_image(archive), seconds)

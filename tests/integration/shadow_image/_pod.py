@@ -16,7 +16,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -114,14 +114,29 @@ def _write_secret(directory: Path, files: dict[str, str], mode: int, gid: int) -
     """Lay the files out like a kubelet Secret volume: root-owned, reached
     through the ..data symlink."""
     directory.mkdir(mode=0o755)
-    stamp = directory / "..2026_01_01_00_00_00.000000001"
-    stamp.mkdir(mode=0o755)
+    _write_stamp(directory, files, mode, gid)
+
+
+def _write_stamp(directory: Path, files: dict[str, str], mode: int, gid: int) -> None:
+    """A new timestamped directory, then ..data swapped to it in one rename:
+    what a kubelet does when the Secret changes."""
+    stamp = Path(tempfile.mkdtemp(prefix="..2026_01_01_00_00_00.", dir=directory))
+    stamp.chmod(0o755)
     for name, text in files.items():
         (stamp / name).write_text(text)
         os.chown(stamp / name, 0, gid)
         (stamp / name).chmod(mode)
-        (directory / name).symlink_to(f"..data/{name}")
-    (directory / "..data").symlink_to(stamp.name)
+        link = directory / name
+        if not link.is_symlink():
+            link.symlink_to(f"..data/{name}")
+    old = (directory / "..data").resolve() if (directory / "..data").is_symlink() else None
+    (directory / "..data_tmp").symlink_to(stamp.name)
+    (directory / "..data_tmp").rename(directory / "..data")
+    for entry in directory.iterdir():
+        if entry.is_symlink() and not entry.exists():
+            entry.unlink()  # a key the Secret no longer has
+    if old is not None:
+        shutil.rmtree(old)
 
 
 @dataclass(frozen=True)
@@ -148,6 +163,9 @@ class ShadowPod:
     ssh_port: int
     dns_port: int
     dns: DnsServer
+    argv: list[str] = field(default_factory=list)
+    secret_mode: int = SECRET_MODE
+    secret_gid: int = SECRET_GID
 
     def log(self) -> str:
         return (self.workdir / "pod.log").read_text(errors="replace")
@@ -187,6 +205,20 @@ class ShadowPod:
 
     def wait_exit(self, timeout: float = 15.0) -> int:
         return self.proc.wait(timeout)
+
+    def update_secret(self, files: dict[str, str]) -> None:
+        """Change the Secret while the pod runs, as the kubelet does."""
+        _write_stamp(self.workdir / "secret", files, self.secret_mode, self.secret_gid)
+
+    def restart(self, wait: bool = True) -> None:
+        """The container restarted in the same pod: SIGTERM, then the
+        entrypoint again, in the same network namespace and Secret volume."""
+        if self.proc.poll() is None:
+            os.kill(self.pid_of("init"), signal.SIGTERM)
+            self.proc.wait(15)
+        self.proc = _launch(self.argv, self.workdir)
+        if wait:
+            self.wait_ready()
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -253,11 +285,7 @@ def start(
             *(f"{k}={v}" for k, v in full_env.items()),
             *cfg.get("Entrypoint", []), *(cfg.get("Cmd") or []),
         ]  # fmt: skip
-        with (workdir / "pod.log").open("wb") as log:
-            proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True, preexec_fn=_die_with_parent,
-            )  # fmt: skip
+        proc = _launch(argv, workdir)
         pod = ShadowPod(
             ns=ns,
             workdir=workdir,
@@ -266,6 +294,9 @@ def start(
             ssh_port=_port(full_env.get("KTPY_SSH_PORT", "2222")),
             dns_port=_port(full_env.get("KTPY_DNS_PORT", "5353")),
             dns=dns,
+            argv=argv,
+            secret_mode=secret_mode,
+            secret_gid=secret_gid,
         )
     except BaseException:
         ns.delete()
@@ -280,6 +311,15 @@ def start(
             pod.stop()
             raise
     return pod
+
+
+def _launch(argv: list[str], workdir: Path) -> subprocess.Popen[bytes]:
+    # Appended: a restarted container's log follows the one before it.
+    with (workdir / "pod.log").open("ab") as log:
+        return subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True, preexec_fn=_die_with_parent,
+        )  # fmt: skip
 
 
 def _die_with_parent() -> None:

@@ -332,25 +332,6 @@ class TestServices:
         with pytest.raises(ValueError, match="cannot name a Service"):
             manifests.preview_service("9web", "dev", PREVIEW_SESSION, (ShadowPort(80),))
 
-    def test_stuntman_keeps_the_original_selector_and_ports(self) -> None:
-        service = as_data(
-            manifests.stuntman_service(
-                "nginx", "dev", MESH_SESSION, {"app": "nginx"}, ORIGINAL_PORTS
-            )
-        )
-        assert service["metadata"]["name"] == "nginx-kt-stuntman"
-        assert service["spec"]["selector"] == {"app": "nginx"}
-        assert service["spec"]["ports"] == [
-            {
-                "name": "http",
-                "port": 80,
-                "targetPort": "http",
-                "protocol": "TCP",
-                "appProtocol": "http",
-            },
-            {"name": "metrics", "port": 9090, "targetPort": 9091, "protocol": "TCP"},
-        ]
-
     def test_mesh_service_selects_the_mesh_shadow(self) -> None:
         service = manifests.mesh_service("nginx", "blue", "dev", MESH_SESSION, ORIGINAL_PORTS)
         assert service["metadata"]["name"] == "nginx-kt-mesh-blue"
@@ -369,7 +350,7 @@ class TestServices:
         self, selector: dict[str, str], ports: tuple[ServicePortSpec, ...], message: str
     ) -> None:
         with pytest.raises(ValueError, match=message):
-            manifests.stuntman_service("nginx", "dev", MESH_SESSION, selector, ports)
+            manifests.service_body("nginx-kt-stuntman", "dev", MESH_SESSION, selector, ports)
 
 
 def test_the_shadow_moves_its_own_ports_out_of_a_services_way() -> None:

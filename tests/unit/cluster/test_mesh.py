@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from ktpy.cluster import labels, mesh, modify
+from ktpy.cluster import labels, mesh, modify, router
 from ktpy.cluster.heartbeat import Liveness, sessions_from_objects
 from ktpy.cluster.labels import Role
 from tests.unit.cluster.objects import created, user_service
@@ -66,7 +66,7 @@ def test_the_meshed_service_selects_the_router_and_the_mesh_holds_it() -> None:
     service = user_service(selector={"app": "nginx"})
     held = mesh.mesh_lock("mesh0001", "alice@lap", NOW)
     meshed = mesh.meshed_service(service, held)
-    assert meshed["spec"]["selector"] == mesh.router_selector("nginx")
+    assert meshed["spec"]["selector"] == router.router_selector("nginx")
     assert mesh.mesh_of(meshed) == "mesh0001"
     assert modify.modifier_session(meshed) == "mesh0001"
 
