@@ -40,7 +40,9 @@ DNS           bytes: a query (``receive``);   ``Send`` (the reply), ``AskCluster
               ``UpstreamFailed``
 WebSocket     bytes: frames (``receive``)     ``Send`` (a frame to the server),
 (tunnel.                                      ``Deliver``, ``DeliverEnd``,
-portforward)                                  ``ReportError`` (the error channel)
+portforward)                                  ``ReportError`` (the error channel),
+                                              ``Violation`` (a frame RFC 6455
+                                              forbids: the stream ends)
 ============  ==============================  =====================================
 
 Events and actions are frozen, slotted dataclasses: a core's output can be
