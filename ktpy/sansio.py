@@ -36,8 +36,10 @@ SOCKS5        bytes (``receive``);            ``Send``, ``OpenFlow``,
 DNS           bytes: a query (``receive``);   ``Send`` (the reply), ``AskCluster``,
 (net.dns)     ``ClusterAnswered``,            ``AskUpstream`` (exchange a query
               ``ClusterFailed``,              with a resolver, then report the
-              ``UpstreamAnswered``,           outcome), ``Ignore`` (send nothing)
-              ``UpstreamFailed``
+              ``UpstreamAnswered``,           outcome), ``Collision`` (tell the
+              ``UpstreamFailed``              user once: the cluster has this
+                                              public-looking name), ``Ignore``
+                                              (send nothing)
 WebSocket     bytes: frames (``receive``)     ``Send`` (a frame to the server),
 (tunnel.                                      ``Deliver``, ``DeliverEnd``,
 portforward)                                  ``ReportError`` (the error channel),
