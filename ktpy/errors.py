@@ -33,6 +33,7 @@ code  class                       meaning
 33    PodStartTimeout             the shadow pod was not ready in time
 40    SessionLost                 the tunnel could not be re-established
 41    HostKeyMismatch             the shadow's SSH host key is not the pinned one
+42    TunnelProtocolError         the port-forward broke the WebSocket protocol
 70    InternalError               a bug in ktpy
 130   Interrupted                 Ctrl-C (SIGINT)
 143   Terminated                  SIGTERM
@@ -244,6 +245,14 @@ class PodStartTimeout(KtpyError):
 class SessionLost(KtpyError):
     exit_code = 40
     default_hint = "The tunnel to the shadow pod broke and did not come back; run again."
+
+
+class TunnelProtocolError(SessionLost):
+    exit_code = 42
+    default_hint = (
+        "The API server, or a proxy in front of it, sent WebSocket frames RFC 6455 forbids; "
+        "if it happens again, report it with the proxy's name."
+    )
 
 
 class HostKeyMismatch(KtpyError):

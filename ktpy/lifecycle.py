@@ -23,7 +23,7 @@ from typing import NoReturn
 import click
 
 from ktpy.durations import format_duration
-from ktpy.errors import Interrupted, KtpyError, SessionLost
+from ktpy.errors import Interrupted, KtpyError
 from ktpy.session import Created, Session
 
 HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -102,7 +102,7 @@ class SessionCommand:
         """Raise the KtpyError of a part of this command that failed while running.
         The default: the session's own loss."""
         if session.lost.is_set():
-            raise SessionLost(session.lost_reason)
+            raise session.lost_error(session.lost_reason)
 
     def stop(self, session: Session, hurried: Callable[[], bool]) -> list[str]:
         """Undo this command's parts (before the session's objects go), newest first.

@@ -36,11 +36,15 @@ SOCKS5        bytes (``receive``);            ``Send``, ``OpenFlow``,
 DNS           bytes: a query (``receive``);   ``Send`` (the reply), ``AskCluster``,
 (net.dns)     ``ClusterAnswered``,            ``AskUpstream`` (exchange a query
               ``ClusterFailed``,              with a resolver, then report the
-              ``UpstreamAnswered``,           outcome), ``Ignore`` (send nothing)
-              ``UpstreamFailed``
+              ``UpstreamAnswered``,           outcome), ``Collision`` (tell the
+              ``UpstreamFailed``              user once: the cluster has this
+                                              public-looking name), ``Ignore``
+                                              (send nothing)
 WebSocket     bytes: frames (``receive``)     ``Send`` (a frame to the server),
 (tunnel.                                      ``Deliver``, ``DeliverEnd``,
-portforward)                                  ``ReportError`` (the error channel)
+portforward)                                  ``ReportError`` (the error channel),
+                                              ``Violation`` (a frame RFC 6455
+                                              forbids: the stream ends)
 ============  ==============================  =====================================
 
 Events and actions are frozen, slotted dataclasses: a core's output can be

@@ -13,22 +13,25 @@ import dataclasses
 import ipaddress
 import os
 import socket
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
+import click
+
 from ktpy.cluster import ranges
 from ktpy.cluster.api import ClusterApi, Kind
 from ktpy.cluster.name_watch import KnownNames
 from ktpy.config import TUN_MTU, Settings
-from ktpy.errors import AlreadyRunning, Forbidden, NeedsRoot, NoTunDevice
+from ktpy.errors import AlreadyRunning, Forbidden, KtpyError, NeedsRoot, NoTunDevice
 from ktpy.host import network as host
 from ktpy.host import recovery
 from ktpy.host.journal import Journal
 from ktpy.host.resolver import ResolverKind
 from ktpy.logs import get_logger
-from ktpy.net.dns import ClusterNames
+from ktpy.net.dns import ClusterNames, Collision
 from ktpy.net.dns_server import DnsServer, TcpExchange, tcp_exchange_over
 from ktpy.net.tun_process import TunProcess
 from ktpy.params import IPNetwork
@@ -118,6 +121,16 @@ def read_cluster(
     )  # fmt: skip
 
 
+def report_collision(collision: Collision) -> None:
+    """A namespace-shaped name the cluster has: said once, since it hides the same
+    name on the laptop's resolvers (``web.dev`` with a Service web in namespace dev)."""
+    click.echo(
+        f"DNS: {collision.name} is answered by the cluster "
+        f"({collision.cluster_name.rstrip('.')}) while connected, not by this machine's"
+        " resolvers"
+    )
+
+
 @dataclass
 class TunConnection:
     """Everything the TUN mode made on this machine, so it can be taken down in order."""
@@ -129,6 +142,9 @@ class TunConnection:
     exchange: TcpExchange | None = None
     watches: list[KnownNames] = field(default_factory=list)
     lines: list[str] = field(default_factory=list)
+    # Routing domains follow the namespaces (systemd-resolved) until teardown begins.
+    _routing: threading.Lock = field(default_factory=threading.Lock)
+    _torn_down: bool = False
 
     def up(
         self,
@@ -165,6 +181,7 @@ class TunConnection:
             namespaces=facts.namespaces,
             services=facts.services,
             cidrs=wanted,
+            search=survey.search,
         )
         self.journal = Journal.create(settings.journal_dir, session.id)
         self.network = host.open_network(self.journal, survey, mtu=request.mtu, offload=True)
@@ -181,10 +198,15 @@ class TunConnection:
         ).start()
         self.exchange = tcp_exchange_over(session.open_flow, "127.0.0.1", session.spec.dns_port)
         self.dns = DnsServer(
-            names, self.exchange, survey.upstreams, host=str(survey.tun_address), port=53
+            names,
+            self.exchange,
+            survey.upstreams,
+            host=str(survey.tun_address),
+            port=53,
+            on_collision=report_collision,
         ).start()
         resolver = host.point_resolver(self.journal, survey, request)
-        self._watch_names(facts, ns, dns_namespaces)
+        self._watch_names(facts, ns, dns_namespaces, survey, request)
 
         self.lines += [
             f"Service range {', '.join(map(str, facts.service.networks))} "
@@ -197,26 +219,56 @@ class TunConnection:
             f"Cluster domain {facts.domain} (from {facts.domain_source}); "
             f"namespaces {facts.namespaces_source}",
             f"DNS {survey.tun_address}:53 via {resolver.choice.kind.value}: cluster names "
-            "go to the cluster, everything else to "
-            f"{', '.join(survey.upstreams) or 'the original resolvers'}",
+            "go to the cluster (svc.ns first: a name the cluster lacks goes on), "
+            f"everything else to {', '.join(survey.upstreams) or 'the original resolvers'}",
         ]
         self.lines += [f"Warning: {w}" for w in resolver.warnings]
 
-    def _watch_names(self, facts: ClusterFacts, ns: str, given: Iterable[str]) -> None:
-        """Namespaces and the connect namespace's Services, as they come and go."""
+    def _watch_names(
+        self,
+        facts: ClusterFacts,
+        ns: str,
+        given: Iterable[str],
+        survey: host.HostFacts,
+        request: host.HostRequest,
+    ) -> None:
+        """Namespaces and the connect namespace's Services, as they come and go; with
+        systemd-resolved, a namespace is also a routing domain of the TUN link."""
         dns = self.dns
         assert dns is not None
         fixed = frozenset([ns, *given])
+
+        def namespaces_changed(names: frozenset[str]) -> None:
+            known = fixed | names
+            dns.set_known(namespaces=known)
+            self._route_names(survey, request, (facts.domain, *sorted(known)))
+
         if facts.namespace_watch is not None:
-            facts.namespace_watch.on_change = lambda names: dns.set_known(namespaces=fixed | names)
+            facts.namespace_watch.on_change = namespaces_changed
             self.watches.append(facts.namespace_watch.start())
         facts.service_watch.on_change = lambda names: dns.set_known(services=names)
         self.watches.append(facts.service_watch.start())
+
+    def _route_names(
+        self, survey: host.HostFacts, request: host.HostRequest, domains: tuple[str, ...]
+    ) -> None:
+        with self._routing:
+            if self._torn_down or self.journal is None:
+                return
+            try:
+                if host.route_names(self.journal, survey, request, domains):
+                    log.debug("routing domains updated", domains=" ".join(domains))
+            except (KtpyError, ValueError, OSError) as exc:
+                # The names of that namespace keep failing until the next change;
+                # everything else resolves as before.
+                log.warning("could not update the DNS routing domains", reason=str(exc))
 
     def down(self) -> list[str]:
         """Undo in order; returns what could not be undone."""
         for watch in self.watches:
             watch.stop()
+        with self._routing:  # no routing-domain update after the revert
+            self._torn_down = True
         problems: list[str] = []
         # The stack first: it reads the device the journal is about to delete. The DNS
         # server last: it answers until the resolver no longer points at it.

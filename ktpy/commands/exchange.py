@@ -18,7 +18,7 @@ from ktpy.cluster.labels import Role
 from ktpy.cluster.redirect import Mode
 from ktpy.commands.context import make_api, settings_of
 from ktpy.config import Settings
-from ktpy.errors import KtpyError, LockLost, SessionLost
+from ktpy.errors import KtpyError, LockLost
 from ktpy.intercept import Intercept, Request, check_request, describe, warn_local_ports
 from ktpy.net.inbound import Inbound
 from ktpy.params import PortMapping
@@ -60,7 +60,7 @@ class Exchange(lifecycle.SessionCommand):
         if reason is not None:
             raise LockLost(f"{reason}; this session stops")
         if session.lost.is_set():
-            raise SessionLost(session.lost_reason)
+            raise session.lost_error(session.lost_reason)
 
     def stop(self, session: Session, hurried: Callable[[], bool]) -> list[str]:
         if self.intercept is None:

@@ -9,7 +9,8 @@
    Connect then starts its TCP stack on the device and its DNS server on
    ``facts.tun_address`` port 53, forwarding other names to ``facts.upstreams``.
 3. ``point_resolver``: only now, with the DNS server listening, send cluster
-   names to it.
+   names to it. ``route_names`` later replaces the routing domains (systemd-resolved)
+   as namespaces come and go.
 4. ``tear_down``: undo everything (newest first) and close the device.
 
 A typical caller::
@@ -39,9 +40,12 @@ from ktpy.host.links import tun_name as make_tun_name
 from ktpy.host.resolvconf import RESOLV_CONF
 from ktpy.host.resolver import (
     ResolverChoice,
+    ResolverKind,
     ResolverSetup,
     configure_resolver,
     detect_resolver,
+    laptop_search_domains,
+    set_domains,
     upstream_nameservers,
 )
 from ktpy.host.routes import RoutePlan, add_routes, plan_routes
@@ -72,6 +76,7 @@ class HostFacts:
     routes: RoutePlan
     tun_name: str
     tun_address: ipaddress.IPv4Address
+    search: tuple[str, ...] = ()  # the laptop's own search domains, for ktpy's DNS server
 
     def warnings(self) -> list[str]:
         return self.routes.warnings()
@@ -103,7 +108,8 @@ def survey(
         own_devices=(name,),
     )
     address = pick_tun_address(addresses_in_use(runner))
-    return HostFacts(choice, upstreams, plan, name, address)
+    search = tuple(laptop_search_domains(choice, resolv_conf))
+    return HostFacts(choice, upstreams, plan, name, address, search)
 
 
 @dataclass
@@ -159,6 +165,29 @@ def point_resolver(
     )
     # The upstreams read in survey() are the ones that count: read before any change.
     return ResolverSetup(setup.choice, facts.upstreams, setup.warnings)
+
+
+def route_names(
+    journal: Journal,
+    facts: HostFacts,
+    request: HostRequest,
+    routing_domains: tuple[str, ...],
+    *,
+    runner: Runner = run,
+) -> bool:
+    """Send names under ``routing_domains`` to ktpy's DNS server from now on, in
+    place of ``request.routing_domains``; False if the backend needs nothing
+    (resolv.conf sends it every name already). Journalled by ``point_resolver``."""
+    if facts.resolver.kind is not ResolverKind.RESOLVED:
+        return False
+    set_domains(
+        journal,
+        link=facts.tun_name,
+        routing_domains=routing_domains,
+        search_domains=request.search_domains,
+        runner=runner,
+    )
+    return True
 
 
 def tear_down(journal: Journal, network: Network | None, *, runner: Runner = run) -> UndoReport:

@@ -121,6 +121,18 @@ def nameservers(text: bytes) -> list[str]:
     return servers
 
 
+def search_domains(text: bytes) -> list[str]:
+    """The search list of ``text``: the last ``search`` or ``domain`` line wins, as in
+    glibc. ktpy's DNS server leaves names under these to the laptop (the stub made
+    them), even when their last label is a namespace."""
+    found: list[str] = []
+    for line in text.splitlines():
+        words = line.split()
+        if words[:1] in ([b"search"], [b"domain"]):
+            found = [word.decode("ascii", "replace") for word in words[1:]]
+    return [domain for domain in found if domain.strip(".")]
+
+
 def rotates(text: bytes) -> bool:
     """``options rotate`` spreads queries over all nameservers, so cluster names would
     sometimes go to the original ones: worth a warning."""

@@ -14,7 +14,10 @@ Two backends, chosen by what the laptop's programs actually ask:
   the change). Undone back to the original bytes.
 
 A routing domain of the root (``~.``) would be a catch-all sending every name to
-the cluster side first (kt-connect #289): it is refused here.
+the cluster side first (kt-connect #289): it is refused here. Namespaces are
+routing domains too (``svc.ns`` must reach ktpy); as they come and go during a
+session ``set_domains`` replaces the link's domains, which the journalled revert
+covers as it covers the first ones.
 """
 
 from __future__ import annotations
@@ -125,6 +128,15 @@ def upstream_nameservers(
     return [s for s in resolvconf.nameservers(text) if s not in STUB_ADDRESSES]
 
 
+def laptop_search_domains(
+    choice: ResolverChoice, resolv_conf: Path = RESOLV_CONF, uplink: Path = RESOLVED_UPLINK
+) -> list[str]:
+    """The laptop's own search domains, read before ktpy changes anything (with
+    systemd-resolved: every link's, from its list of real servers)."""
+    path = uplink if choice.kind is ResolverKind.RESOLVED else resolv_conf
+    return resolvconf.search_domains(_read(path) or b"")
+
+
 def check_domain(domain: str) -> str:
     """A DNS domain without a leading ``~`` or trailing dot; refuses the root."""
     name = domain.strip().lower().removeprefix("~").rstrip(".")
@@ -152,14 +164,11 @@ def configure_resolved(
     ktpy's plain, unsigned server fail."""
     if not servers:
         raise ValueError("at least one DNS server is needed")
-    routing = [f"~{check_domain(d)}" for d in routing_domains]
-    search = [check_domain(d) for d in search_domains]
-    if not routing and not search:
-        raise ValueError("at least one domain is needed")
+    domains = _domain_args(routing_domains, search_domains)
     journal.record(Change(f"systemd-resolved settings of {link}", ResolvedRevert(link)))
     steps: list[tuple[list[str], str]] = [
         (["dns", link, *servers], "set its DNS servers"),
-        (["domain", link, *routing, *search], "set its DNS domains"),
+        (["domain", link, *domains], "set its DNS domains"),
         (["default-route", link, "false"], "keep other names off it"),
         (["llmnr", link, "no"], "turn LLMNR off on it"),
         (["mdns", link, "no"], "turn mDNS off on it"),
@@ -168,6 +177,35 @@ def configure_resolved(
     ]
     for args, what in steps:
         check(runner(["resolvectl", *args]), f"{what} ({link}, systemd-resolved)")
+
+
+def _domain_args(routing_domains: Sequence[str], search_domains: Sequence[str]) -> list[str]:
+    routing = [f"~{check_domain(d)}" for d in routing_domains]
+    search = [check_domain(d) for d in search_domains]
+    if not routing and not search:
+        raise ValueError("at least one domain is needed")
+    return [*routing, *search]
+
+
+def set_domains(
+    journal: Journal,
+    *,
+    link: str,
+    routing_domains: Sequence[str],
+    search_domains: Sequence[str] = (),
+    runner: Runner = run,
+) -> None:
+    """Replace the routing and search domains of ``link``, set up earlier by
+    ``configure_resolved`` (namespaces made or deleted while connected). No new
+    journal entry: the pending ``ResolvedRevert`` of the link drops these as well;
+    without one this refuses, since nothing would undo the change."""
+    domains = _domain_args(routing_domains, search_domains)
+    covered = any(
+        entry.change.undo == ResolvedRevert(link) for entry in journal.contents().pending()
+    )
+    if not covered:
+        raise KtpyError(f"no pending systemd-resolved revert of {link} in the journal")
+    check(runner(["resolvectl", "domain", link, *domains]), f"set its DNS domains ({link})")
 
 
 @dataclass(frozen=True)

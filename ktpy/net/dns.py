@@ -3,21 +3,31 @@
 Only names that can belong to the cluster go there; everything else goes to
 the laptop's own resolvers untouched, so connecting never changes how the
 internet resolves (kt-connect sent every name to the cluster first, #289).
-A name is the cluster's when it is
 
-- under the cluster domain (``*.cluster.local``, read from the shadow pod's
-  resolver search path by the caller);
-- ``svc.ns``, ``svc.ns.svc``, ``pod.svc.ns`` or ``pod.svc.ns.svc`` with ``ns``
-  a namespace the caller knows;
+The cluster's alone (its answer, NXDOMAIN included, is final):
+
+- names under the cluster domain (``*.cluster.local``, read from the shadow
+  pod's resolver search path by the caller);
 - a single label naming a Service of the connect namespace;
 - a reverse name (in-addr.arpa, ip6.arpa) inside a routed cluster range.
+
+The cluster's first (``Route.CLUSTER_FIRST``): ``svc.ns``, ``svc.ns.svc``,
+``pod.svc.ns`` and ``pod.svc.ns.svc`` with ``ns`` a namespace the caller
+knows. These are also public names when a namespace is called ``dev``,
+``app`` or ``test`` (``pkg.go.dev``, ``web.dev``), so the cluster decides only
+for the names it has: a name whose Service or pod has an address record (A;
+AAAA in an IPv6-only cluster) gets the cluster's answers for every type, and
+is reported once (``Collision``); any other name (the cluster says NXDOMAIN or
+NODATA) gets the laptop's resolvers' answer, byte for byte. Whether the
+cluster has a name is asked once and cached by the SOA's negative TTL, so a
+public name costs at most one extra round trip per name and TTL.
 
 SRV names keep their ``_port._proto`` labels in front of any of these. A name
 under one of the laptop's own search domains is the laptop's even if its last
 label happens to be a namespace: the stub appended it, the user did not.
 
-``DnsCore`` turns one query (``receive``) into one action and the outcome of
-that action (``handle``) into the reply, in the vocabulary of ktpy.sansio: no
+``DnsCore`` turns one query (``receive``) into actions and the outcome of an
+action (``handle``) into the next ones, in the vocabulary of ktpy.sansio: no
 sockets, no clock (``now`` comes in). The server carries out the actions:
 
 - ``Send(wire)``: send the reply to the client (cache hit, synthesised reply);
@@ -26,6 +36,8 @@ sockets, no clock (``now`` comes in). The server carries out the actions:
 - ``AskUpstream(wire, pending)``: ask the laptop's resolvers (``wire`` is the
   client's query, byte for byte), then handle ``UpstreamAnswered`` or
   ``UpstreamFailed``;
+- ``Collision(name, cluster_name)``: tell the user, once per name, that a
+  cluster-first name is the cluster's while connected;
 - ``Ignore(reason)``: send nothing.
 """
 
@@ -132,6 +144,8 @@ class ClusterNames:
 
 class Route(enum.Enum):
     CLUSTER = "cluster"
+    # Namespace-shaped: the cluster's if it has the name, else the laptop's.
+    CLUSTER_FIRST = "cluster-first"
     UPSTREAM = "upstream"
 
 
@@ -212,13 +226,13 @@ def classify_labels(labels: tuple[str, ...], names: ClusterNames) -> Decision:
     prefix, rest = labels[:prefix_len], labels[prefix_len:]
     known = names.namespaces
 
-    def cluster(rule: str, *short: str) -> Decision:
+    def cluster(rule: str, *short: str, route: Route = Route.CLUSTER_FIRST) -> Decision:
         ask = ".".join((*prefix, *short, "svc", names.domain)) + "."
-        return Decision(Route.CLUSTER, rule, ask)
+        return Decision(route, rule, ask)
 
     match rest:
         case (svc,) if svc in names.services:
-            return cluster("service", svc, names.namespace)
+            return cluster("service", svc, names.namespace, route=Route.CLUSTER)
         case (svc, ns) if ns in known:
             return cluster("service-namespace", svc, ns)
         case (svc, ns, "svc") if ns in known:
@@ -261,6 +275,13 @@ def cache_ttl(reply: DNSRecord) -> int | None:
     soa = soas[0]
     ttl = min(soa.ttl, soa.rdata.times[4])
     return min(ttl, MAX_NEGATIVE_TTL) if ttl > 0 else None
+
+
+def has_records(reply: DNSRecord) -> bool:
+    """A NOERROR answer with records: the name exists there with this type."""
+    return bool(
+        reply.header.rcode == RCODE.NOERROR and any(rr.rtype != QTYPE.OPT for rr in reply.rr)
+    )
 
 
 @dataclass
@@ -319,8 +340,10 @@ class DnsCache:
 @dataclass
 class DnsStats:
     """Counters for `ktpy doctor`. ``cluster`` counts every query classified as
-    the cluster's, of which ``cache_hits`` and ``synthesized`` never left the
-    laptop and ``cluster_asked`` went to cluster DNS."""
+    the cluster's or cluster-first, of which ``cache_hits`` and ``synthesized``
+    never left the laptop and ``cluster_asked`` went to cluster DNS (a
+    cluster-first name may be asked twice: whether it exists, then its type);
+    ``fallbacks`` of them went on to the laptop's resolvers."""
 
     queries: int = 0
     cluster: int = 0
@@ -331,6 +354,7 @@ class DnsStats:
     nxdomain: int = 0
     cluster_failures: int = 0
     upstream_failures: int = 0
+    fallbacks: int = 0  # cluster-first names the cluster lacks, sent to the laptop's resolvers
     ignored: int = 0
     dropped: int = 0  # the server was too busy to take the query
 
@@ -344,13 +368,18 @@ class DnsStats:
 
 @dataclass(frozen=True)
 class ClusterPending:
-    """A query waiting for cluster DNS."""
+    """A query waiting for cluster DNS. ``probe``: ``key`` asks whether a
+    cluster-first name exists in the cluster (its owner's address record), on
+    behalf of the client's question; ``wire`` is the client's query as it came,
+    for the laptop's resolvers if the cluster does not have the name."""
 
     query: DNSRecord
     decision: Decision
     ask: str
     key: CacheKey
     udp_limit: int | None  # None: the client asked over TCP
+    wire: bytes = b""
+    probe: bool = False
 
 
 @dataclass(frozen=True)
@@ -382,13 +411,23 @@ class AskUpstream(Action):
 
 
 @dataclass(frozen=True, slots=True)
+class Collision(Action):
+    """Tell the user: ``name`` (as asked, lowercase, no dot) is a cluster-first
+    name the cluster has (``cluster_name``), so the cluster answers it while
+    connected, whatever the laptop's resolvers would say. Once per name."""
+
+    name: str
+    cluster_name: str
+
+
+@dataclass(frozen=True, slots=True)
 class Ignore(Action):
     """Send nothing."""
 
     reason: str
 
 
-DnsAction = Send | AskCluster | AskUpstream | Ignore
+DnsAction = Send | AskCluster | AskUpstream | Collision | Ignore
 
 
 # --- events: the outcome of an AskCluster or AskUpstream ---------------------
@@ -466,6 +505,7 @@ class DnsCore:
         self.names = names
         self.cache = DnsCache(cache_entries)
         self._stats = DnsStats()
+        self._collisions: set[str] = set()  # cluster-first names already reported
 
     def stats(self) -> DnsStats:
         """A snapshot of the counters."""
@@ -518,6 +558,30 @@ class DnsCore:
 
         self._count(cluster=1)
         name = decision.ask or ".".join(decision_labels) + "."
+        if decision.route is Route.CLUSTER_FIRST:
+            owner = self._owner(name)
+            probe: CacheKey = (owner, self._probe_type(), int(question.qclass))
+            entry = self.cache.get(probe, now)
+            if entry is None:
+                self._count(cluster_asked=1)
+                return self._ask(query, decision, wire, probe, limit, probe=True)
+            if not has_records(entry.reply):
+                self._count(fallbacks=1)
+                return self._to_upstream(wire, query, decision, limit, counted=True)
+        return self._cluster(query, decision, wire, name, limit, now)
+
+    def _cluster(
+        self,
+        query: DNSRecord,
+        decision: Decision,
+        wire: bytes,
+        name: str,
+        limit: int | None,
+        now: float,
+    ) -> Send | AskCluster:
+        """A name the cluster has (or is alone to answer): from the cache, made
+        up, or asked."""
+        question: DNSQuestion = query.q
         key: CacheKey = (name, int(question.qtype), int(question.qclass))
         entry = self.cache.get(key, now)
         if entry is not None:
@@ -526,11 +590,38 @@ class DnsCore:
             return Send(self._present(query, entry.reply, name, limit, age))
         if not self.names.ipv6 and question.qtype in NO_DATA_IN_IPV4_CLUSTER:
             return Send(self._no_data(query, name, limit, now))
-
-        ask = DNSRecord(DNSHeader(id=query.header.id, rd=1))
-        ask.add_question(DNSQuestion(_wire_name(name), question.qtype, question.qclass))
         self._count(cluster_asked=1)
-        return AskCluster(ask.pack(), ClusterPending(query, decision, name, key, limit))
+        return self._ask(query, decision, wire, key, limit)
+
+    @staticmethod
+    def _ask(
+        query: DNSRecord,
+        decision: Decision,
+        wire: bytes,
+        key: CacheKey,
+        limit: int | None,
+        *,
+        probe: bool = False,
+    ) -> AskCluster:
+        name, qtype, qclass = key
+        ask = DNSRecord(DNSHeader(id=query.header.id, rd=1))
+        ask.add_question(DNSQuestion(_wire_name(name), qtype, qclass))
+        pending = ClusterPending(query, decision, name, key, limit, wire, probe)
+        return AskCluster(ask.pack(), pending)
+
+    @staticmethod
+    def _owner(name: str) -> str:
+        """The Service or pod a name stands for: without its SRV labels."""
+        labels = name.split(".")
+        prefix = 0  # at most two, as classify_labels reads them
+        while prefix < min(2, len(labels) - 1) and labels[prefix].startswith("_"):
+            prefix += 1
+        return ".".join(labels[prefix:])
+
+    def _probe_type(self) -> int:
+        """The address type every Service and pod of this cluster has."""
+        v4 = not self.names.cidrs or any(c.version == 4 for c in self.names.cidrs)
+        return int(QTYPE.A if v4 else QTYPE.AAAA)
 
     def _to_upstream(
         self,
@@ -538,8 +629,11 @@ class DnsCore:
         query: DNSRecord | None,
         decision: Decision,
         limit: int | None = None,
+        *,
+        counted: bool = False,
     ) -> AskUpstream:
-        self._count(upstream=1)
+        if not counted:  # a cluster-first name counts as the cluster's
+            self._count(upstream=1)
         return AskUpstream(wire, UpstreamPending(query, decision, limit))
 
     def _no_data(self, query: DNSRecord, ask: str, limit: int | None, now: float) -> bytes:
@@ -558,7 +652,7 @@ class DnsCore:
         """The outcome of an AskCluster or AskUpstream: the reply, if any."""
         match event:
             case ClusterAnswered(pending, wire):
-                return [self._cluster_answered(pending, wire, now)]
+                return self._cluster_answered(pending, wire, now)
             case ClusterFailed(pending):
                 return [self._cluster_failed(pending)]
             case UpstreamAnswered(pending, wire):
@@ -568,21 +662,45 @@ class DnsCore:
             case _:
                 assert_never(event)
 
-    def _cluster_answered(self, pending: ClusterPending, wire: bytes, now: float) -> Send:
+    def _cluster_answered(
+        self, pending: ClusterPending, wire: bytes, now: float
+    ) -> list[DnsAction]:
         query, ask = pending.query, pending.ask
         try:
             reply = DNSRecord.parse(wire)
         except (DNSError, UnicodeError, ValueError):
-            return self._cluster_failed(pending)
+            return [self._cluster_failed(pending)]
         if (
             not reply.header.qr
             or len(reply.questions) != 1
             or reply.q.qname != _wire_name(ask)
-            or reply.q.qtype != query.q.qtype
+            or reply.q.qtype != pending.key[1]
         ):
-            return self._cluster_failed(pending)
+            return [self._cluster_failed(pending)]
         self.cache.put(pending.key, reply, now)
-        return Send(self._present(query, reply, ask, pending.udp_limit, 0))
+        if not pending.probe or reply.header.rcode not in (RCODE.NOERROR, RCODE.NXDOMAIN):
+            # The answer to the client's question, or the cluster's failure.
+            return [Send(self._present(query, reply, ask, pending.udp_limit, 0))]
+        decision = pending.decision
+        if not has_records(reply):
+            # Not a Service or pod of the cluster: the laptop's name, if anyone's.
+            self._count(fallbacks=1)
+            return [
+                self._to_upstream(pending.wire, query, decision, pending.udp_limit, counted=True)
+            ]
+        actions: list[DnsAction] = []
+        shown = self._owner(".".join(map(_label_text, query.q.qname.label)))
+        if shown not in self._collisions:
+            self._collisions.add(shown)
+            actions.append(Collision(shown, ask))
+        name = decision.ask or ask
+        if (name, int(query.q.qtype), int(query.q.qclass)) == pending.key:
+            actions.append(Send(self._present(query, reply, ask, pending.udp_limit, 0)))
+        else:
+            actions.append(
+                self._cluster(query, decision, pending.wire, name, pending.udp_limit, now)
+            )
+        return actions
 
     def _cluster_failed(self, pending: ClusterPending) -> Send:
         self._count(cluster_failures=1)  # failures are not cached

@@ -9,8 +9,10 @@ came back truncated), each tried in order with a short timeout.
 Threads: one loop receives UDP and accepts TCP and never waits on a resolver:
 cache hits and synthesised answers go out at once, the rest is handed to one
 of two bounded pools, one for cluster DNS and one for the upstreams, so a slow
-upstream cannot hold cluster answers back. Each TCP client has its own thread
-(bounded); it handles its queries one after the other.
+upstream cannot hold cluster answers back. A cluster-first name the cluster
+does not have moves on from the cluster pool to the upstream pool. Each TCP
+client has its own thread (bounded); it handles its queries one after the
+other, every step in that thread.
 """
 
 from __future__ import annotations
@@ -34,9 +36,11 @@ from ktpy.net.dns import (
     ClusterFailed,
     ClusterNames,
     ClusterPending,
+    Collision,
     DnsAction,
     DnsCore,
     DnsStats,
+    Ignore,
     Send,
     UpstreamAnswered,
     UpstreamFailed,
@@ -48,6 +52,7 @@ log = get_logger(__name__)
 
 ClusterExchange = Callable[[bytes], bytes]
 Nameserver = tuple[str, int]
+Respond = Callable[[bytes], None]
 
 UPSTREAM_TIMEOUT = 2.0
 CLUSTER_TIMEOUT = 5.0
@@ -255,6 +260,8 @@ class DnsServer:
     """Listens on ``host:port`` (UDP and TCP; port 0 picks a free one).
 
     ``cluster_exchange`` must time out by itself (``tcp_exchange_over`` does).
+    ``on_collision`` hears of each public-looking name the cluster answers
+    (once per name, from a worker thread); it must not block.
     """
 
     def __init__(
@@ -272,8 +279,10 @@ class DnsServer:
         max_tcp_clients: int = 64,
         tcp_idle_timeout: float = TCP_IDLE_TIMEOUT,
         clock: Callable[[], float] = time.monotonic,
+        on_collision: Callable[[Collision], None] = lambda _collision: None,
     ) -> None:
         self.cluster_exchange = cluster_exchange
+        self.on_collision = on_collision
         self.upstreams = [parse_nameserver(u) for u in upstreams]
         self.upstream_timeout = upstream_timeout
         self.tcp_idle_timeout = tcp_idle_timeout
@@ -406,16 +415,7 @@ class DnsServer:
             with contextlib.suppress(OSError):
                 self._udp.sendto(reply, client)
 
-        for action in self._decide(wire, udp=True):
-            if isinstance(action, Send):
-                respond(action.wire)
-            elif isinstance(action, AskCluster):
-                if not self._cluster_pool.submit(self._cluster_job(action, respond)):
-                    self._dropped("cluster queue full")
-            elif isinstance(action, AskUpstream):
-                job = self._upstream_job(action, respond, tcp=False)
-                if not self._upstream_pool.submit(job):
-                    self._dropped("upstream queue full")
+        self._carry_out(self._decide(wire, udp=True), respond, tcp=False, pooled=True)
 
     def _dropped(self, reason: str) -> None:
         # A UDP client asks again; better than an unbounded queue.
@@ -462,40 +462,68 @@ class DnsServer:
 
     def resolve(self, wire: bytes, *, udp: bool) -> bytes | None:
         """Answer one query in the calling thread (TCP clients, tests)."""
-        for action in self._decide(wire, udp=udp):
-            if isinstance(action, Send):
-                return action.wire
-            if isinstance(action, AskCluster):
-                return self._ask_cluster(action)
-            if isinstance(action, AskUpstream):
-                result: list[bytes] = []
-                self._upstream_job(action, result.append, tcp=not udp)()
-                return result[0] if result else None
-        return None
+        result: list[bytes] = []
+        self._carry_out(self._decide(wire, udp=udp), result.append, tcp=not udp, pooled=False)
+        return result[0] if result else None
+
+    def _carry_out(
+        self, actions: list[DnsAction], respond: Respond, *, tcp: bool, pooled: bool
+    ) -> None:
+        """Do what the core asked, in order. ``pooled``: exchanges go to the pools
+        (the UDP loop must not wait); else they run in this thread."""
+        for action in actions:
+            match action:
+                case Send(reply):
+                    respond(reply)
+                case Collision():
+                    self._collided(action)
+                case AskCluster():
+                    job = self._cluster_job(action, respond, tcp=tcp, pooled=pooled)
+                    if not pooled:
+                        job()
+                    elif not self._cluster_pool.submit(job):
+                        self._dropped("cluster queue full")
+                case AskUpstream():
+                    job = self._upstream_job(action, respond, tcp=tcp)
+                    if not pooled:
+                        job()
+                    elif not self._upstream_pool.submit(job):
+                        self._dropped("upstream queue full")
+                case Ignore():
+                    pass
+
+    def _collided(self, collision: Collision) -> None:
+        try:
+            self.on_collision(collision)
+        except Exception:  # a report must not cost the answer
+            log.exception("collision report failed")
 
     def _cluster_job(
-        self, action: AskCluster, respond: Callable[[bytes], None]
+        self, action: AskCluster, respond: Respond, *, tcp: bool, pooled: bool
     ) -> Callable[[], None]:
         def job() -> None:
-            reply = self._ask_cluster(action)
-            if reply is not None:
-                respond(reply)
+            # A second cluster question is asked right here; from a pool worker,
+            # a fallback to the laptop's resolvers waits in their pool instead,
+            # so this worker is free for the next cluster name.
+            for step in self._ask_cluster(action):
+                to_pool = pooled and isinstance(step, AskUpstream)
+                self._carry_out([step], respond, tcp=tcp, pooled=to_pool)
 
         return job
 
-    def _ask_cluster(self, action: AskCluster) -> bytes | None:
+    def _ask_cluster(self, action: AskCluster) -> list[DnsAction]:
         pending: ClusterPending = action.pending
         try:
             reply = self.cluster_exchange(action.wire)
         except Exception as exc:  # noqa: BLE001 - injected; any failure is a SERVFAIL
             log.info("cluster dns failed", name=pending.ask, reason=str(exc) or type(exc).__name__)
             with self._core_lock:
-                return _sent(self._core.handle(ClusterFailed(pending), self.clock()))
+                return self._core.handle(ClusterFailed(pending), self.clock())
         with self._core_lock:
-            return _sent(self._core.handle(ClusterAnswered(pending, reply), self.clock()))
+            return self._core.handle(ClusterAnswered(pending, reply), self.clock())
 
     def _upstream_job(
-        self, action: AskUpstream, respond: Callable[[bytes], None], *, tcp: bool
+        self, action: AskUpstream, respond: Respond, *, tcp: bool
     ) -> Callable[[], None]:
         pending: UpstreamPending = action.pending
 
@@ -510,16 +538,6 @@ class DnsServer:
             else:
                 with self._core_lock:
                     outcome = self._core.handle(UpstreamAnswered(pending, reply), self.clock())
-            sent = _sent(outcome)
-            if sent is not None:
-                respond(sent)
+            self._carry_out(outcome, respond, tcp=tcp, pooled=False)
 
         return job
-
-
-def _sent(actions: list[DnsAction]) -> bytes | None:
-    """The reply among an outcome's actions (there is none after an Ignore)."""
-    for action in actions:
-        if isinstance(action, Send):
-            return action.wire
-    return None

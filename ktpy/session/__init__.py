@@ -26,7 +26,7 @@ from ktpy.cluster.api import ApiError, ClusterApi, Kind, NotFound
 from ktpy.cluster.bodies import JsonObject
 from ktpy.cluster.manifests import SessionMeta
 from ktpy.config import Settings
-from ktpy.errors import KtpyError
+from ktpy.errors import KtpyError, SessionLost
 from ktpy.logs import get_logger
 from ktpy.session.link import RemoteHandler, TunnelLink
 from ktpy.session.owner import check_local_process, local_owner_identity
@@ -72,6 +72,7 @@ class Session:
         self.timings = Timings()
         self.lost = threading.Event()  # set when the session cannot go on (reason in lost_reason)
         self.lost_reason = ""
+        self.lost_error: type[SessionLost] = SessionLost  # what the command raises for it
         self.objects = ShadowObjects(api, settings, spec, self.id, self.keys, self.log)
         self.link = TunnelLink(api, spec, self.keys, self.log, self.lost)
         self._stop = threading.Event()
@@ -146,9 +147,11 @@ class Session:
             except (ApiError, KtpyError) as exc:
                 self.log.warning("heartbeat failed; will retry", reason=str(exc))
 
-    def lose(self, reason: str) -> None:
-        """The session cannot go on (a part of it died): the command stops with reason."""
+    def lose(self, reason: str, error: type[SessionLost] = SessionLost) -> None:
+        """The session cannot go on (a part of it died): the command stops with reason,
+        raising error."""
         self.lost_reason = reason
+        self.lost_error = error
         self.log.error("session lost", reason=reason)
         self.lost.set()
 

@@ -1,7 +1,12 @@
 """A session's tunnel: SSH over the API server's port-forward to the shadow pod,
-reconnected with backoff after a drop, with the remote forwards asked again on
-every reconnect. Flows (direct-tcpip channels) open over whichever transport is
-current."""
+watched for a silent path, reconnected after a drop, with the remote forwards
+asked again on every reconnect. Flows (direct-tcpip channels) open over
+whichever transport is current.
+
+The supervisor thread is the only one that judges the path and reconnects; it
+never writes data, and what it does to a stuck connection (a ping only if the
+stream is free, a close that does not wait for a writer) cannot block it, the
+data path or teardown."""
 
 from __future__ import annotations
 
@@ -13,15 +18,22 @@ from collections.abc import Callable
 import paramiko
 
 from ktpy.cluster.api import ClusterApi
-from ktpy.errors import KtpyError
+from ktpy.errors import KtpyError, SessionLost, TunnelProtocolError
 from ktpy.logs import Logger
 from ktpy.session.shadow import ShadowSpec
 from ktpy.tunnel import keys, portforward, ssh
+from ktpy.tunnel.health import PathHealth, Verdict
 
-RECONNECT_BACKOFF = (0.5, 1.0, 2.0, 4.0, 8.0)
+# Seconds between reconnect attempts; an attempt's own duration counts toward its
+# wait, so after a path comes back the next try is never more than the larger of
+# the attempt's timeout (the handshake's) and the last step away.
+RECONNECT_BACKOFF = (0.5, 1.0, 2.0, 4.0)
 FLOW_WAIT_SECONDS = 10.0  # how long a new flow waits for a tunnel that is reconnecting
+CHECK_EVERY = 0.5
+FORWARD_ATTEMPTS = 10  # a remote forward's port may take a moment to be freed
 
 RemoteHandler = Callable[[paramiko.Channel, tuple[str, int], tuple[str, int]], None]
+Lose = Callable[[str, type[SessionLost]], None]
 
 
 class TunnelLink:
@@ -39,50 +51,95 @@ class TunnelLink:
         self.log = log
         self._lost = lost
         self._transport: paramiko.Transport | None = None
+        self._stream: portforward.Stream | None = None
         self._transport_ready = threading.Condition()
         self._remote_forwards: dict[int, RemoteHandler] = {}
 
-    def connect(self) -> None:
+    def connect(self, *, again: bool = False) -> None:
         target = portforward.Target(self.spec.namespace, self.spec.pod_name, self.spec.ssh_port)
         stream = portforward.open_stream(self.api.open_websocket, target)
         credentials = ssh.SshCredentials(self.keys.client.pkey(), self.keys.host.public)
         transport = ssh.connect(stream, credentials, where=f"pod/{self.spec.pod_name}")
-        for port, handler in self._remote_forwards.items():
-            ssh.request_remote_forward(transport, port, handler)
+        try:
+            if again and self._remote_forwards:
+                # The previous connection may still hold the ports in the pod.
+                ended = ssh.drop_other_connections(transport)
+                if ended:
+                    self.log.info("ended the previous SSH connection in the pod", processes=ended)
+            for port, handler in self._remote_forwards.items():
+                self._forward(transport, port, handler)
+        except BaseException:
+            transport.close()
+            raise
         with self._transport_ready:
             self._transport = transport
+            self._stream = stream
             self._transport_ready.notify_all()
         self.log.info("tunnel up")
 
-    def supervise(
-        self, stop: threading.Event, pod_gone: Callable[[], bool], lose: Callable[[str], None]
-    ) -> None:
-        """Reconnect port-forward and SSH after a drop, with backoff; log each event.
-        Gives up (``lose``) once the shadow pod is gone."""
+    def _forward(self, transport: paramiko.Transport, port: int, handler: RemoteHandler) -> None:
+        for _ in range(FORWARD_ATTEMPTS - 1):
+            with contextlib.suppress(ssh.SshError):
+                ssh.request_remote_forward(transport, port, handler)
+                return
+            if not transport.is_active():
+                break
+            time.sleep(0.2)
+        ssh.request_remote_forward(transport, port, handler)  # the last try says why
+
+    def supervise(self, stop: threading.Event, pod_gone: Callable[[], bool], lose: Lose) -> None:
+        """Judge the path, reconnect port-forward and SSH after a drop (with backoff),
+        log each event. Gives up (``lose``) once the shadow pod is gone, or when the
+        server broke the WebSocket protocol (a reconnect would not mend that)."""
         attempt = 0
-        while not stop.wait(0.5):
-            transport = self._transport
-            if transport is not None and transport.is_active():
-                attempt = 0
-                continue
-            if transport is not None:
+        health = PathHealth()
+        while not stop.wait(CHECK_EVERY):
+            transport, stream = self._transport, self._stream
+            if stream is not None and stream.violation is not None:
+                lose(
+                    f"the port-forward to pod {self.spec.pod_name} broke the WebSocket "
+                    f"protocol: {stream.violation}",
+                    TunnelProtocolError,
+                )
+                return
+            if transport is not None and transport.is_active() and stream is not None:
+                verdict = health.judge(time.monotonic(), stream.last_received)
+                if verdict is Verdict.PROBE:
+                    stream.ping()
+                if verdict is not Verdict.DEAD:
+                    attempt = 0
+                    continue
+                self.log.warning(
+                    "tunnel silent; reconnecting",
+                    silent_for=f"{time.monotonic() - stream.last_received:.1f}s",
+                )
+            elif transport is not None:
                 self.log.warning("tunnel dropped; reconnecting")
-                with self._transport_ready:
-                    self._transport = None
-                with contextlib.suppress(Exception):
-                    transport.close()
+            if transport is not None:
+                self._drop(transport)
+                health = PathHealth()
             delay = RECONNECT_BACKOFF[min(attempt, len(RECONNECT_BACKOFF) - 1)]
             attempt += 1
-            if stop.wait(delay):
-                return
+            started = time.monotonic()
             try:
-                self.connect()
+                self.connect(again=True)
                 self.log.info("tunnel reconnected", attempts=attempt)
+                continue
             except (KtpyError, portforward.PortForwardError, ssh.SshError, OSError) as exc:
                 self.log.warning("reconnect failed", attempt=attempt, reason=str(exc))
                 if pod_gone():
-                    lose(f"shadow pod {self.spec.pod_name} is gone")
+                    lose(f"shadow pod {self.spec.pod_name} is gone", SessionLost)
                     return
+            if stop.wait(max(0.0, delay - (time.monotonic() - started))):
+                return
+
+    def _drop(self, transport: paramiko.Transport) -> None:
+        with self._transport_ready:
+            if self._transport is transport:
+                self._transport = None
+                self._stream = None
+        with contextlib.suppress(Exception):
+            transport.close()  # the stream's close does not wait for a writer
 
     def transport(self, wait: float = FLOW_WAIT_SECONDS) -> paramiko.Transport:
         """The current transport; waits up to ``wait`` for a reconnect in progress."""
@@ -101,7 +158,7 @@ class TunnelLink:
         ssh.request_remote_forward(self.transport(), port, handler)
 
     def close(self) -> None:
-        transport, self._transport = self._transport, None
+        transport, self._transport, self._stream = self._transport, None, None
         if transport is not None:
             with contextlib.suppress(Exception):
                 transport.close()

@@ -16,6 +16,7 @@ through as it arrives and nothing is buffered beyond the socket pair.
 
 from __future__ import annotations
 
+import _socket
 import collections
 import contextlib
 import errno
@@ -25,6 +26,7 @@ import socket
 import ssl
 import struct
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
@@ -37,8 +39,16 @@ from ktpy.sansio import Action
 PROTOCOL = "v4.channel.k8s.io"
 DATA_CHANNEL = 0
 ERROR_CHANNEL = 1
+OP_CONTINUATION, OP_TEXT, OP_BINARY = 0x0, 0x1, 0x2
 OP_CLOSE, OP_PING, OP_PONG = 0x8, 0x9, 0xA
+_DATA_OPCODES = (OP_TEXT, OP_BINARY)
+_CONTROL_OPCODES = (OP_CLOSE, OP_PING, OP_PONG)
+MAX_CONTROL_PAYLOAD = 125  # RFC 6455 5.5
+CLOSE_PROTOCOL_ERROR = 1002
 READ_CHUNK = 256 * 1024
+# A frame begun and then not taken by the socket for this long: the path is dead
+# (the tunnel's health check notices sooner; this is the writer's own backstop).
+WRITE_STALL_SECONDS = 15.0
 
 log = get_logger(__name__)
 T = TypeVar("T")
@@ -93,7 +103,20 @@ class ReportError(Action):
     text: str
 
 
-FrameAction = Deliver | DeliverEnd | Send | ReportError
+@dataclass(frozen=True, slots=True)
+class Violation(Action):
+    """The server broke RFC 6455: the stream ends here (after the close frame that
+    says so) and the session with it; the reader ignores everything after."""
+
+    reason: str
+
+
+FrameAction = Deliver | DeliverEnd | Send | ReportError | Violation
+
+
+class FramingError(Exception):
+    """A frame RFC 6455 forbids from a server (masked, RSV bits, unknown opcode,
+    oversized or fragmented control frame, a broken fragment sequence)."""
 
 
 class FrameReader:
@@ -102,24 +125,33 @@ class FrameReader:
 
     receive() takes whatever the socket gave and hands out the data channel's
     bytes as soon as they arrive, without waiting for a frame's end: a 1 MiB
-    frame is streamed through in socket-sized pieces. Control frames are
-    answered whole: a ping with a pong, a close with the end.
+    frame is streamed through in socket-sized pieces. A message may come in
+    fragments (RFC 6455 5.4) with control frames between them: the channel
+    byte starts the message, not each fragment, and a control frame never
+    changes the message it interrupts. Control frames are answered whole: a
+    ping with a pong, a close with the end. A frame the RFC forbids from a
+    server ends the stream: a close frame with 1002, then ``Violation``.
     """
 
     def __init__(self) -> None:
         self._header = bytearray()
         self._remaining = 0  # payload bytes still to come in the current frame
-        self._opcode = 0
+        self._frame_opcode = 0  # of the frame being read (control or data)
         self._control = bytearray()
+        self._in_message = False  # a data message started and its last fragment not yet read
         self._channel: int | None = None  # channel of the current data message
         self._at_message_start = False
         self._skip_port = 0  # port-number bytes still to drop at a channel's start
+        self._broken = False  # after a violation nothing more is read
         self.announced: set[int] = set()
 
     def receive(self, data: bytes | memoryview) -> list[FrameAction]:
-        """Bytes from the server, in any pieces (frames never masked)."""
+        """Bytes from the server, in any pieces."""
+        if self._broken:
+            return []
         actions: list[FrameAction] = []
-        for channel, opcode, piece in self._frames(data):
+        pieces, violation = self._frames(data)
+        for channel, opcode, piece in pieces:
             if channel == DATA_CHANNEL:
                 actions.append(Deliver(bytes(piece)))
             elif channel == ERROR_CHANNEL:
@@ -128,12 +160,26 @@ class FrameReader:
                 actions.append(Send(bytes(piece), OP_PONG))
             elif opcode == OP_CLOSE:
                 actions.append(DeliverEnd())
+        if violation is not None:
+            self._broken = True  # what came before it in this read still counts
+            reason = str(violation)
+            close = struct.pack("!H", CLOSE_PROTOCOL_ERROR) + reason.encode()[:100]
+            actions += [Send(close, OP_CLOSE), Violation(reason)]
         return actions
 
-    def _frames(self, data: bytes | memoryview) -> list[tuple[int | None, int, memoryview]]:
-        """(channel, opcode, piece) as they come; control frames whole, channel None."""
-        data = memoryview(data)
+    def _frames(
+        self, data: bytes | memoryview
+    ) -> tuple[list[tuple[int | None, int, memoryview]], FramingError | None]:
+        """(channel, opcode, piece) as they come, control frames whole with channel None;
+        and the violation that stopped the parse, if one did."""
         out: list[tuple[int | None, int, memoryview]] = []
+        try:
+            self._parse(memoryview(data), out)
+        except FramingError as exc:
+            return out, exc
+        return out, None
+
+    def _parse(self, data: memoryview, out: list[tuple[int | None, int, memoryview]]) -> None:
         pos = 0
         while pos < len(data):
             if self._remaining == 0 and not self._header_complete():
@@ -151,13 +197,12 @@ class FrameReader:
             piece = data[pos : pos + take]
             pos += take
             self._remaining -= take
-            if self._opcode >= 0x8:
+            if self._frame_opcode in _CONTROL_OPCODES:
                 self._control += piece
             else:
                 out.extend(self._data(piece))
             if self._remaining == 0:
                 out.extend(self._end_frame())
-        return out
 
     def _header_needed(self) -> int:
         if len(self._header) < 2:
@@ -169,21 +214,40 @@ class FrameReader:
         return len(self._header) >= 2 and len(self._header) == self._header_needed()
 
     def _start_frame(self) -> None:
-        opcode = self._header[0] & 0x0F
-        length7 = self._header[1] & 0x7F
+        first, second = self._header[0], self._header[1]
+        fin, rsv, opcode = bool(first & 0x80), first & 0x70, first & 0x0F
+        length7 = second & 0x7F
         if length7 == 126:
             length = struct.unpack("!H", self._header[2:4])[0]
         elif length7 == 127:
             length = struct.unpack("!Q", self._header[2:10])[0]
         else:
             length = length7
-        if opcode in (0x1, 0x2):
+        self._header = bytearray()
+        if second & 0x80:
+            raise FramingError("the server sent a masked frame")
+        if rsv:
+            raise FramingError(f"the server set RSV bits ({rsv >> 4:#05b}) no extension allows")
+        if opcode in _CONTROL_OPCODES:
+            if length > MAX_CONTROL_PAYLOAD:
+                raise FramingError(f"control frame of {length} bytes (at most 125)")
+            if not fin:
+                raise FramingError("fragmented control frame")
+        elif opcode in _DATA_OPCODES:
+            if self._in_message:
+                raise FramingError("a new message began before the last one's final fragment")
+            self._in_message = True
             self._at_message_start = True
             self._channel = None
-        if opcode != 0x0:
-            self._opcode = opcode
+        elif opcode == OP_CONTINUATION:
+            if not self._in_message:
+                raise FramingError("a continuation frame outside a message")
+        else:
+            raise FramingError(f"unknown opcode {opcode:#x}")
+        if opcode not in _CONTROL_OPCODES and fin:
+            self._in_message = False  # this frame ends its message
+        self._frame_opcode = opcode
         self._remaining = length
-        self._header = bytearray()
 
     def _data(self, piece: memoryview) -> list[tuple[int | None, int, memoryview]]:
         if self._at_message_start:
@@ -200,13 +264,21 @@ class FrameReader:
         if skip:
             piece = piece[skip:]
             self._skip_port -= skip
-        return [(self._channel, self._opcode, piece)] if len(piece) else []
+        return [(self._channel, self._frame_opcode, piece)] if len(piece) else []
 
     def _end_frame(self) -> list[tuple[int | None, int, memoryview]]:
-        if self._opcode >= 0x8:
+        if self._frame_opcode in _CONTROL_OPCODES:
             control, self._control = bytes(self._control), bytearray()
-            return [(None, self._opcode, memoryview(control))]
+            return [(None, self._frame_opcode, memoryview(control))]
         return []
+
+
+def close_frame(code: int, reason: bytes = b"") -> bytes:
+    return mask_frame(struct.pack("!H", code) + reason, OP_CLOSE)
+
+
+def _socket_shutdown(raw: socket.socket, how: int) -> None:
+    _socket.socket.shutdown(raw, how)
 
 
 def mask_frame(payload: bytes, opcode: int = 0x2) -> bytes:
@@ -253,7 +325,11 @@ class Stream:
         self._offset = 0  # what recv already handed out of _pending[0]
         self._eof = False
         self._eof_next = False  # the peer closed after the bytes of the last read
+        self._closed = False  # paramiko's Transport.stop_thread reads this name
         self.error: str | None = None
+        self.violation: str | None = None  # why the server's frames ended the stream
+        # When bytes last came from the server: the tunnel's health is judged by it.
+        self.last_received = time.monotonic()
         # The socket stays non-blocking and timeouts are ours (poll): switching its
         # mode around every call cost two system calls per read and per write.
         self._timeout = raw.gettimeout()
@@ -304,15 +380,39 @@ class Stream:
         return self._raw.fileno()
 
     def close(self) -> None:
-        if self._eof and self._raw.fileno() < 0:
+        """Never waits: a close frame only if no writer holds the stream and the socket
+        takes it at once; the shutdown wakes any thread waiting on the socket."""
+        if self._closed:
             return
+        self._closed = True
         self._eof = True
+        if self._send_lock.acquire(blocking=False):
+            try:
+                with contextlib.suppress(OSError, *_WOULD_BLOCK):
+                    self._now(self._raw.send, memoryview(close_frame(1000)))
+            finally:
+                self._send_lock.release()
         with contextlib.suppress(OSError):
-            self._send(mask_frame(struct.pack("!H", 1000), OP_CLOSE))
-        with contextlib.suppress(OSError):
-            self._raw.shutdown(socket.SHUT_RDWR)
+            # The OS-level shutdown, not SSLSocket's (which drops its TLS object while
+            # another thread may be inside it): wakes every poll on this socket.
+            _socket_shutdown(self._raw, socket.SHUT_RDWR)
         with contextlib.suppress(OSError):
             self._raw.close()
+
+    # --- health -------------------------------------------------------------------
+
+    def ping(self, payload: bytes = b"ktpy") -> bool:
+        """Send a WebSocket ping if no writer holds the stream now; never waits for
+        one. The server's pong (like any bytes from it) moves ``last_received``."""
+        if self._closed or not self._send_lock.acquire(blocking=False):
+            return False
+        try:
+            self._write_frame(mask_frame(payload, OP_PING), first_byte_within=0.0)
+        except OSError:
+            return False
+        finally:
+            self._send_lock.release()
+        return True
 
     # --- frames -------------------------------------------------------------------
 
@@ -322,23 +422,51 @@ class Stream:
             return call(buffer)
 
     def _wait(self, poller: select.poll, timeout: float | None) -> bool:
-        if self._raw.fileno() < 0:
+        if self._closed or self._raw.fileno() < 0:
             raise OSError(errno.EBADF, "port-forward stream closed")
         return bool(poller.poll(None if timeout is None else timeout * 1000))
 
     def _send(self, frame: bytes) -> None:
-        # Never give up part way through a frame: half a frame followed by paramiko's
-        # retry of the whole packet (with a new mask) would corrupt the stream.
+        """Write one frame whole, or raise TimeoutError having written none of it
+        (paramiko then retries: it checks for its own close between tries)."""
+        timeout = self._timeout
+        if not self._send_lock.acquire(timeout=-1 if timeout is None else timeout):
+            raise TimeoutError("timed out waiting for another writer")
+        try:
+            self._write_frame(frame, first_byte_within=timeout)
+        finally:
+            self._send_lock.release()
+
+    def _write_frame(self, frame: bytes, first_byte_within: float | None) -> None:
+        """Under the send lock. Never gives up part way through a frame: half a frame
+        followed by paramiko's retry of the whole packet (with a new mask) would
+        corrupt the stream. A frame that makes no progress for WRITE_STALL_SECONDS
+        breaks the stream instead (ConnectionAbortedError: paramiko's transport ends)."""
         view = memoryview(frame)
-        with self._send_lock:
-            while view:
-                try:
-                    sent = self._now(self._raw.send, view)
-                except _WOULD_BLOCK:
-                    sent = 0
-                view = view[sent:]
-                if view and not sent:
-                    self._wait(self._poll_out, self._timeout)
+        started = False
+        while view:
+            try:
+                sent = self._now(self._raw.send, view)
+            except _WOULD_BLOCK:
+                sent = 0
+            view = view[sent:]
+            started = started or sent > 0
+            if not view or sent:
+                continue
+            if not started:
+                if not self._wait(self._poll_out, first_byte_within):
+                    raise TimeoutError("timed out")  # nothing written: a retry is safe
+            elif not self._wait(self._poll_out, WRITE_STALL_SECONDS):
+                self._closed_by_stall()
+                raise ConnectionAbortedError(
+                    errno.ECONNABORTED,
+                    f"port-forward write stalled for {WRITE_STALL_SECONDS:g}s mid-frame",
+                )
+
+    def _closed_by_stall(self) -> None:
+        log.warning("port-forward write stalled; closing the stream", pod=self.target.pod)
+        with contextlib.suppress(OSError):
+            _socket_shutdown(self._raw, socket.SHUT_RDWR)
 
     def _fill(self) -> None:
         if self._eof_next:
@@ -358,6 +486,7 @@ class Stream:
         if not n:
             self._eof = True
             return
+        self.last_received = time.monotonic()
         for action in self._reader.receive(self._view[:n]):
             if type(action) is Deliver:
                 self._pending.append(action.data)
@@ -365,9 +494,14 @@ class Stream:
                 self.error = (self.error or "") + action.text
                 log.warning("port-forward error", pod=self.target.pod, error=self.error)
             elif type(action) is Send:
-                self._send(mask_frame(action.payload, action.opcode))
+                with contextlib.suppress(TimeoutError):  # a pong lost to a stuck writer
+                    self._send(mask_frame(action.payload, action.opcode))
             elif type(action) is DeliverEnd:
                 self._eof = True
+            elif type(action) is Violation:
+                self.violation = action.reason
+                log.error("port-forward broke RFC 6455", pod=self.target.pod, reason=action.reason)
+                self._eof = True  # what came before it is handed out, then the end
 
     def _read_available(self, tls: bool) -> int | None:
         """Bytes read into the buffer now (0: the peer closed), None if none were ready.

@@ -8,6 +8,7 @@ Only modern algorithms are offered; AES-GCM first, as paramiko moves it fastest.
 from __future__ import annotations
 
 import errno
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -153,12 +154,51 @@ def request_remote_forward(
     port: int,
     handler: RemoteHandler,
     address: str = "0.0.0.0",  # noqa: S104 - in the pod: cluster callers must reach it
+    timeout: float = 10.0,
 ) -> int:
-    """Ask the shadow's sshd to listen on address:port and hand each connection to handler."""
-    bound = transport.request_port_forward(address, port, handler=handler)
+    """Ask the shadow's sshd to listen on address:port and hand each connection to handler.
+
+    paramiko waits for the answer as long as the transport is active, which over a
+    silent path is minutes: an answer not back within ``timeout`` closes the
+    transport (the path is dead; the tunnel's supervisor reconnects)."""
+    timer = threading.Timer(timeout, transport.close)
+    timer.daemon = True
+    timer.start()
+    try:
+        bound = transport.request_port_forward(address, port, handler=handler)
+    except (paramiko.SSHException, EOFError) as exc:
+        raise SshError(f"the shadow pod refused to listen on port {port}: {exc}") from exc
+    finally:
+        timer.cancel()
     if bound is None:
         raise SshError(f"the shadow pod refused to listen on port {port}")
     return int(bound)
+
+
+# A shadow pod belongs to one session, so every other SSH connection to it is this
+# session's own earlier one: dead on the laptop's side (a silent path, given up
+# by the health check) but alive in sshd until its ClientAlive gives up (up to a
+# minute), holding the remote-forward ports the new connection needs. Kills every
+# sshd process that is not an ancestor of this command (the listener is one).
+_DROP_OTHER_CONNECTIONS = r"""
+keep=" "; p=$$
+while [ "${p:-0}" -gt 1 ]; do
+  keep="$keep$p "; p=$(sed -n 's/^PPid:[[:space:]]*//p' /proc/$p/status)
+done
+for d in /proc/[0-9]*; do
+  n=${d#/proc/}
+  case "$keep" in *" $n "*) continue ;; esac
+  case "$(cat $d/comm 2>/dev/null)" in
+    sshd|sshd-session) kill "$n" 2>/dev/null && echo "$n" ;;
+  esac
+done
+true
+"""
+
+
+def drop_other_connections(transport: paramiko.Transport) -> int:
+    """End the shadow's other SSH connections (see above); how many were ended."""
+    return len(run_command(transport, _DROP_OTHER_CONNECTIONS).split())
 
 
 def run_command(transport: paramiko.Transport, command: str, timeout: float = 10.0) -> str:

@@ -25,6 +25,7 @@ class FakeSession:
         self.fail_start = fail_start
         self.lost = threading.Event()
         self.lost_reason = ""
+        self.lost_error = SessionLost
         self.id = "ab12cd34"
         self.spec = type("Spec", (), {"pod_name": "web-kt-abcde", "namespace": "dev"})()
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import quote
 
+import certifi
 import websocket
 
 from ktpy.cluster.api.errors import NotFound, ServerError, error_from_status
@@ -374,8 +376,6 @@ class KubernetesApi:
         return sorted(str(item["metadata"]["name"]) for item in listed.items)
 
     def open_websocket(self, path: str, subprotocols: Sequence[str]) -> websocket.WebSocket:
-        from kubernetes.stream.ws_client import create_websocket
-
         configuration = self._client.configuration
         headers = {"sec-websocket-protocol": ",".join(subprotocols)}
         token = configuration.auth_settings().get("BearerToken")
@@ -387,9 +387,7 @@ class KubernetesApi:
         elif url.startswith("http://"):
             url = "ws://" + url[len("http://") :]
         try:
-            socket_: websocket.WebSocket = create_websocket(  # type: ignore[no-untyped-call]
-                configuration, url, headers
-            )
+            socket_ = _connect_websocket(configuration, url, headers)
         except websocket.WebSocketBadStatusException as exc:
             raise error_from_status(
                 exc.status_code, None, verb="create", kind=Kind.POD, namespace=None
@@ -397,3 +395,37 @@ class KubernetesApi:
         except (OSError, websocket.WebSocketException) as exc:
             raise ClusterUnreachable(f"cannot open {path} on {self.host}: {exc}") from exc
         return socket_
+
+
+def _connect_websocket(
+    configuration: Any, url: str, headers: dict[str, str]
+) -> websocket.WebSocket:
+    """kubernetes' ``create_websocket``, with a timeout on every socket operation of
+    the handshake: without one, a connect over a path that drops packets waits for
+    the kernel's SYN retries (about two minutes), and a tunnel reconnecting after a
+    laptop's network came back would wait that long too."""
+    from kubernetes.stream.ws_client import websocket_proxycare
+
+    ssl_options: dict[str, Any] = {"cert_reqs": ssl.CERT_NONE}
+    if url.startswith("wss://") and configuration.verify_ssl:
+        ssl_options = {
+            "cert_reqs": ssl.CERT_REQUIRED,
+            "ca_certs": configuration.ssl_ca_cert or certifi.where(),
+        }
+        if configuration.assert_hostname is not None:
+            ssl_options["check_hostname"] = configuration.assert_hostname
+    if configuration.cert_file:
+        ssl_options["certfile"] = configuration.cert_file
+    if configuration.key_file:
+        ssl_options["keyfile"] = configuration.key_file
+    if configuration.tls_server_name:
+        ssl_options["server_hostname"] = configuration.tls_server_name
+    options: dict[str, Any] = {
+        "header": [f"{name}: {value}" for name, value in headers.items()],
+        "timeout": CONNECT_TIMEOUT,
+    }
+    if configuration.proxy or configuration.proxy_headers:
+        options = websocket_proxycare(options, configuration, url, headers)  # type: ignore[no-untyped-call]
+    socket_ = websocket.WebSocket(sslopt=ssl_options, skip_utf8_validation=False)
+    socket_.connect(url, **options)  # type: ignore[no-untyped-call]
+    return socket_

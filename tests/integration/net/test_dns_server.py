@@ -28,7 +28,7 @@ from dnslib import QTYPE, RCODE, RR, A, DNSRecord
 from dnslib.server import BaseResolver, DNSHandler, DNSLogger
 from dnslib.server import DNSServer as DnslibServer
 
-from ktpy.net.dns import ClusterNames
+from ktpy.net.dns import ClusterNames, Collision
 from ktpy.net.dns_server import DnsServer, TcpExchange, tcp_exchange_over
 from ktpy.net.relay import SocketFlow, recv_exact
 from tests.integration.support import unavailable
@@ -377,14 +377,34 @@ def test_cluster_names_reach_only_dnsmasq_and_others_only_the_laptop_resolver(
 def test_nxdomain_for_a_missing_service(
     server: DnsServer, dnsmasq: Dnsmasq, upstream: Upstream
 ) -> None:
-    reply = ask(server, "missing.team")
-    assert reply.header.rcode == RCODE.NXDOMAIN
-    assert str(reply.q.qname) == "missing.team."
-    dnsmasq.wait_seen("missing.team.svc.cluster.local")
+    for tcp in (False, True):
+        reply = ask(server, "missing.default.svc.cluster.local", tcp=tcp)
+        assert reply.header.rcode == RCODE.NXDOMAIN
+    dnsmasq.wait_seen("missing.default.svc.cluster.local")
     assert upstream.resolver.total() == 0
-    assert ask(server, "missing.default.svc.cluster.local", tcp=True).header.rcode == (
-        RCODE.NXDOMAIN
-    )
+
+
+@pytest.mark.parametrize("tcp", [False, True], ids=["udp", "tcp"])
+def test_a_namespace_shaped_name_the_cluster_lacks_gets_the_laptops_answer(
+    make_server: MakeServer, dnsmasq: Dnsmasq, upstream: Upstream, tcp: bool
+) -> None:
+    collisions: list[Collision] = []
+    server = make_server(names=NAMES.with_known(namespaces={"team", "test"}),
+                         on_collision=collisions.append)  # fmt: skip
+    missing = ask(server, "missing.team", tcp=tcp)
+    assert missing.header.rcode == RCODE.NXDOMAIN
+    dnsmasq.wait_seen("missing.team.svc.cluster.local")
+    assert upstream.resolver.seen("missing.team") == 1
+    # A laptop name whose last label is a namespace: the cluster first, then the
+    # laptop's answer, unchanged.
+    assert addresses(ask(server, "www.laptop.test", tcp=tcp)) == [LAPTOP_ANSWER]
+    dnsmasq.wait_seen("www.laptop.test.svc.cluster.local")
+    assert upstream.resolver.seen("www.laptop.test") == 1
+    # A name the cluster has is the cluster's, reported once.
+    assert addresses(ask(server, "echo.team", tcp=tcp)) == ["10.96.1.1"]
+    assert addresses(ask(server, "echo.team", "A", tcp=tcp)) == ["10.96.1.1"]
+    assert upstream.resolver.seen("echo.team") == 0
+    assert collisions == [Collision("echo.team", "echo.team.svc.cluster.local.")]
 
 
 def test_answers_are_cached(server: DnsServer, dnsmasq: Dnsmasq) -> None:
@@ -414,13 +434,21 @@ def test_cache_expires_with_the_clock(make_server: MakeServer, dnsmasq: Dnsmasq)
 def test_aaaa_of_a_cluster_name_sends_nothing(
     server: DnsServer, dnsmasq: Dnsmasq, upstream: Upstream, tcp: bool
 ) -> None:
-    reply = ask(server, "echo.team", "AAAA", tcp=tcp)
+    reply = ask(server, "echo", "AAAA", tcp=tcp)
     assert reply.header.rcode == RCODE.NOERROR
     assert reply.rr == []
     settle(server, dnsmasq)
-    assert dnsmasq.seen("echo.team.svc.cluster.local") == 0
+    assert dnsmasq.seen("echo.default.svc.cluster.local") == 0
     assert upstream.resolver.total() == 0
     assert server.stats().synthesized == 1
+    # A namespace-shaped name: the cluster is asked once whether it has it (A).
+    for _ in range(2):
+        reply = ask(server, "echo.team", "AAAA", tcp=tcp)
+        assert (reply.header.rcode, reply.rr) == (RCODE.NOERROR, [])
+    settle(server, dnsmasq)
+    assert dnsmasq.seen("echo.team.svc.cluster.local") == 1
+    assert dnsmasq.seen("echo.team.svc.cluster.local", "A") == 1
+    assert upstream.resolver.total() == 0
     # Other names' AAAA still goes where it always went.
     ask(server, "www.laptop.test", "AAAA", tcp=tcp)
     assert upstream.resolver.seen("www.laptop.test") == 1
@@ -454,7 +482,8 @@ def test_known_services_change_at_run_time(
     server.set_known(namespaces={"team", "nginx"})
     ask(server, "web-0.nginx")
     dnsmasq.wait_seen("web-0.nginx.svc.cluster.local")
-    assert upstream.resolver.seen("web-0.nginx") == 1
+    # The cluster has no such name: the laptop's answer, asked once more.
+    assert upstream.resolver.seen("web-0.nginx") == 2
     assert server.names.namespaces == {"team", "nginx", "default"}
 
 

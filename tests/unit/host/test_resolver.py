@@ -3,6 +3,7 @@ from pathlib import Path
 
 import pytest
 
+from ktpy.errors import KtpyError
 from ktpy.host.journal import Journal, Owner
 from ktpy.host.resolver import (
     ResolverChoice,
@@ -12,7 +13,9 @@ from ktpy.host.resolver import (
     configure_resolv_conf,
     configure_resolved,
     configure_resolver,
+    laptop_search_domains,
     resolved_running,
+    set_domains,
     upstream_nameservers,
 )
 from ktpy.host.runner import Completed, HostChangeFailed
@@ -110,6 +113,49 @@ def test_configure_resolved_records_first_then_sets_only_routing_domains(tmp_pat
     ]
     assert journal.undo_all(host).removed
     assert host.resolved_links == {}
+
+
+def test_domains_change_during_the_session_and_the_first_revert_covers_them(
+    tmp_path: Path,
+) -> None:
+    host = FakeHost(links={"lo", TUN})
+    journal = journal_in(tmp_path)
+    with pytest.raises(KtpyError, match="no pending systemd-resolved revert"):
+        set_domains(journal, link=TUN, routing_domains=["cluster.local", "dev"], runner=host)
+    assert host.calls == []
+    configure_resolved(
+        journal,
+        link=TUN,
+        servers=["169.254.0.1"],
+        routing_domains=["cluster.local", "ns1"],
+        search_domains=["ns1.svc.cluster.local"],
+        runner=host,
+    )
+    entries = len(journal.contents().entries)
+    set_domains(
+        journal,
+        link=TUN,
+        routing_domains=["cluster.local", "ns1", "test"],
+        search_domains=["ns1.svc.cluster.local"],
+        runner=host,
+    )
+    assert host.resolved_links[TUN][-1] == "domain ~cluster.local ~ns1 ~test ns1.svc.cluster.local"
+    assert len(journal.contents().entries) == entries, "no new entry: the revert covers it"
+    assert journal.undo_all(host).removed
+    assert host.resolved_links == {}
+    with pytest.raises(KtpyError):  # undone and closed: nothing would undo it again
+        set_domains(journal, link=TUN, routing_domains=["cluster.local"], runner=host)
+
+
+def test_laptop_search_domains(tmp_path: Path) -> None:
+    conf, uplink = tmp_path / "resolv.conf", tmp_path / "uplink.conf"
+    conf.write_bytes(b"search old.example\nnameserver 10.0.0.1\nsearch corp.example lab.test\n")
+    uplink.write_bytes(b"nameserver 10.250.0.1\nsearch .\n")
+    plain = ResolverChoice(ResolverKind.RESOLV_CONF, "")
+    resolved = ResolverChoice(ResolverKind.RESOLVED, "")
+    assert laptop_search_domains(plain, conf, uplink) == ["corp.example", "lab.test"]
+    assert laptop_search_domains(resolved, conf, uplink) == []
+    assert laptop_search_domains(plain, tmp_path / "none", uplink) == []
 
 
 def test_configure_resolved_refuses_a_catch_all_before_changing_anything(tmp_path: Path) -> None:

@@ -22,6 +22,11 @@ def cluster(ask: str, rule: str) -> Decision:
     return Decision(Route.CLUSTER, rule, ask)
 
 
+def first(ask: str, rule: str) -> Decision:
+    """Cluster-first: the cluster's if it has the name, else the laptop's."""
+    return Decision(Route.CLUSTER_FIRST, rule, ask)
+
+
 @pytest.mark.parametrize(
     ("name", "expected"),
     [
@@ -42,24 +47,25 @@ def cluster(ask: str, rule: str) -> Decision:
         # A single label: a Service of the connect namespace.
         ("echo", cluster("echo.default.svc.cluster.local.", "service")),
         ("WEB.", cluster("web.default.svc.cluster.local.", "service")),
-        # svc.ns and svc.ns.svc with a known namespace (the connect one always is).
-        ("echo.team", cluster("echo.team.svc.cluster.local.", "service-namespace")),
-        ("other.default", cluster("other.default.svc.cluster.local.", "service-namespace")),
-        ("echo.team.svc", cluster("echo.team.svc.cluster.local.", "service-namespace-svc")),
+        # svc.ns and svc.ns.svc with a known namespace (the connect one always is):
+        # the cluster's first, since `web.dev` may be a public name too.
+        ("echo.team", first("echo.team.svc.cluster.local.", "service-namespace")),
+        ("other.default", first("other.default.svc.cluster.local.", "service-namespace")),
+        ("echo.team.svc", first("echo.team.svc.cluster.local.", "service-namespace-svc")),
         # StatefulSet pods: pod.svc.ns and pod.svc.ns.svc.
         (
             "web-0.nginx.team",
-            cluster("web-0.nginx.team.svc.cluster.local.", "pod-service-namespace"),
+            first("web-0.nginx.team.svc.cluster.local.", "pod-service-namespace"),
         ),
         (
             "web-0.nginx.team.svc",
-            cluster("web-0.nginx.team.svc.cluster.local.", "pod-service-namespace-svc"),
+            first("web-0.nginx.team.svc.cluster.local.", "pod-service-namespace-svc"),
         ),
         # SRV names carry their _port._proto labels in front.
         ("_http._tcp.echo", cluster("_http._tcp.echo.default.svc.cluster.local.", "service")),
         (
             "_http._tcp.echo.team",
-            cluster("_http._tcp.echo.team.svc.cluster.local.", "service-namespace"),
+            first("_http._tcp.echo.team.svc.cluster.local.", "service-namespace"),
         ),
     ],
 )
@@ -119,17 +125,17 @@ def test_a_namespace_named_like_the_laptops_domain_does_not_capture_it() -> None
     assert classify("echo.corp.example", names) == Decision(Route.UPSTREAM, "laptop-search-domain")
     assert classify("x.y.corp.example", names).route is Route.UPSTREAM
     # The namespace still works on its own.
-    assert classify("echo.example", names).route is Route.CLUSTER
+    assert classify("echo.example", names).route is Route.CLUSTER_FIRST
 
 
 def test_known_sets_can_change() -> None:
     assert classify("api", NAMES).route is Route.UPSTREAM
     grown = NAMES.with_known(services={"api"}, namespaces={"prod"})
     assert classify("api", grown) == cluster("api.default.svc.cluster.local.", "service")
-    assert classify("api.prod", grown).route is Route.CLUSTER
+    assert classify("api.prod", grown).route is Route.CLUSTER_FIRST
     assert classify("echo", grown).route is Route.UPSTREAM, "echo is gone from the set"
     assert classify("echo.team", grown).route is Route.UPSTREAM, "team is gone too"
-    assert classify("echo.default", grown).route is Route.CLUSTER, "connect namespace stays"
+    assert classify("echo.default", grown).route is Route.CLUSTER_FIRST, "connect namespace stays"
 
 
 def test_inputs_are_normalised() -> None:

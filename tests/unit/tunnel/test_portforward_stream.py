@@ -3,9 +3,11 @@ frames of the v4 channel protocol in, masked client frames out."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -119,3 +121,85 @@ def test_sent_data_arrives_whole_while_the_peer_reads_slowly(
         received += frame[1:]
     sender.join(5)
     assert received == payload
+
+
+# --- a stuck path: writes time out, close never waits -----------------------------------
+
+
+def fill_the_socket(stream: Stream) -> None:
+    """Fill the socket pair's buffers under the stream (the server reads nothing)."""
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            stream._raw.send(b"x" * 4096)
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            stream._raw.send(b"x")
+
+
+def test_a_send_into_a_full_socket_times_out_having_written_nothing(
+    pair: tuple[Stream, socket.socket],
+) -> None:
+    stream, _ = pair
+    fill_the_socket(stream)
+    stream.settimeout(0.2)
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        stream.send(b"more")
+    assert time.monotonic() - started < 1
+
+
+def test_close_does_not_wait_for_a_writer_stuck_mid_frame(
+    pair: tuple[Stream, socket.socket],
+) -> None:
+    stream, _ = pair
+    stream.settimeout(None)  # the writer would wait for the socket forever
+    failures: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            stream.sendall(b"y" * (4 * 1024 * 1024))
+        except OSError as exc:
+            failures.append(exc)
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    time.sleep(0.3)  # the writer is now inside a frame the socket cannot take
+    assert writer.is_alive()
+    started = time.monotonic()
+    stream.close()
+    assert time.monotonic() - started < 0.5
+    writer.join(2)
+    assert not writer.is_alive(), "the writer was not woken by close"
+    assert failures
+
+
+def test_a_ping_is_skipped_while_a_writer_holds_the_stream(
+    pair: tuple[Stream, socket.socket],
+) -> None:
+    stream, server = pair
+    assert stream.ping(b"health")
+    assert read_client_frame(server) == (0x9, b"health")
+    with stream._send_lock:  # a writer in the middle of a frame
+        assert not stream.ping(b"health")
+
+
+def test_bytes_from_the_server_move_last_received(pair: tuple[Stream, socket.socket]) -> None:
+    stream, server = pair
+    before = stream.last_received
+    time.sleep(0.05)
+    server.sendall(server_frame(b"", opcode=0xA))  # a pong
+    server.sendall(server_frame(bytes([DATA_CHANNEL]) + b"z"))
+    assert stream.recv(1) == b"z"
+    assert stream.last_received > before
+
+
+def test_a_framing_violation_ends_the_stream_and_is_kept(
+    pair: tuple[Stream, socket.socket],
+) -> None:
+    stream, server = pair
+    server.sendall(server_frame(bytes([DATA_CHANNEL]) + b"ok") + struct.pack("!BB", 0xC2, 0))
+    assert stream.recv(10) == b"ok"
+    assert stream.recv(10) == b""
+    assert stream.violation == "the server set RSV bits (0b100) no extension allows"
+    opcode, payload = read_client_frame(server)
+    assert (opcode, payload[:2]) == (0x8, struct.pack("!H", 1002))
