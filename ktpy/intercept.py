@@ -28,17 +28,20 @@ import contextlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 
 import click
 
-from ktpy.cluster import guard, inventory, labels, lock, ports, redirect, waits
+from ktpy.cluster import guard, inventory, labels, lock, mesh, ports, redirect, waits
 from ktpy.cluster.api import ClusterApi, Kind, NotFound
 from ktpy.cluster.bodies import JsonObject
+from ktpy.cluster.heartbeat import SessionView
 from ktpy.cluster.lock import Decision
 from ktpy.cluster.modify import FieldChange
 from ktpy.cluster.ports import Forward
 from ktpy.cluster.redirect import Mode
 from ktpy.config import Settings
+from ktpy.errors import AlreadyExchanged
 from ktpy.logs import get_logger
 from ktpy.net.inbound import Inbound, listening
 from ktpy.params import PortMapping
@@ -104,19 +107,20 @@ def check_request(
         deployments = api.list_objects(Kind.DEPLOYMENT, namespace).items
         deployment = redirect.backing_deployment(service, selector, deployments)
     now = api.server_time()
+    sessions = inventory.namespace_sessions(api, namespace)
     for target in (body, deployment):
         if target is None:
             continue
         judgement = lock.judge_lock(
             target,
-            inventory.namespace_sessions(api, namespace),
+            sessions,
             me="",
             now=now,
             stale_after=settings.stale_after,
             check_local=check_local_process,
         )
         if judgement.decision is Decision.HELD:
-            raise judgement.refusal(service, now)
+            raise _refusal(judgement, target, sessions, settings, now, service)
     return Request(
         namespace=namespace,
         service=service,
@@ -127,6 +131,25 @@ def check_request(
         deployment=str(deployment["metadata"]["name"]) if deployment else None,
         template_labels=redirect.template_labels(deployment) if deployment else {},
     )
+
+
+def _refusal(
+    judgement: lock.LockJudgement,
+    body: JsonObject,
+    sessions: list[SessionView],
+    settings: Settings,
+    now: datetime,
+    service: str,
+) -> AlreadyExchanged:
+    """The one line for a held Service; for a mesh, its live members by name."""
+    members = mesh.live_marks(
+        body, sessions, now=now, stale_after=settings.stale_after, check_local=check_local_process
+    )
+    if not members:
+        return judgement.refusal(service, now)
+    who = ", ".join(f"{m.owner} (session {m.session}, {m.header})" for m in members)
+    since = judgement.holder.since if judgement.holder and judgement.holder.since else now
+    return AlreadyExchanged(service, who, max(now - since, timedelta(0)), "meshed")
 
 
 class Intercept:

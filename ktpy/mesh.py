@@ -239,6 +239,9 @@ class RouterAdmin:
         finally:
             channel.close()
 
+    def connected(self) -> bool:
+        return self._transport is not None and self._transport.is_active()
+
     def close(self) -> None:
         transport, self._transport = self._transport, None
         if transport is not None:
@@ -570,16 +573,36 @@ class MeshMember:
                     },
                 )
 
-    def refresh_mark(self) -> None:
-        """With the session's heartbeat: the mark says this member lives."""
-        if self.marked:
-            with contextlib.suppress(NotFound):
-                self.api.patch(
-                    Kind.SERVICE,
-                    self.request.namespace,
-                    self.request.service,
-                    mesh.mark_patch(self.mark()),
-                )
+    def beat(self) -> None:
+        """With the session's heartbeat: the mark says this member lives, and the
+        router's routes are made equal to its Secret's (a dead member's route that
+        ``clean`` took out of the Secret goes from the running router too)."""
+        if not self.marked:
+            return
+        with contextlib.suppress(NotFound):
+            self.api.patch(
+                Kind.SERVICE,
+                self.request.namespace,
+                self.request.service,
+                mesh.mark_patch(self.mark()),
+            )
+        try:
+            self.reconcile()
+        except (OSError, ApiError, KtpyError, paramiko.SSHException) as exc:
+            self.log.warning("could not compare the router's routes; will retry", reason=str(exc))
+
+    def reconcile(self) -> None:
+        secret = self.api.get(Kind.SECRET, self.request.namespace, self.names.secret)
+        wanted = router.secret_routes(secret)
+        if not self.admin.connected():
+            self.admin.connect(router.host_public_key(secret), timeout=ADMIN_TIMEOUT)
+        current = router.parse_map(self.admin.command(router.show_map()))
+        for value in current.keys() - wanted.keys():
+            self.admin.command(router.del_route(value))
+            self.log.info("stale route removed from the router", value=value)
+        for value, address in wanted.items():
+            if current.get(value) != address:
+                self.admin.command(router.add_route(value, address))
 
     # --- out --------------------------------------------------------------------------------
 

@@ -573,6 +573,11 @@ def _decoded(secret: Mapping[str, Any], key: str) -> str:
     return base64.b64decode(raw).decode() if raw else ""
 
 
+def secret_routes(secret: Mapping[str, Any]) -> dict[str, str]:
+    """The routes a router's Secret holds (what a restarted router starts from)."""
+    return parse_versions_map(_decoded(secret, MAP_FILE))
+
+
 def host_public_key(secret: Mapping[str, Any]) -> str:
     """The router's host key, as its Secret holds it (the key to pin)."""
     return _decoded(secret, manifests.HOST_KEY + ".pub").strip()
@@ -600,6 +605,25 @@ def secret_with_member(
     if remove is not None:
         keys = [k for k in keys if k != line]
         routes.pop(remove, None)
+    data[manifests.AUTHORIZED_KEYS] = manifests.b64("".join(k + "\n" for k in keys))
+    data[MAP_FILE] = manifests.b64(versions_map(routes))
+    return body
+
+
+def secret_without_member(secret: Mapping[str, Any], *, session: str, value: str) -> JsonObject:
+    """The router's Secret without a (dead) member's route and key, the key found by
+    its comment (``ktpy-client-<session>``): the member's private key never left
+    its laptop, and its public line is all the Secret has."""
+    body: JsonObject = copy.deepcopy(dict(secret))
+    data = body.setdefault("data", {})
+    comment = f"ktpy-client-{session}"
+    keys = [
+        line
+        for line in _decoded(secret, manifests.AUTHORIZED_KEYS).splitlines()
+        if line and line.split()[-1] != comment
+    ]
+    routes = parse_versions_map(_decoded(secret, MAP_FILE))
+    routes.pop(value, None)
     data[manifests.AUTHORIZED_KEYS] = manifests.b64("".join(k + "\n" for k in keys))
     data[MAP_FILE] = manifests.b64(versions_map(routes))
     return body

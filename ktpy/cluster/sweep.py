@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from ktpy.cluster import inventory, labels, modify, redirect
+from ktpy.cluster import inventory, labels, mesh, modify, redirect, router
 from ktpy.cluster.api import ApiError, ClusterApi, Conflict, Kind, NotFound, wait_gone
 from ktpy.cluster.bodies import JsonObject
 from ktpy.cluster.heartbeat import (
@@ -37,6 +37,7 @@ from ktpy.cluster.heartbeat import (
     object_ref,
     sessions_from_objects,
 )
+from ktpy.cluster.modify import WRITE_ATTEMPTS
 from ktpy.durations import format_duration
 from ktpy.errors import KtpyError, UsageProblem
 
@@ -75,10 +76,12 @@ class CleanPlan:
     live_sessions: tuple[SessionView, ...]
     # Modified objects that cannot be restored automatically, with the reason.
     unreadable: tuple[tuple[ObjectRef, str], ...] = ()
+    # Members of a live mesh that are dead or stale: their mark and route go.
+    stale_marks: tuple[tuple[ObjectRef, mesh.Mark], ...] = ()
 
     @property
     def is_empty(self) -> bool:
-        return not self.restore and not self.delete
+        return not self.restore and not self.delete and not self.stale_marks
 
 
 def plan_clean(
@@ -111,12 +114,23 @@ def plan_clean(
 
     restorations: list[Restoration] = []
     unreadable: list[tuple[ObjectRef, str]] = []
+    stale_marks: list[tuple[ObjectRef, mesh.Mark]] = []
     for body in modified:
         if not modify.is_modified(body):
             continue
         ref = object_ref(body)
         session_id = modify.modifier_session(body)
         if session_id is not None and (ref.namespace, session_id) in live_ids:
+            # A live mesh: only its dead members' marks (and routes) go.
+            stale_marks += [
+                (ref, mark)
+                for mark in mesh.marks_of(body)
+                if mesh.mark_liveness(
+                    mark, views, now=now, stale_after=threshold, check_local=check_local
+                )
+                is not Liveness.LIVE
+                and (sessions is None or mark.session in sessions)
+            ]
             continue
         if sessions is not None and session_id not in sessions:
             continue
@@ -141,6 +155,7 @@ def plan_clean(
         removed_sessions=tuple(dead_views),
         live_sessions=tuple(live_views),
         unreadable=tuple(unreadable),
+        stale_marks=tuple(stale_marks),
     )
 
 
@@ -213,6 +228,13 @@ def carry_out(api: ClusterApi, plan: CleanPlan, *, wait: bool = True) -> SweepRe
     retrying on 409; each delete carries the object's uid, so a same-named object
     someone made since is never touched."""
     report = SweepReport([], [])
+    for ref, mark in plan.stale_marks:
+        try:
+            prune_mark(api, ref.namespace, ref.name, mark)
+        except (ApiError, KtpyError) as exc:
+            report.problems.append(f"{ref}: mark of session {mark.session}: {exc}")
+            continue
+        report.done.append((f"removed the route {mark.header} of session {mark.session} from", ref))
     for restoration in plan.restore:
         ref = restoration.ref
         try:
@@ -241,6 +263,42 @@ def carry_out(api: ClusterApi, plan: CleanPlan, *, wait: bool = True) -> SweepRe
     if wait and not wait_gone(api, pods):
         report.problems.append("some deleted pods are still terminating")
     return report
+
+
+def prune_mark(api: ClusterApi, namespace: str, service: str, mark: mesh.Mark) -> None:
+    """Take a dead member out of a live mesh: its mark off the Service, its route
+    and key out of the router's Secret (the live members' routers follow the Secret
+    with their heartbeat; a restarted router reads it)."""
+    names = router.router_names(service)
+    for _ in range(WRITE_ATTEMPTS):
+        try:
+            secret = api.get(Kind.SECRET, namespace, names.secret)
+        except NotFound:
+            break
+        try:
+            api.replace(
+                Kind.SECRET,
+                namespace,
+                names.secret,
+                router.secret_without_member(secret, session=mark.session, value=mark.value),
+            )
+            break
+        except Conflict:
+            continue
+    for _ in range(WRITE_ATTEMPTS):
+        try:
+            body = api.get(Kind.SERVICE, namespace, service)
+        except NotFound:
+            return
+        if mesh.mark_annotation(mark.session) not in (body["metadata"].get("annotations") or {}):
+            return
+        try:
+            api.replace(Kind.SERVICE, namespace, service, mesh.without_mark(body, mark.session))
+        except Conflict:
+            continue
+        else:
+            return
+    raise KtpyError(f"service {service!r} keeps changing; could not remove a mark from it")
 
 
 def release(

@@ -76,6 +76,8 @@ def clean(
             click.echo(f"would restore {restoration.ref}")
         for ref in plan.delete:
             click.echo(f"would delete {ref}")
+        for ref, mark in plan.stale_marks:
+            click.echo(f"would remove the route {mark.header} of session {mark.session} from {ref}")
         return
     report = sweep.carry_out(api, plan)
     for verb, ref in report.done:

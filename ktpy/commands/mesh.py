@@ -50,7 +50,7 @@ class Mesh(lifecycle.SessionCommand):
         if self.manual:
             return
         self.member = MeshMember(self.api, self.settings, self.request, session, self.inbound)
-        session.heartbeat_hooks.append(self.member.refresh_mark)
+        session.heartbeat_hooks.append(self.member.beat)
         self.member.join()
 
     def ready_lines(self, session: Session, elapsed: float) -> list[str]:

@@ -427,3 +427,52 @@ def test_stuntman_needs_a_selector() -> None:
     original = {**ORIGINAL, "spec": {**ORIGINAL["spec"], "selector": {}}}
     with pytest.raises(ValueError, match="needs a selector"):
         router.stuntman_service("echo-kt-stuntman", "dev", original, META)
+
+
+# --- members ------------------------------------------------------------------------------
+
+
+def _secret_with(keys: list[str], routes: dict[str, str]) -> dict[str, Any]:
+    from ktpy.cluster import manifests as m
+
+    return {
+        "metadata": {"name": "web-kt-router", "resourceVersion": "5"},
+        "data": {
+            m.AUTHORIZED_KEYS: m.b64("".join(k + "\n" for k in keys)),
+            router.MAP_FILE: m.b64(router.versions_map(routes)),
+            m.HOST_KEY + ".pub": m.b64("ssh-ed25519 AAAAhost ktpy-host-x\n"),
+        },
+    }
+
+
+def test_a_member_is_added_and_removed_with_its_key_and_route() -> None:
+    secret = _secret_with(["ssh-ed25519 AAAAa ktpy-client-s1"], {"a": "10.96.0.10"})
+    added = router.secret_with_member(
+        secret, key="ssh-ed25519 AAAAb ktpy-client-s2", route=("b", "10.96.0.11")
+    )
+    assert added["metadata"]["resourceVersion"] == "5"  # the write stays conditional
+    assert router.secret_routes(added) == {"a": "10.96.0.10", "b": "10.96.0.11"}
+    again = router.secret_with_member(
+        added, key="ssh-ed25519 AAAAb ktpy-client-s2", route=("b", "10.96.0.11")
+    )
+    assert again == added  # idempotent: no second key line
+    removed = router.secret_with_member(added, key="ssh-ed25519 AAAAb ktpy-client-s2", remove="b")
+    assert router.secret_routes(removed) == {"a": "10.96.0.10"}
+    assert removed["data"] == secret["data"]
+    assert router.host_public_key(secret) == "ssh-ed25519 AAAAhost ktpy-host-x"
+
+
+def test_a_dead_member_is_taken_out_by_its_key_comment() -> None:
+    secret = _secret_with(
+        ["ssh-ed25519 AAAAa ktpy-client-s1", "ssh-ed25519 AAAAb ktpy-client-s2"],
+        {"a": "10.96.0.10", "b": "10.96.0.11"},
+    )
+    pruned = router.secret_without_member(secret, session="s1", value="a")
+    assert router.secret_routes(pruned) == {"b": "10.96.0.11"}
+    assert pruned == _secret_with(["ssh-ed25519 AAAAb ktpy-client-s2"], {"b": "10.96.0.11"})
+
+
+def test_the_routers_ssh_port_avoids_the_services_ports_and_the_admin_port() -> None:
+    port = router.RouterPort(80, 2222, "http", None, router.PortProtocol.HTTP1)
+    assert router.router_ssh_port([port]) not in (2222, router.ADMIN_PORT)
+    assert router.router_ssh_port([]) == 2222

@@ -233,3 +233,30 @@ def test_clean_retries_a_write_that_lost_a_race(cluster: FakeCluster) -> None:
     assert not modify.is_modified(restored)
     assert restored["metadata"]["annotations"] == {"team": "web"}
     assert cluster.get(Kind.DEPLOYMENT, NS, "web")["spec"]["replicas"] == 2
+
+
+def test_a_live_meshs_dead_member_loses_only_its_mark() -> None:
+    from ktpy.cluster import mesh
+
+    now = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
+    service = mesh.meshed_service(
+        user_service(selector={"app": "nginx"}), mesh.mesh_lock("mesh0001", "alice@lap", now)
+    )
+    service = mesh.with_mark(service, mesh.Mark("live0001", "version", "a", "alice", now))
+    service = mesh.with_mark(service, mesh.Mark("dead0001", "version", "b", "bob", now))
+    service["kind"] = "Service"
+    made = [
+        # The mesh's objects beat with its live member; the dead member's do not.
+        created("Deployment", "nginx-kt-router", "mesh0001", role=Role.ROUTER, heartbeat=now),
+        created("Pod", "nginx-kt-mesh-a", "live0001", role=Role.MESH, heartbeat=now),
+        created(
+            "Pod", "nginx-kt-mesh-b", "dead0001", role=Role.MESH,
+            heartbeat=now - timedelta(minutes=10),
+        ),
+    ]  # fmt: skip
+    result = plan_clean(
+        [service], made, now=now, threshold=timedelta(minutes=3), interval=timedelta(seconds=30)
+    )
+    assert result.restore == ()  # the mesh lives: the Service stays meshed
+    assert [(ref.name, m.session) for ref, m in result.stale_marks] == [("nginx", "dead0001")]
+    assert [ref.name for ref in result.delete] == ["nginx-kt-mesh-b"]

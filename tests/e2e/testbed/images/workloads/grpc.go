@@ -99,6 +99,8 @@ func runGRPCClient(args []string) error {
 	timeout := fs.Duration("timeout", 10*time.Second, "deadline of the call")
 	var headers headerFlags
 	fs.Var(&headers, "header", "metadata k=v to send (repeatable)")
+	count := fs.Int("count", 1, "calls to make on one connection (one HTTP/2 connection, many streams)")
+	interval := fs.Duration("interval", 0, "pause between calls")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -118,13 +120,21 @@ func runGRPCClient(args []string) error {
 		return err
 	}
 	defer conn.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
-	defer cancel()
-	ctx = metadata.NewOutgoingContext(ctx, md)
-	reply, err := pb.NewGreeterClient(conn).SayHello(ctx, &pb.HelloRequest{Name: *name})
-	if err != nil {
-		return err
+	client := pb.NewGreeterClient(conn)
+	for i := 0; i < *count; i++ {
+		if i > 0 {
+			time.Sleep(*interval)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), *timeout)
+		ctx = metadata.NewOutgoingContext(ctx, md)
+		reply, err := client.SayHello(ctx, &pb.HelloRequest{Name: *name})
+		cancel()
+		if err != nil {
+			return err
+		}
+		if _, err := fmt.Fprintln(os.Stdout, reply.GetMessage()); err != nil {
+			return err
+		}
 	}
-	_, err = fmt.Fprintln(os.Stdout, reply.GetMessage())
-	return err
+	return nil
 }

@@ -3,7 +3,9 @@ package main
 import (
 	"flag"
 	"fmt"
+	"net/http"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/gorilla/websocket"
@@ -23,6 +25,9 @@ func runWSClient(args []string) error {
 	timeout := fs.Duration("timeout", 10*time.Second, "deadline for the whole exchange")
 	var msgs messageFlags
 	fs.Var(&msgs, "message", "text message to send (repeatable; default: one \"hello\")")
+	var headers headerFlags
+	fs.Var(&headers, "header", "request header k=v for the upgrade (repeatable)")
+	interval := fs.Duration("interval", 0, "pause before each message (a long-lived connection)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -34,7 +39,15 @@ func runWSClient(args []string) error {
 	}
 	// No proxy from the environment: a test must know which path it measures.
 	dialer := websocket.Dialer{HandshakeTimeout: *timeout}
-	conn, _, err := dialer.Dial(*url, nil)
+	header := http.Header{}
+	for _, h := range headers {
+		k, v, ok := strings.Cut(h, "=")
+		if !ok || k == "" {
+			return fmt.Errorf("bad --header %q, want k=v", h)
+		}
+		header.Add(k, v)
+	}
+	conn, _, err := dialer.Dial(*url, header)
 	if err != nil {
 		return err
 	}
@@ -46,6 +59,8 @@ func runWSClient(args []string) error {
 	}
 	fmt.Fprintln(os.Stdout, string(hello))
 	for _, m := range msgs {
+		time.Sleep(*interval)
+		_ = conn.SetReadDeadline(time.Now().Add(*timeout))
 		if err := conn.WriteMessage(websocket.TextMessage, []byte(m)); err != nil {
 			return err
 		}
