@@ -10,6 +10,7 @@ import (
 	"net/http"
 	neturl "net/url"
 	"os"
+	"strings"
 	"sync"
 	"time"
 )
@@ -44,6 +45,8 @@ func runLoad(args []string) error {
 	rate := fs.Float64("rate", 10, "requests per second")
 	duration := fs.Duration("duration", 10*time.Second, "how long to send")
 	timeout := fs.Duration("timeout", 2*time.Second, "per-request timeout, connect to end of body")
+	var headers headerFlags
+	fs.Var(&headers, "header", "request header k=v (repeatable)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -52,6 +55,14 @@ func runLoad(args []string) error {
 	}
 	if *rate <= 0 || *duration <= 0 {
 		return fmt.Errorf("--rate and --duration must be positive")
+	}
+	header := http.Header{}
+	for _, h := range headers {
+		k, v, ok := strings.Cut(h, "=")
+		if !ok || k == "" {
+			return fmt.Errorf("bad --header %q, want k=v", h)
+		}
+		header.Add(k, v)
 	}
 	total := int(*rate * duration.Seconds())
 	if total < 1 {
@@ -84,7 +95,7 @@ func runLoad(args []string) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			r := oneRequest(client, *url)
+			r := oneRequest(client, *url, header)
 			mu.Lock()
 			defer mu.Unlock()
 			_ = enc.Encode(r)
@@ -108,12 +119,18 @@ func runLoad(args []string) error {
 	return enc.Encode(sum)
 }
 
-func oneRequest(client *http.Client, url string) (r result) {
+func oneRequest(client *http.Client, url string, header http.Header) (r result) {
 	sent := time.Now()
 	r.T = float64(sent.UnixNano()) / 1e9
 	// r is a named result so this runs after every return below.
 	defer func() { r.MS = float64(time.Since(sent).Microseconds()) / 1000 }()
-	resp, err := client.Get(url)
+	req, err := http.NewRequest(http.MethodGet, url, nil)
+	if err != nil {
+		r.Err = shortErr(err)
+		return r
+	}
+	req.Header = header.Clone()
+	resp, err := client.Do(req)
 	if err != nil {
 		r.Err = shortErr(err)
 		return r
