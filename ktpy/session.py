@@ -89,8 +89,7 @@ class Timings:
 
 
 def local_owner_identity() -> PidStart:
-    pid, ticks, boot = procs.identity()
-    return PidStart(pid, ticks, boot)
+    return PidStart(*procs.identity())
 
 
 class Session:
