@@ -94,13 +94,17 @@ def this_host(proc: Path = PROC) -> Host:
 
 
 def start_ticks(pid: int, proc: Path = PROC) -> int | None:
-    """The process's start time in clock ticks since boot, or None if there is no such pid."""
+    """The process's start time in clock ticks since boot, or None if there is no such
+    pid or it has ended (a zombie waiting for its parent has dropped its locks and
+    files: it is as dead as it gets)."""
     try:
         stat = (proc / str(pid) / "stat").read_text(encoding="utf-8", errors="replace")
     except (FileNotFoundError, ProcessLookupError, NotADirectoryError):
         return None
     # The command name (field 2) is in parentheses and may hold spaces or ')'.
     fields = stat[stat.rindex(")") + 2 :].split()
+    if fields[0] in ("Z", "X"):  # field 3, the state: zombie or dead
+        return None
     # fields[0] is field 3 (state), so field 22 (starttime) is fields[19].
     return int(fields[19])
 

@@ -7,6 +7,7 @@ with the reason, so a developer without root can still run the other tiers.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -163,25 +164,7 @@ class Laptop:
         user: str = "admin",
         env: dict[str, str] | None = None,
     ) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(
-            [*hostnet.laptop_command(self.name), *cmd],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            env=self._env(user, env),
-            cwd=config.REPO_ROOT,
-        )
-        if check and result.returncode != 0:
-            raise AssertionError(
-                f"{' '.join(cmd)} in {self.name} failed ({result.returncode}): "
-                f"{result.stdout.strip()} {result.stderr.strip()}"
-            )
-        return result
-
-    def popen(
-        self, *cmd: str, user: str = "admin", env: dict[str, str] | None = None
-    ) -> subprocess.Popen[str]:
-        return subprocess.Popen(
+        proc = LaptopProcess(
             [*hostnet.laptop_command(self.name), *cmd],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -189,6 +172,83 @@ class Laptop:
             env=self._env(user, env),
             cwd=config.REPO_ROOT,
         )
+        with proc:
+            try:
+                stdout, stderr = proc.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()  # the command itself, not only its runner
+                proc.communicate()
+                raise
+        result = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"{' '.join(cmd)} in {self.name} failed ({result.returncode}): "
+                f"{result.stdout.strip()} {result.stderr.strip()}"
+            )
+        return result
+
+    def processes(self, containing: str = "") -> list[str]:
+        """The command lines of the laptop's running processes (its pid 1 aside) that
+        contain `containing`, read from the host: the processes in its PID namespace."""
+        pid_ns = hostnet.pid_ns_file(self.name).stat().st_ino
+        found = []
+        for entry in Path("/proc").iterdir():
+            try:
+                if not entry.name.isdigit() or (entry / "ns/pid").stat().st_ino != pid_ns:
+                    continue
+                if (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                    continue
+                args = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue  # ended meanwhile
+            line = " ".join(a.decode(errors="replace") for a in args if a)
+            if containing in line and hostnet.LAPTOP_EXEC.name + " -- init" not in line:
+                found.append(line)
+        return found
+
+    def popen(
+        self, *cmd: str, user: str = "admin", env: dict[str, str] | None = None
+    ) -> LaptopProcess:
+        return LaptopProcess(
+            [*hostnet.laptop_command(self.name), *cmd],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=self._env(user, env),
+            cwd=config.REPO_ROOT,
+        )
+
+
+class LaptopProcess(subprocess.Popen[str]):
+    """A command run in a laptop through its runner (testbed/laptop_exec.py), which
+    stays outside the laptop's PID namespace as the command's parent. Signals go to
+    the command itself, by its host pid (the runner's child): a SIGKILL kills the
+    command, which its runner then reaps and mirrors, as a shell would on a laptop."""
+
+    def command_pid(self, timeout: float = 5.0) -> int:
+        """The host pid of the command (the runner's pid if it exec'd it directly)."""
+        deadline = time.monotonic() + timeout
+        while self.poll() is None:
+            try:
+                runner = (Path("/proc") / str(self.pid) / "cmdline").read_bytes()
+                if hostnet.LAPTOP_EXEC.name.encode() not in runner:
+                    return self.pid  # no PID namespace to enter: the runner became the command
+                task = Path("/proc") / str(self.pid) / "task" / str(self.pid)
+                children = (task / "children").read_text().split()
+            except OSError:
+                break
+            if children:
+                return int(children[0])
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.01)  # between the runner's start and its fork
+        return self.pid
+
+    def send_signal(self, sig: int) -> None:
+        if self.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.command_pid(), sig)
 
 
 class RunningKtpy:

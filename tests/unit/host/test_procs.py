@@ -20,9 +20,9 @@ def fake_proc(tmp_path: Path, boot: str, stats: dict[int, str]) -> Path:
     return tmp_path
 
 
-def stat_line(comm: str, start: int) -> str:
+def stat_line(comm: str, start: int, state: str = "S") -> str:
     # Fields 3..52 with starttime (field 22) set; the others are filler.
-    rest = ["S"] + [str(n) for n in range(4, 22)] + [str(start)] + ["0"] * 30
+    rest = [state] + [str(n) for n in range(4, 22)] + [str(start)] + ["0"] * 30
     return f"({comm}) " + " ".join(rest)
 
 
@@ -30,6 +30,12 @@ def test_start_ticks_survives_odd_command_names(tmp_path: Path) -> None:
     proc = fake_proc(tmp_path, "b1", {10: stat_line("a) (b c", 777)})
     assert procs.start_ticks(10, proc) == 777
     assert procs.start_ticks(11, proc) is None
+
+
+def test_a_zombie_has_ended(tmp_path: Path) -> None:
+    """Killed, not yet reaped (its parent is slow, or it is an orphan): gone all the same."""
+    proc = fake_proc(tmp_path, "b1", {10: stat_line("ktpy", 777, state="Z")})
+    assert procs.start_ticks(10, proc) is None
 
 
 HERE = Host(boot_id="b1", pid_ns=4001, time_ns=5001, hostname="laptop-8", proc_is_own=True)
