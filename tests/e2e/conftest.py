@@ -7,7 +7,6 @@ with the reason, so a developer without root can still run the other tiers.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import queue
@@ -164,7 +163,7 @@ class Laptop:
         user: str = "admin",
         env: dict[str, str] | None = None,
     ) -> subprocess.CompletedProcess[str]:
-        proc = LaptopProcess(
+        proc = hostnet.LaptopProcess(
             [*hostnet.laptop_command(self.name), *cmd],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -208,8 +207,8 @@ class Laptop:
 
     def popen(
         self, *cmd: str, user: str = "admin", env: dict[str, str] | None = None
-    ) -> LaptopProcess:
-        return LaptopProcess(
+    ) -> hostnet.LaptopProcess:
+        return hostnet.LaptopProcess(
             [*hostnet.laptop_command(self.name), *cmd],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -217,38 +216,6 @@ class Laptop:
             env=self._env(user, env),
             cwd=config.REPO_ROOT,
         )
-
-
-class LaptopProcess(subprocess.Popen[str]):
-    """A command run in a laptop through its runner (testbed/laptop_exec.py), which
-    stays outside the laptop's PID namespace as the command's parent. Signals go to
-    the command itself, by its host pid (the runner's child): a SIGKILL kills the
-    command, which its runner then reaps and mirrors, as a shell would on a laptop."""
-
-    def command_pid(self, timeout: float = 5.0) -> int:
-        """The host pid of the command (the runner's pid if it exec'd it directly)."""
-        deadline = time.monotonic() + timeout
-        while self.poll() is None:
-            try:
-                runner = (Path("/proc") / str(self.pid) / "cmdline").read_bytes()
-                if hostnet.LAPTOP_EXEC.name.encode() not in runner:
-                    return self.pid  # no PID namespace to enter: the runner became the command
-                task = Path("/proc") / str(self.pid) / "task" / str(self.pid)
-                children = (task / "children").read_text().split()
-            except OSError:
-                break
-            if children:
-                return int(children[0])
-            if time.monotonic() > deadline:
-                break
-            time.sleep(0.01)  # between the runner's start and its fork
-        return self.pid
-
-    def send_signal(self, sig: int) -> None:
-        if self.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.command_pid(), sig)
 
 
 class RunningKtpy:

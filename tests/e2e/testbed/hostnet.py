@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shlex
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 from . import config, procs
@@ -177,6 +180,44 @@ def laptop_command(name: str) -> list[str]:
     if _is_bound(pid_ns_file(name)):
         spaces += ["--pid", str(pid_ns_file(name)), "--uts", str(uts_ns_file(name))]
     return [sys.executable, "-I", "-S", str(LAPTOP_EXEC), *spaces, "--"]
+
+
+class LaptopProcess(subprocess.Popen[str]):
+    """A command run in a laptop through its runner (testbed/laptop_exec.py), which
+    stays outside the laptop's PID namespace as the command's parent. Signals go to
+    the command itself, by its host pid (the runner's child): a SIGKILL kills the
+    command, which its runner then reaps and mirrors, as a shell would on a laptop."""
+
+    def command_pid(self, timeout: float = 5.0) -> int:
+        """The host pid of the command (the runner's pid if it exec'd it directly)."""
+        deadline = time.monotonic() + timeout
+        while self.poll() is None:
+            try:
+                runner = (Path("/proc") / str(self.pid) / "cmdline").read_bytes()
+                if LAPTOP_EXEC.name.encode() not in runner:
+                    return self.pid  # no PID namespace to enter: the runner became the command
+                task = Path("/proc") / str(self.pid) / "task" / str(self.pid)
+                children = (task / "children").read_text().split()
+            except OSError:
+                break
+            if children:
+                return int(children[0])
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.01)  # between the runner's start and its fork
+        return self.pid
+
+    def namespace_pid(self) -> int:
+        """The command's pid as the laptop sees it (the last of its NSpid numbers)."""
+        status = (Path("/proc") / str(self.command_pid()) / "status").read_text()
+        line = next(line for line in status.splitlines() if line.startswith("NSpid:"))
+        return int(line.split()[-1])
+
+    def send_signal(self, sig: int) -> None:
+        if self.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.command_pid(), sig)
 
 
 def _ensure_private_dir(path: Path) -> None:
