@@ -13,6 +13,7 @@ from ktpy.commands import connect_tun
 from ktpy.commands.common import Lifecycle, make_api, settings_of, shadow_line
 from ktpy.commands.connect_tun import IPNetwork
 from ktpy.errors import UsageProblem
+from ktpy.host import heal
 from ktpy.net.socks_server import SocksServer
 from ktpy.session import Session, ShadowSpec
 
@@ -123,7 +124,9 @@ def connect(
     port = socks_port or settings.socks_port
     started = time.monotonic()
     if mode == "tun2socks":
-        connect_tun.preflight(settings)
+        connect_tun.preflight(settings)  # puts a killed session's host changes back first
+    elif line := heal.notice(settings.journal_dir):
+        click.echo(f"Note: {line}", err=True)
     api = make_api(settings)
     api.server_time()  # unreachable or unauthorised: say so before anything changes
     spec = ShadowSpec(

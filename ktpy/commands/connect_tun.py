@@ -24,9 +24,10 @@ from ktpy.cluster import ranges
 from ktpy.cluster.api import ClusterApi, Kind
 from ktpy.cluster.known import KnownNames
 from ktpy.config import Settings
-from ktpy.errors import AlreadyRunning, Forbidden, NeedsRoot, NoTunDevice
+from ktpy.errors import AlreadyRunning, Forbidden, KtpyError, NeedsRoot, NoTunDevice
 from ktpy.host import clean as host_clean
 from ktpy.host import connect as host
+from ktpy.host import heal
 from ktpy.host.journal import Journal
 from ktpy.host.resolver import ResolverKind
 from ktpy.logs import get_logger
@@ -52,6 +53,14 @@ def preflight(settings: Settings) -> None:
     if running:
         owner = running[0].header.owner.describe() if running[0].header else "unknown"
         raise AlreadyRunning(f"another ktpy connect is running on this machine ({owner})")
+    line, healed = heal.heal(settings.journal_dir)
+    if line:
+        click.echo(line)
+    if not healed:
+        raise KtpyError(
+            "host changes of a killed ktpy connect could not be put back",
+            hint="Fix what the line above names, then 'sudo ktpy clean --local'.",
+        )
 
 
 def api_addresses(api_url: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...]:

@@ -67,9 +67,9 @@ def killed_in_a(
     # In A its own process check knows at once; B only has the heartbeat.
     assert sessions(a, namespace)[victim]["state"] == "dead"
     assert sessions(b, namespace)[victim]["state"] == "live"
-    ktpy(b, namespace, "clean")
+    early = ktpy(b, namespace, "clean")
     present = set(bed.ktpy_objects(namespace))
-    assert created <= present, "clean from another laptop removed a session it could not judge"
+    assert created <= present, f"clean from another laptop removed a live session: {early}"
 
     states = []
     while (state := sessions(b, namespace)[victim]["state"]) != "stale":
