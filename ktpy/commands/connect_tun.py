@@ -29,7 +29,7 @@ from ktpy.host import clean as host_clean
 from ktpy.host import connect as host
 from ktpy.host import heal
 from ktpy.host.journal import Journal
-from ktpy.host.resolver import ResolverKind
+from ktpy.host.resolver import ResolvConfGuard, ResolverKind
 from ktpy.logs import get_logger
 from ktpy.net.dns import ClusterNames
 from ktpy.net.dns_server import DnsServer, TcpExchange, tcp_exchange_over
@@ -141,6 +141,7 @@ class TunConnection:
     exchange: TcpExchange | None = None
     watches: list[KnownNames] = field(default_factory=list)
     lines: list[str] = field(default_factory=list)
+    guard: ResolvConfGuard | None = None
 
     def up(
         self,
@@ -196,6 +197,10 @@ class TunConnection:
             names, self.exchange, survey.upstreams, host=str(survey.tun_address), port=53
         ).start()
         resolver = host.point_resolver(self.journal, survey, request)
+        if resolver.choice.kind is ResolverKind.RESOLV_CONF:
+            self.guard = ResolvConfGuard(
+                self.journal, [str(survey.tun_address)], lambda line: click.echo(line, err=True)
+            ).start()
         self._watch_names(facts, ns, dns_namespaces)
 
         self.lines += [
@@ -229,6 +234,8 @@ class TunConnection:
         """Undo in order; returns what could not be undone."""
         for watch in self.watches:
             watch.stop()
+        if self.guard is not None:
+            self.guard.stop()  # before the journal is replayed: no repair after the undo
         problems: list[str] = []
         # The stack first: it reads the device the journal is about to delete. The DNS
         # server last: it answers until the resolver no longer points at it.

@@ -20,7 +20,9 @@ the cluster side first (kt-connect #289): it is refused here.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+import threading
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -249,3 +251,90 @@ def configure_resolver(
     if not upstreams:
         warnings += (f"{resolv_conf} names no nameserver to forward other names to",)
     return ResolverSetup(choice, upstreams, warnings)
+
+
+class ResolvConfGuard:
+    """Keeps ktpy's block first in resolv.conf while the session lives.
+
+    Another program may rewrite the file meanwhile (a DHCP lease renewed,
+    NetworkManager, a VPN client); cluster names would then stop resolving. Every
+    ``period`` the file is read; if the block is not first and whole, it is put back
+    in front of what the other program wrote, and that is journalled first like any
+    change (its undo gives the other program's version back, and the first undo then
+    finds the file replaced and leaves it). Each repair, or why there was none, is
+    one line through ``say``. A program that keeps rewriting wins after
+    ``max_repairs`` in a minute: ktpy says so and stops fighting it.
+    """
+
+    def __init__(
+        self,
+        journal: Journal,
+        servers: Sequence[str],
+        say: Callable[[str], None],
+        *,
+        path: Path = RESOLV_CONF,
+        period: float = 1.0,
+        max_repairs: int = 5,
+    ) -> None:
+        self.journal = journal
+        self.servers = tuple(servers)
+        self.say = say
+        self.path = path
+        self.period = period
+        self.max_repairs = max_repairs
+        self.repairs: list[float] = []  # monotonic times of the repairs
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> ResolvConfGuard:
+        self._thread = threading.Thread(target=self._run, name="resolv-conf-guard", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop watching; returns once no repair is under way (teardown comes next)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.period):
+            if not self.check():
+                return
+
+    def check(self, now: float | None = None) -> bool:
+        """Look once and repair if needed; False once it has given up."""
+        now = time.monotonic() if now is None else now
+        path = self.path
+        try:
+            current = path.read_bytes()
+        except OSError as exc:
+            self.say(f"cannot read {path} to keep ktpy's DNS server in it: {exc.strerror}")
+            return True
+        wanted = resolvconf.repaired(current, self.journal.session, self.servers)
+        if wanted is None:
+            return True
+        self.repairs = [t for t in self.repairs if now - t < 60] + [now]
+        if len(self.repairs) > self.max_repairs:
+            self.say(
+                f"{path} keeps being rewritten by another program ({self.max_repairs} repairs "
+                "in a minute): ktpy stops putting its DNS server back; cluster names may not "
+                "resolve by name until it is stopped or the file is left alone"
+            )
+            return False
+        self.journal.record(
+            Change(
+                f"ktpy's DNS server first again in {path} (rewritten by another program)",
+                ResolvConfRestore(str(path), self.journal.session, current, wanted),
+            )
+        )
+        try:
+            resolvconf.write_in_place(path, wanted)
+        except OSError as exc:
+            self.say(
+                f"{path} was rewritten by another program; cannot put ktpy's DNS server "
+                f"back: {exc.strerror}"
+            )
+            return True
+        self.say(f"{path} was rewritten by another program; ktpy's DNS server is first again")
+        return True

@@ -1,0 +1,58 @@
+from pathlib import Path
+
+from ktpy.host import resolvconf
+from ktpy.host.journal import Journal, Owner
+from ktpy.host.resolver import ResolvConfGuard, configure_resolv_conf
+from tests.unit.host.fakehost import FakeHost
+
+ORIGINAL = b"nameserver 10.0.0.1\nsearch lan\n"
+SESSION = "ab12cd34"
+SERVER = "169.254.0.1"
+
+
+def connected(tmp_path: Path) -> tuple[Path, Journal, list[str], ResolvConfGuard]:
+    path = tmp_path / "resolv.conf"
+    path.write_bytes(ORIGINAL)
+    journal = Journal.create(tmp_path / "journal", SESSION, Owner(1, 2, "b"))
+    configure_resolv_conf(journal, servers=[SERVER], path=path)
+    said: list[str] = []
+    return path, journal, said, ResolvConfGuard(journal, [SERVER], said.append, path=path)
+
+
+def test_repaired_is_none_while_the_block_is_first_and_whole() -> None:
+    ours = resolvconf.with_nameservers(ORIGINAL, SESSION, [SERVER])
+    assert resolvconf.repaired(ours, SESSION, [SERVER]) is None
+    # Rewritten by a DHCP client: its lines stay, the block goes back in front.
+    assert resolvconf.repaired(b"nameserver 10.9.9.9\n", SESSION, [SERVER]) == (
+        resolvconf.with_nameservers(b"nameserver 10.9.9.9\n", SESSION, [SERVER])
+    )
+    # Something put a nameserver before the block: the block moves to the front again.
+    pushed = b"nameserver 10.9.9.9\n" + ours
+    assert resolvconf.repaired(pushed, SESSION, [SERVER]) == resolvconf.with_nameservers(
+        b"nameserver 10.9.9.9\n" + ORIGINAL, SESSION, [SERVER]
+    )
+
+
+def test_a_rewritten_file_is_repaired_and_the_undo_leaves_the_other_programs_version(
+    tmp_path: Path,
+) -> None:
+    path, journal, said, guard = connected(tmp_path)
+    assert guard.check() is True
+    assert said == []
+    path.write_bytes(b"nameserver 10.9.9.9\n")  # NetworkManager, say
+    assert guard.check() is True
+    assert path.read_bytes().startswith(resolvconf.begin_marker(SESSION))
+    assert path.read_bytes().endswith(b"nameserver 10.9.9.9\n")
+    assert said == [f"{path} was rewritten by another program; ktpy's DNS server is first again"]
+    report = journal.undo_all(FakeHost())
+    assert report.complete
+    assert path.read_bytes() == b"nameserver 10.9.9.9\n"  # what the other program wanted
+
+
+def test_a_program_that_keeps_rewriting_wins_and_ktpy_says_so(tmp_path: Path) -> None:
+    path, journal, said, guard = connected(tmp_path)
+    for second in range(6):
+        path.write_bytes(b"nameserver 10.9.9.9\n")
+        assert guard.check(now=float(second)) is (second < 5)
+    assert "keeps being rewritten by another program" in said[-1]
+    journal.close()
