@@ -29,7 +29,7 @@ from ktpy.host import clean as host_clean
 from ktpy.host import connect as host
 from ktpy.host import heal
 from ktpy.host.journal import Journal
-from ktpy.host.resolver import ResolvConfGuard, ResolverKind
+from ktpy.host.resolver import ResolvConfGuard, ResolvedGuard, ResolverGuard, ResolverKind
 from ktpy.logs import get_logger
 from ktpy.net.dns import ClusterNames
 from ktpy.net.dns_server import DnsServer, TcpExchange, tcp_exchange_over
@@ -141,7 +141,7 @@ class TunConnection:
     exchange: TcpExchange | None = None
     watches: list[KnownNames] = field(default_factory=list)
     lines: list[str] = field(default_factory=list)
-    guard: ResolvConfGuard | None = None
+    guard: ResolverGuard | None = None
 
     def up(
         self,
@@ -197,10 +197,15 @@ class TunConnection:
             names, self.exchange, survey.upstreams, host=str(survey.tun_address), port=53
         ).start()
         resolver = host.point_resolver(self.journal, survey, request)
-        if resolver.choice.kind is ResolverKind.RESOLV_CONF:
-            self.guard = ResolvConfGuard(
-                self.journal, [str(survey.tun_address)], lambda line: click.echo(line, err=True)
-            ).start()
+        say = lambda line: click.echo(line, err=True)  # noqa: E731
+        server = [str(survey.tun_address)]
+        self.guard = (
+            ResolvConfGuard(self.journal, server, say)
+            if resolver.choice.kind is ResolverKind.RESOLV_CONF
+            else ResolvedGuard(
+                survey.tun_name, server, request.routing_domains, request.search_domains, say
+            )
+        ).start()
         self._watch_names(facts, ns, dns_namespaces)
 
         self.lines += [
