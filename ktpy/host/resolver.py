@@ -137,6 +137,26 @@ def check_domain(domain: str) -> str:
     return name
 
 
+def _resolved_steps(
+    link: str,
+    servers: Sequence[str],
+    routing_domains: Sequence[str],
+    search_domains: Sequence[str],
+) -> list[tuple[list[str], str]]:
+    """The resolvectl calls that give ``link`` ktpy's settings, and what each does."""
+    routing = [f"~{check_domain(d)}" for d in routing_domains]
+    search = [check_domain(d) for d in search_domains]
+    return [
+        (["dns", link, *servers], "set its DNS servers"),
+        (["domain", link, *routing, *search], "set its DNS domains"),
+        (["default-route", link, "false"], "keep other names off it"),
+        (["llmnr", link, "no"], "turn LLMNR off on it"),
+        (["mdns", link, "no"], "turn mDNS off on it"),
+        (["dnsovertls", link, "no"], "turn DNS-over-TLS off on it"),
+        (["dnssec", link, "no"], "turn DNSSEC off on it"),
+    ]
+
+
 def configure_resolved(
     journal: Journal,
     *,
@@ -159,16 +179,7 @@ def configure_resolved(
     if not routing and not search:
         raise ValueError("at least one domain is needed")
     journal.record(Change(f"systemd-resolved settings of {link}", ResolvedRevert(link)))
-    steps: list[tuple[list[str], str]] = [
-        (["dns", link, *servers], "set its DNS servers"),
-        (["domain", link, *routing, *search], "set its DNS domains"),
-        (["default-route", link, "false"], "keep other names off it"),
-        (["llmnr", link, "no"], "turn LLMNR off on it"),
-        (["mdns", link, "no"], "turn mDNS off on it"),
-        (["dnsovertls", link, "no"], "turn DNS-over-TLS off on it"),
-        (["dnssec", link, "no"], "turn DNSSEC off on it"),
-    ]
-    for args, what in steps:
+    for args, what in _resolved_steps(link, servers, routing_domains, search_domains):
         check(runner(["resolvectl", *args]), f"{what} ({link}, systemd-resolved)")
 
 
@@ -253,41 +264,37 @@ def configure_resolver(
     return ResolverSetup(choice, upstreams, warnings)
 
 
-class ResolvConfGuard:
-    """Keeps ktpy's block first in resolv.conf while the session lives.
+class ResolverGuard:
+    """Keeps ktpy's part of the resolver in place while the session lives.
 
-    Another program may rewrite the file meanwhile (a DHCP lease renewed,
-    NetworkManager, a VPN client); cluster names would then stop resolving. Every
-    ``period`` the file is read; if the block is not first and whole, it is put back
-    in front of what the other program wrote, and that is journalled first like any
-    change (its undo gives the other program's version back, and the first undo then
-    finds the file replaced and leaves it). Each repair, or why there was none, is
-    one line through ``say``. A program that keeps rewriting wins after
-    ``max_repairs`` in a minute: ktpy says so and stops fighting it.
+    Another program may change it meanwhile (a DHCP lease renewed, NetworkManager,
+    a VPN client rewriting resolv.conf; ``resolvectl revert`` on ktpy's link);
+    cluster names would then stop resolving. Every ``period`` the part is looked
+    at (``broken``); if it is gone it is put back (``repair``), and each repair, or
+    why there was none, is one line through ``say``. A program that keeps changing
+    it wins after ``max_repairs`` in a minute: ktpy says so and stops fighting.
     """
 
+    what = "the resolver"
+
     def __init__(
-        self,
-        journal: Journal,
-        servers: Sequence[str],
-        say: Callable[[str], None],
-        *,
-        path: Path = RESOLV_CONF,
-        period: float = 1.0,
-        max_repairs: int = 5,
+        self, say: Callable[[str], None], *, period: float = 1.0, max_repairs: int = 5
     ) -> None:
-        self.journal = journal
-        self.servers = tuple(servers)
         self.say = say
-        self.path = path
         self.period = period
         self.max_repairs = max_repairs
         self.repairs: list[float] = []  # monotonic times of the repairs
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def start(self) -> ResolvConfGuard:
-        self._thread = threading.Thread(target=self._run, name="resolv-conf-guard", daemon=True)
+    def broken(self) -> bool:
+        raise NotImplementedError
+
+    def repair(self) -> None:
+        raise NotImplementedError
+
+    def start(self) -> ResolverGuard:
+        self._thread = threading.Thread(target=self._run, name="resolver-guard", daemon=True)
         self._thread.start()
         return self
 
@@ -305,36 +312,101 @@ class ResolvConfGuard:
     def check(self, now: float | None = None) -> bool:
         """Look once and repair if needed; False once it has given up."""
         now = time.monotonic() if now is None else now
-        path = self.path
         try:
-            current = path.read_bytes()
-        except OSError as exc:
-            self.say(f"cannot read {path} to keep ktpy's DNS server in it: {exc.strerror}")
-            return True
-        wanted = resolvconf.repaired(current, self.journal.session, self.servers)
-        if wanted is None:
+            if not self.broken():
+                return True
+        except (OSError, KtpyError) as exc:
+            message = exc.format_message() if isinstance(exc, KtpyError) else exc.strerror
+            self.say(f"cannot look at {self.what} to keep ktpy's DNS server in it: {message}")
             return True
         self.repairs = [t for t in self.repairs if now - t < 60] + [now]
         if len(self.repairs) > self.max_repairs:
             self.say(
-                f"{path} keeps being rewritten by another program ({self.max_repairs} repairs "
-                "in a minute): ktpy stops putting its DNS server back; cluster names may not "
-                "resolve by name until it is stopped or the file is left alone"
+                f"{self.what} keeps being changed by another program ({self.max_repairs} "
+                "repairs in a minute): ktpy stops putting its DNS server back; cluster "
+                "names may not resolve until that program stops"
             )
             return False
-        self.journal.record(
-            Change(
-                f"ktpy's DNS server first again in {path} (rewritten by another program)",
-                ResolvConfRestore(str(path), self.journal.session, current, wanted),
-            )
-        )
         try:
-            resolvconf.write_in_place(path, wanted)
-        except OSError as exc:
+            self.repair()
+        except (OSError, KtpyError) as exc:
+            message = exc.format_message() if isinstance(exc, KtpyError) else exc.strerror
             self.say(
-                f"{path} was rewritten by another program; cannot put ktpy's DNS server "
-                f"back: {exc.strerror}"
+                f"{self.what}: changed by another program; cannot put ktpy's DNS server "
+                f"back: {message}"
             )
             return True
-        self.say(f"{path} was rewritten by another program; ktpy's DNS server is first again")
+        self.say(f"{self.what}: changed by another program; ktpy's DNS server is back")
         return True
+
+
+class ResolvConfGuard(ResolverGuard):
+    """resolv.conf: ktpy's block back in front of what the other program wrote,
+    journalled first like any change (its undo gives the other program's version
+    back, and the first undo then finds the file replaced and leaves it)."""
+
+    def __init__(
+        self,
+        journal: Journal,
+        servers: Sequence[str],
+        say: Callable[[str], None],
+        *,
+        path: Path = RESOLV_CONF,
+        period: float = 1.0,
+        max_repairs: int = 5,
+    ) -> None:
+        super().__init__(say, period=period, max_repairs=max_repairs)
+        self.journal = journal
+        self.servers = tuple(servers)
+        self.path = path
+        self.what = str(path)
+
+    def broken(self) -> bool:
+        current = self.path.read_bytes()
+        return resolvconf.repaired(current, self.journal.session, self.servers) is not None
+
+    def repair(self) -> None:
+        current = self.path.read_bytes()
+        wanted = resolvconf.repaired(current, self.journal.session, self.servers)
+        if wanted is None:
+            return
+        self.journal.record(
+            Change(
+                f"ktpy's DNS server first again in {self.path} (rewritten by another program)",
+                ResolvConfRestore(str(self.path), self.journal.session, current, wanted),
+            )
+        )
+        resolvconf.write_in_place(self.path, wanted)
+
+
+class ResolvedGuard(ResolverGuard):
+    """systemd-resolved: ktpy's link settings set again (``resolvectl revert`` by
+    someone else, or resolved restarted without them). Their undo is journalled
+    already: reverting the link undoes a repair too."""
+
+    def __init__(
+        self,
+        link: str,
+        servers: Sequence[str],
+        routing_domains: Sequence[str],
+        search_domains: Sequence[str],
+        say: Callable[[str], None],
+        *,
+        runner: Runner = run,
+        period: float = 1.0,
+        max_repairs: int = 5,
+    ) -> None:
+        super().__init__(say, period=period, max_repairs=max_repairs)
+        self.steps = _resolved_steps(link, servers, routing_domains, search_domains)
+        self.link = link
+        self.servers = tuple(servers)
+        self.runner = runner
+        self.what = f"systemd-resolved's settings of {link}"
+
+    def broken(self) -> bool:
+        shown = check(self.runner(["resolvectl", "dns", self.link]), "read its DNS servers")
+        return not all(server in shown.stdout.split() for server in self.servers)
+
+    def repair(self) -> None:
+        for args, what in self.steps:
+            check(self.runner(["resolvectl", *args]), f"{what} ({self.link}, systemd-resolved)")
