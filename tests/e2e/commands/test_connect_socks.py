@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from tests.e2e.commands.liveness import FAST, killed_in_a
+from tests.e2e.commands.liveness import BEATS, killed_in_a
 from tests.e2e.conftest import Bed, Laptop, echo_manifest, run_ktpy
 from tests.e2e.testbed import config
 
@@ -66,8 +66,8 @@ def test_kill9_session_is_cleaned_while_a_live_one_survives(
     until its heartbeat is stale, and only then does its `clean` remove it."""
     ns = echo
     args = ("-n", ns, "connect", "--mode", "socks", "--socks-port")
-    doomed = run_ktpy(laptop, *args, "2302", env=FAST)
-    survivor = run_ktpy(laptop, *args, "2303", env=FAST)
+    doomed = run_ktpy(laptop, *args, "2302", env=BEATS)
+    survivor = run_ktpy(laptop, *args, "2303", env=BEATS)
     try:
         doomed.wait_ready()
         survivor.wait_ready()

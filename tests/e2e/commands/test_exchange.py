@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.commands.liveness import FAST, killed_in_a
+from tests.e2e.commands.liveness import BEATS, killed_in_a
 from tests.e2e.conftest import (
     Bed,
     Laptop,
@@ -31,6 +31,7 @@ from tests.e2e.conftest import (
 )
 
 READY = "All looks good"
+FAST = {"KTPY_HEARTBEAT_INTERVAL": "2s", "KTPY_STALE_AFTER": "6s"}
 
 
 def ktpy_run(
@@ -412,9 +413,9 @@ def test_kill9_then_clean_after_the_threshold_restores_the_selector_byte_for_byt
     bed.kubectl("-n", ns, "rollout", "status", "deployment/echo2", "--timeout=90s", timeout=100)
     before = service_text(bed, ns), deployment_text(bed, ns)
     expose = ("--expose", "3001:80", "--mode", mode)
-    session = exchange(laptop, ns, *expose, env=FAST)
+    session = exchange(laptop, ns, *expose, env=BEATS)
     other = run_ktpy(
-        laptop, "-n", ns, "exchange", "echo2", "--expose", "3002:80", "--mode", mode, env=FAST
+        laptop, "-n", ns, "exchange", "echo2", "--expose", "3002:80", "--mode", mode, env=BEATS
     )
     try:
         session.wait_ready()

@@ -11,7 +11,7 @@ import threading
 import time
 from typing import Any
 
-from tests.e2e.commands.liveness import FAST, killed_in_a
+from tests.e2e.commands.liveness import BEATS, killed_in_a
 from tests.e2e.conftest import Bed, Laptop, run_ktpy
 from tests.e2e.testbed import config
 
@@ -214,8 +214,8 @@ def test_a_killed_forward_is_live_from_another_laptop_until_its_heartbeat_is_sta
     bed: Bed, echo: str, laptop: Laptop, other_laptop: Laptop
 ) -> None:
     ns = echo
-    doomed = run_ktpy(laptop, "-n", ns, "forward", "echo", "18083:http", env=FAST)
-    kept = run_ktpy(laptop, "-n", ns, "forward", "echo", "18084:http", env=FAST)
+    doomed = run_ktpy(laptop, "-n", ns, "forward", "echo", "18083:http", env=BEATS)
+    kept = run_ktpy(laptop, "-n", ns, "forward", "echo", "18084:http", env=BEATS)
     try:
         doomed.wait_ready(timeout=90)
         kept.wait_ready(timeout=90)

@@ -11,7 +11,7 @@ import sys
 import time
 from typing import Any
 
-from tests.e2e.commands.liveness import FAST, killed_in_a
+from tests.e2e.commands.liveness import BEATS, killed_in_a
 from tests.e2e.conftest import Bed, Laptop, RunningKtpy, client_manifest, local_server, run_ktpy
 
 NAME = "nginx-local"
@@ -181,8 +181,8 @@ def test_a_killed_preview_is_live_from_another_laptop_until_its_heartbeat_is_sta
 ) -> None:
     ns = namespace
     expose = ("--expose", "3001:8080")
-    doomed = run_ktpy(laptop, "-n", ns, "preview", NAME, *expose, env=FAST)
-    kept = run_ktpy(laptop, "-n", ns, "preview", "kept", *expose, env=FAST)
+    doomed = run_ktpy(laptop, "-n", ns, "preview", NAME, *expose, env=BEATS)
+    kept = run_ktpy(laptop, "-n", ns, "preview", "kept", *expose, env=BEATS)
     try:
         doomed.wait_for(READY, timeout=90)
         kept.wait_for("Now you can access", timeout=90)
