@@ -113,11 +113,14 @@ def identity(pid: int | None = None, proc: Path = PROC) -> Identity:
     """The record of a process, by default this one, in this host's namespaces. When
     /proc is not this process's own, the pid namespace is ``UNPROVABLE``: no reader
     will judge the record by its process table."""
+    here = this_host(proc)
+    if pid is None and not here.proc_is_own:
+        # This /proc lists another namespace's pids: nothing in it names this process.
+        return Identity(os.getpid(), 0, here.boot_id, UNPROVABLE, here.time_ns, here.hostname)
     pid = os.getpid() if pid is None else pid
     ticks = start_ticks(pid, proc)
     if ticks is None:
         raise ProcessLookupError(pid)
-    here = this_host(proc)
     return Identity(pid, ticks, here.boot_id, here.pid_ns, here.time_ns, here.hostname)
 
 

@@ -143,3 +143,12 @@ def test_a_process_in_its_own_pid_namespace_is_not_judged_from_outside(tmp_path:
     assert own_verdict == "alive"
     assert inside.pid_ns != procs.identity().pid_ns
     assert procs.state(inside) is ProcessState.ELSEWHERE
+
+
+def test_under_a_proc_of_another_pid_namespace_the_record_is_unprovable(tmp_path: Path) -> None:
+    """A fake /proc whose 'self' is not this process: its own entry would be someone else's."""
+    proc = fake_proc(tmp_path, "b1", {os.getpid(): stat_line("other", 5)})
+    (tmp_path / "self").symlink_to("1")
+    me = procs.identity(proc=proc)
+    assert (me.pid, me.start_ticks, me.pid_ns) == (os.getpid(), 0, procs.UNPROVABLE)
+    assert procs.state(me, proc) is ProcessState.ELSEWHERE
