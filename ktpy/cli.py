@@ -11,6 +11,7 @@ from ktpy import __version__, logs, params
 from ktpy.commands import COMMANDS
 from ktpy.config import DEFAULT_IMAGE, Settings, load_settings
 from ktpy.errors import InternalError, Interrupted, KtpyError
+from ktpy.host import heal
 
 
 class KtpyGroup(click.Group):
@@ -85,6 +86,12 @@ def cli(ctx: click.Context, /, **flags: Any) -> None:
     settings = load_settings(flags)
     logs.configure(settings.log_format, debug=settings.debug)
     ctx.obj = settings
+    # Heal before harm: connect puts a killed session's host changes back itself, clean
+    # --local is the cure; every other command names them before anything else.
+    if ctx.invoked_subcommand not in ("connect", "clean") and (
+        line := heal.notice(settings.journal_dir)
+    ):
+        click.echo(f"Note: {line}", err=True)
 
 
 for _command in COMMANDS:

@@ -7,9 +7,14 @@ every ``interval``; a session whose newest heartbeat is older than
 ``Date`` header, see ``parse_http_date``), never the laptop's, so a skewed
 laptop clock cannot make a live session look dead (kt-connect #299).
 
-A session started on this machine can be judged at once: if its process
+A session started by this very host can be judged at once: if its process
 (``ktpy.dev/pid-start``) is gone, the session is dead whatever its heartbeat
-says. Checking the process is an injected function (``LocalProcessCheck``).
+says. "This very host" means provably so: the same boot, PID namespace, time
+namespace and hostname (a dev container or WSL distribution shares the boot
+id but not the pids). Every other session, old records included, is judged by
+its heartbeat alone. The rule is ``ktpy.host.procs.judge``, reached through an
+injected function (``LocalProcessCheck``) that answers ``ELSEWHERE`` whenever
+it cannot prove the process is local.
 """
 
 from __future__ import annotations
@@ -35,13 +40,15 @@ _SESSION_ROLES = (Role.CONNECT, Role.EXCHANGE, Role.MESH, Role.PREVIEW, Role.FOR
 class Liveness(StrEnum):
     LIVE = "live"
     STALE = "stale"
-    DEAD = "dead"  # its process on this machine is gone
+    DEAD = "dead"  # its process, provably of this host, is gone
 
 
 class LocalProcess(StrEnum):
     ALIVE = "alive"
     GONE = "gone"
-    ELSEWHERE = "elsewhere"  # not a process of this machine's current boot: cannot tell
+    # Not provably a process of this host (another machine, boot, PID namespace...): the
+    # heartbeat decides.
+    ELSEWHERE = "elsewhere"
 
 
 LocalProcessCheck = Callable[[PidStart], LocalProcess]

@@ -16,8 +16,9 @@ Annotations (free text, not selectable):
 
 - ``ktpy.dev/owner``: ``user@host`` (an ``@`` is not allowed in label values);
 - ``ktpy.dev/heartbeat``: RFC 3339 UTC time of the last refresh, cluster clock;
-- ``ktpy.dev/pid-start``: ``<pid>:<start ticks>@<boot id>`` of the owning
-  process, to tell at once that a session of this machine has died;
+- ``ktpy.dev/pid-start``: ``<pid>:<start ticks>@<boot id>/<pid ns>/<time ns>/<host>``
+  of the owning process, to tell at once that a session of this very host (same
+  boot, PID and time namespace, hostname) has died (``PidStart``);
 - ``ktpy.dev/target``: what the session works on, e.g. ``service/nginx``;
 - ``ktpy.dev/original``: on a modified object, the original values of every
   field ktpy changed (JSON), so they can be put back exactly;
@@ -96,21 +97,40 @@ def parse_time(text: str) -> datetime:
 
 @dataclass(frozen=True)
 class PidStart:
-    """Identifies one process on one machine's boot: pid numbers get reused, this does not."""
+    """Identifies one process on one host's boot: pid numbers get reused, this does not.
+
+    Written ``<pid>:<start ticks>@<boot id>/<pid ns>/<time ns>/<hostname>``: the pid is
+    as its own PID namespace numbers it, the ticks as its time namespace counts them,
+    so only a reader in the same namespaces (and under the same hostname) may judge
+    it by the process table (``ktpy.host.procs.judge``). The older form
+    ``<pid>:<start ticks>@<boot id>`` is still read; it names no namespace.
+    """
 
     pid: int
     start_ticks: int
     boot_id: str
+    pid_ns: int | None = None
+    time_ns: int | None = None
+    hostname: str | None = None
 
     def __str__(self) -> str:
-        return f"{self.pid}:{self.start_ticks}@{self.boot_id}"
+        text = f"{self.pid}:{self.start_ticks}@{self.boot_id}"
+        if self.pid_ns is None:
+            return text
+        return f"{text}/{self.pid_ns}/{self.time_ns or 0}/{self.hostname or ''}"
 
     @classmethod
     def parse(cls, text: str) -> PidStart:
-        match = re.fullmatch(r"(\d+):(\d+)@([0-9A-Za-z-]+)", text.strip())
+        # The hostname comes last and takes the rest: the kernel allows any byte in it.
+        match = re.fullmatch(r"(\d+):(\d+)@([0-9A-Za-z-]+)(?:/(\d+)/(\d+)/(.*))?", text.strip())
         if not match:
-            raise ValueError(f"{text!r} is not <pid>:<start ticks>@<boot id>")
-        return cls(int(match.group(1)), int(match.group(2)), match.group(3))
+            raise ValueError(
+                f"{text!r} is not <pid>:<start ticks>@<boot id>[/<pid ns>/<time ns>/<host>]"
+            )
+        pid, ticks, boot, pid_ns, time_ns, hostname = match.groups()
+        if pid_ns is None:
+            return cls(int(pid), int(ticks), boot)
+        return cls(int(pid), int(ticks), boot, int(pid_ns), int(time_ns), hostname)
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from ktpy.commands import connect_tun
 from ktpy.commands.context import make_api, settings_of
 from ktpy.config import Settings
 from ktpy.errors import UsageProblem
+from ktpy.host import heal
 from ktpy.net.socks_server import SocksServer
 from ktpy.params import IPNetwork
 from ktpy.session import Session, ShadowSpec
@@ -202,7 +203,9 @@ def connect(
     port = socks_port or settings.socks_port
     started = time.monotonic()
     if mode == "tun2socks":
-        connect_tun.preflight(settings)
+        connect_tun.preflight(settings)  # puts a killed session's host changes back first
+    elif line := heal.notice(settings.journal_dir):
+        click.echo(f"Note: {line}", err=True)
     api = make_api(settings)
     api.server_time()  # unreachable or unauthorised: say so before anything changes
     spec = ShadowSpec(

@@ -26,10 +26,10 @@ from ktpy.cluster.api import ClusterApi, Kind
 from ktpy.cluster.name_watch import KnownNames
 from ktpy.config import TUN_MTU, Settings
 from ktpy.errors import AlreadyRunning, Forbidden, KtpyError, NeedsRoot, NoTunDevice
+from ktpy.host import heal, recovery
 from ktpy.host import network as host
-from ktpy.host import recovery
 from ktpy.host.journal import Journal
-from ktpy.host.resolver import ResolverKind
+from ktpy.host.resolver import ResolvConfGuard, ResolvedGuard, ResolverGuard, ResolverKind
 from ktpy.logs import get_logger
 from ktpy.net.dns import ClusterNames, Collision
 from ktpy.net.dns_server import DnsServer, TcpExchange, tcp_exchange_over
@@ -52,6 +52,14 @@ def preflight(settings: Settings) -> None:
     if running:
         owner = running[0].header.owner.describe() if running[0].header else "unknown"
         raise AlreadyRunning(f"another ktpy connect is running on this machine ({owner})")
+    line, healed = heal.heal(settings.journal_dir)
+    if line:
+        click.echo(line)
+    if not healed:
+        raise KtpyError(
+            "host changes of a killed ktpy connect could not be put back",
+            hint="Fix what the line above names, then 'sudo ktpy clean --local'.",
+        )
 
 
 def api_addresses(api_url: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...]:
@@ -145,6 +153,7 @@ class TunConnection:
     # Routing domains follow the namespaces (systemd-resolved) until teardown begins.
     _routing: threading.Lock = field(default_factory=threading.Lock)
     _torn_down: bool = False
+    guard: ResolverGuard | None = None
 
     def up(
         self,
@@ -206,6 +215,15 @@ class TunConnection:
             on_collision=report_collision,
         ).start()
         resolver = host.point_resolver(self.journal, survey, request)
+        say = lambda line: click.echo(line, err=True)  # noqa: E731
+        server = [str(survey.tun_address)]
+        self.guard = (
+            ResolvConfGuard(self.journal, server, say)
+            if resolver.choice.kind is ResolverKind.RESOLV_CONF
+            else ResolvedGuard(
+                survey.tun_name, server, request.routing_domains, request.search_domains, say
+            )
+        ).start()
         self._watch_names(facts, ns, dns_namespaces, survey, request)
 
         self.lines += [
@@ -258,6 +276,8 @@ class TunConnection:
             try:
                 if host.route_names(self.journal, survey, request, domains):
                     log.debug("routing domains updated", domains=" ".join(domains))
+                    if isinstance(self.guard, ResolvedGuard):
+                        self.guard.follow_domains(domains, request.search_domains)
             except (KtpyError, ValueError, OSError) as exc:
                 # The names of that namespace keep failing until the next change;
                 # everything else resolves as before.
@@ -267,6 +287,8 @@ class TunConnection:
         """Undo in order; returns what could not be undone."""
         for watch in self.watches:
             watch.stop()
+        if self.guard is not None:
+            self.guard.stop()  # before the journal is replayed: no repair after the undo
         with self._routing:  # no routing-domain update after the revert
             self._torn_down = True
         problems: list[str] = []

@@ -3,7 +3,8 @@
 One file per session, ``<journal dir>/<session>.journal``, JSON lines::
 
     {"journal": "ktpy-host", "version": 1, "session": "ab12cd34",
-     "owner": {"pid": 4242, "start_ticks": 81234, "boot_id": "..."}, "created": "..."}
+     "owner": {"pid": 4242, "start_ticks": 81234, "boot_id": "...", "pid_ns": 4026531836,
+               "time_ns": 4026531834, "hostname": "laptop"}, "created": "..."}
     {"seq": 1, "change": "TUN device ktpy-ab12cd34", "undo": {"kind": "link-delete", ...}}
     {"seq": 2, "change": "route 10.96.0.0/16 dev ktpy-ab12cd34", "undo": {...}}
     {"undone": 2}
@@ -55,28 +56,55 @@ class JournalProblem(KtpyError):
 
 @dataclass(frozen=True)
 class Owner:
-    """The process that made the changes: pid + start time + boot id name it for ever."""
+    """The process that made the changes, as ``procs.Identity`` records it: pid + start
+    time + boot id name it, its PID and time namespaces and hostname say who may
+    judge it by the process table (None in journals written before they were kept)."""
 
     pid: int
     start_ticks: int
     boot_id: str
+    pid_ns: int | None = None
+    time_ns: int | None = None
+    hostname: str | None = None
 
     @classmethod
     def this_process(cls) -> Owner:
         return cls(*procs.identity())
 
+    def identity(self) -> procs.Identity:
+        return procs.Identity(
+            self.pid, self.start_ticks, self.boot_id, self.pid_ns, self.time_ns, self.hostname
+        )
+
     def describe(self) -> str:
-        return f"pid {self.pid}, start tick {self.start_ticks}, boot {self.boot_id[:8]}"
+        where = f" on {self.hostname}" if self.hostname else ""
+        return f"pid {self.pid}{where}, start tick {self.start_ticks}, boot {self.boot_id[:8]}"
 
     def to_json(self) -> dict[str, Any]:
-        return {"pid": self.pid, "start_ticks": self.start_ticks, "boot_id": self.boot_id}
+        data: dict[str, Any] = {
+            "pid": self.pid,
+            "start_ticks": self.start_ticks,
+            "boot_id": self.boot_id,
+        }
+        if self.pid_ns is not None:
+            data |= {"pid_ns": self.pid_ns, "time_ns": self.time_ns, "hostname": self.hostname}
+        return data
 
     @classmethod
     def from_json(cls, data: Any) -> Owner:
         if not isinstance(data, dict):
             raise BadJournalEntry("the journal header has no owner")
         try:
-            return cls(int(data["pid"]), int(data["start_ticks"]), str(data["boot_id"]))
+            if data.get("pid_ns") is None:  # written before namespaces were recorded
+                return cls(int(data["pid"]), int(data["start_ticks"]), str(data["boot_id"]))
+            return cls(
+                int(data["pid"]),
+                int(data["start_ticks"]),
+                str(data["boot_id"]),
+                int(data["pid_ns"]),
+                int(data.get("time_ns") or 0),
+                str(data.get("hostname") or ""),
+            )
         except (KeyError, TypeError, ValueError) as exc:
             raise BadJournalEntry(f"bad owner in the journal header: {exc}") from exc
 
@@ -371,6 +399,25 @@ def _read_fd(fd: int) -> bytes:
         chunks.append(chunk)
         offset += len(chunk)
     return b"".join(chunks)
+
+
+def lock_held(path: Path) -> bool:
+    """Whether a process holds the journal's lock (its owner, alive, or a cleaner):
+    a shared lock tried without waiting and dropped at once. The kernel keeps flocks
+    across PID namespaces, so this sees an owner whose pids are not ours."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            return True
+        raise
+    finally:
+        os.close(fd)  # closing drops the shared lock if it was taken
+    return False
 
 
 def read_header(path: Path) -> Header:

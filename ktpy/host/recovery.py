@@ -4,14 +4,17 @@
 process is gone; ``running_sessions`` tells ``ktpy connect`` that another one lives.
 
 A journal is replayed only when both say its owner is dead:
-- the process check: the pid with that start time no longer runs in this boot,
-  or the journal comes from an earlier boot (routes and devices went with the
-  reboot, but an edited /etc/resolv.conf on disk did not);
+- the owner: when it is provably this host's process (``procs.judge``: same
+  boot, PID and time namespace, hostname), the process check decides; in every
+  other case (another PID namespace sharing this directory, an earlier boot, a
+  journal written before namespaces were recorded) the lock alone decides: held
+  means alive, free means dead (a reboot drops routes and devices, but an
+  edited /etc/resolv.conf on disk stays);
 - the lock: the owner holds an exclusive flock on its journal while it lives,
   and ``Journal.take_over`` does not wait for it. Of two cleaners, one gets it.
 
-The selection is a pure function of the journal headers and an injected process
-check, tested without any real process.
+The selection is a pure function of the journal headers, an injected process
+check and an injected lock probe, tested without any real process.
 """
 
 from __future__ import annotations
@@ -32,17 +35,19 @@ from ktpy.host.journal import (
     Owner,
     UndoReport,
     journal_files,
+    lock_held,
     read_header,
 )
 from ktpy.host.procs import ProcessState
 from ktpy.host.runner import Runner, run
 
 ProcessCheck = Callable[[Owner], ProcessState]
+LockProbe = Callable[[Path], bool]
 TEMPORARY_GRACE = 60.0  # seconds a half-made journal may be someone's creation in progress
 
 
 def owner_state(owner: Owner) -> ProcessState:
-    return procs.state(owner.pid, owner.start_ticks, owner.boot_id)
+    return procs.state(owner.identity())
 
 
 @dataclass(frozen=True)
@@ -76,23 +81,29 @@ class Selection:
     unreadable: tuple[JournalInfo, ...]
 
 
-def select_dead(infos: Iterable[JournalInfo], check: ProcessCheck) -> Selection:
+def select_dead(
+    infos: Iterable[JournalInfo], check: ProcessCheck, held: LockProbe = lock_held
+) -> Selection:
     dead: list[JournalInfo] = []
     live: list[JournalInfo] = []
     unreadable: list[JournalInfo] = []
     for info in infos:
         if info.header is None:
             unreadable.append(info)
-        elif check(info.header.owner) is ProcessState.ALIVE:
-            live.append(info)
-        else:  # GONE, or ELSEWHERE: an earlier boot of this machine
-            dead.append(info)
+            continue
+        state = check(info.header.owner)
+        if state is ProcessState.ELSEWHERE:
+            # Not provably our process: the kernel's lock says whether it lives.
+            state = ProcessState.ALIVE if held(info.path) else ProcessState.GONE
+        (live if state is ProcessState.ALIVE else dead).append(info)
     return Selection(tuple(dead), tuple(live), tuple(unreadable))
 
 
-def running_sessions(directory: Path, check: ProcessCheck = owner_state) -> list[JournalInfo]:
+def running_sessions(
+    directory: Path, check: ProcessCheck = owner_state, held: LockProbe = lock_held
+) -> list[JournalInfo]:
     """Journals whose owner still runs: another ``ktpy connect`` on this machine."""
-    return list(select_dead(list_journals(directory), check).live)
+    return list(select_dead(list_journals(directory), check, held).live)
 
 
 @dataclass
@@ -148,12 +159,13 @@ def clean_local(
     *,
     runner: Runner = run,
     check: ProcessCheck = owner_state,
+    held: LockProbe = lock_held,
     clock: Callable[[], float] = time.time,
 ) -> CleanReport:
     """Undo the host changes of every dead session journalled in ``directory``."""
     report = CleanReport()
     _remove_stale_temporaries(directory, clock())
-    selection = select_dead(list_journals(directory), check)
+    selection = select_dead(list_journals(directory), check, held)
     report.live += [
         f"{i.session} ({i.header.owner.describe()})" for i in selection.live if i.header
     ]

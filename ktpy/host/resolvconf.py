@@ -97,6 +97,17 @@ def without_session(text: bytes, session: str) -> bytes | None:
     return b"".join(line for number, line in enumerate(lines) if number not in marked)
 
 
+def repaired(current: bytes, session: str, servers: Sequence[str]) -> bytes | None:
+    """What the file must become for ``session``'s block to be in effect again, or None
+    if it is: the block first and whole. Another program (a DHCP client, NetworkManager,
+    a VPN) that rewrote the file keeps its lines; ktpy's block goes back in front."""
+    base = without_session(current, session)
+    if base is None:
+        base = current
+    wanted = with_nameservers(base, session, servers)
+    return None if wanted == current else wanted
+
+
 def sessions_in(text: bytes) -> list[str]:
     """Sessions that have a block in ``text`` (a crashed one not yet cleaned, say)."""
     found: list[str] = []

@@ -23,7 +23,9 @@ covers as it covers the first ones.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+import threading
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -147,6 +149,24 @@ def check_domain(domain: str) -> str:
     return name
 
 
+def _resolved_steps(
+    link: str,
+    servers: Sequence[str],
+    routing_domains: Sequence[str],
+    search_domains: Sequence[str],
+) -> list[tuple[list[str], str]]:
+    """The resolvectl calls that give ``link`` ktpy's settings, and what each does."""
+    return [
+        (["dns", link, *servers], "set its DNS servers"),
+        (["domain", link, *_domain_args(routing_domains, search_domains)], "set its DNS domains"),
+        (["default-route", link, "false"], "keep other names off it"),
+        (["llmnr", link, "no"], "turn LLMNR off on it"),
+        (["mdns", link, "no"], "turn mDNS off on it"),
+        (["dnsovertls", link, "no"], "turn DNS-over-TLS off on it"),
+        (["dnssec", link, "no"], "turn DNSSEC off on it"),
+    ]
+
+
 def configure_resolved(
     journal: Journal,
     *,
@@ -164,17 +184,8 @@ def configure_resolved(
     ktpy's plain, unsigned server fail."""
     if not servers:
         raise ValueError("at least one DNS server is needed")
-    domains = _domain_args(routing_domains, search_domains)
+    steps = _resolved_steps(link, servers, routing_domains, search_domains)  # refuses first
     journal.record(Change(f"systemd-resolved settings of {link}", ResolvedRevert(link)))
-    steps: list[tuple[list[str], str]] = [
-        (["dns", link, *servers], "set its DNS servers"),
-        (["domain", link, *domains], "set its DNS domains"),
-        (["default-route", link, "false"], "keep other names off it"),
-        (["llmnr", link, "no"], "turn LLMNR off on it"),
-        (["mdns", link, "no"], "turn mDNS off on it"),
-        (["dnsovertls", link, "no"], "turn DNS-over-TLS off on it"),
-        (["dnssec", link, "no"], "turn DNSSEC off on it"),
-    ]
     for args, what in steps:
         check(runner(["resolvectl", *args]), f"{what} ({link}, systemd-resolved)")
 
@@ -287,3 +298,157 @@ def configure_resolver(
     if not upstreams:
         warnings += (f"{resolv_conf} names no nameserver to forward other names to",)
     return ResolverSetup(choice, upstreams, warnings)
+
+
+class ResolverGuard:
+    """Keeps ktpy's part of the resolver in place while the session lives.
+
+    Another program may change it meanwhile (a DHCP lease renewed, NetworkManager,
+    a VPN client rewriting resolv.conf; ``resolvectl revert`` on ktpy's link);
+    cluster names would then stop resolving. Every ``period`` the part is looked
+    at (``broken``); if it is gone it is put back (``repair``), and each repair, or
+    why there was none, is one line through ``say``. A program that keeps changing
+    it wins after ``max_repairs`` in a minute: ktpy says so and stops fighting.
+    """
+
+    what = "the resolver"
+
+    def __init__(
+        self, say: Callable[[str], None], *, period: float = 1.0, max_repairs: int = 5
+    ) -> None:
+        self.say = say
+        self.period = period
+        self.max_repairs = max_repairs
+        self.repairs: list[float] = []  # monotonic times of the repairs
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def broken(self) -> bool:
+        raise NotImplementedError
+
+    def repair(self) -> None:
+        raise NotImplementedError
+
+    def start(self) -> ResolverGuard:
+        self._thread = threading.Thread(target=self._run, name="resolver-guard", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop watching; returns once no repair is under way (teardown comes next)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.period):
+            if not self.check():
+                return
+
+    def check(self, now: float | None = None) -> bool:
+        """Look once and repair if needed; False once it has given up."""
+        now = time.monotonic() if now is None else now
+        try:
+            if not self.broken():
+                return True
+        except (OSError, KtpyError) as exc:
+            message = exc.format_message() if isinstance(exc, KtpyError) else exc.strerror
+            self.say(f"cannot look at {self.what} to keep ktpy's DNS server in it: {message}")
+            return True
+        self.repairs = [t for t in self.repairs if now - t < 60] + [now]
+        if len(self.repairs) > self.max_repairs:
+            self.say(
+                f"{self.what} keeps being changed by another program ({self.max_repairs} "
+                "repairs in a minute): ktpy stops putting its DNS server back; cluster "
+                "names may not resolve until that program stops"
+            )
+            return False
+        try:
+            self.repair()
+        except (OSError, KtpyError) as exc:
+            message = exc.format_message() if isinstance(exc, KtpyError) else exc.strerror
+            self.say(
+                f"{self.what}: changed by another program; cannot put ktpy's DNS server "
+                f"back: {message}"
+            )
+            return True
+        self.say(f"{self.what}: changed by another program; ktpy's DNS server is back")
+        return True
+
+
+class ResolvConfGuard(ResolverGuard):
+    """resolv.conf: ktpy's block back in front of what the other program wrote,
+    journalled first like any change (its undo gives the other program's version
+    back, and the first undo then finds the file replaced and leaves it)."""
+
+    def __init__(
+        self,
+        journal: Journal,
+        servers: Sequence[str],
+        say: Callable[[str], None],
+        *,
+        path: Path = RESOLV_CONF,
+        period: float = 1.0,
+        max_repairs: int = 5,
+    ) -> None:
+        super().__init__(say, period=period, max_repairs=max_repairs)
+        self.journal = journal
+        self.servers = tuple(servers)
+        self.path = path
+        self.what = str(path)
+
+    def broken(self) -> bool:
+        current = self.path.read_bytes()
+        return resolvconf.repaired(current, self.journal.session, self.servers) is not None
+
+    def repair(self) -> None:
+        current = self.path.read_bytes()
+        wanted = resolvconf.repaired(current, self.journal.session, self.servers)
+        if wanted is None:
+            return
+        self.journal.record(
+            Change(
+                f"ktpy's DNS server first again in {self.path} (rewritten by another program)",
+                ResolvConfRestore(str(self.path), self.journal.session, current, wanted),
+            )
+        )
+        resolvconf.write_in_place(self.path, wanted)
+
+
+class ResolvedGuard(ResolverGuard):
+    """systemd-resolved: ktpy's link settings set again (``resolvectl revert`` by
+    someone else, or resolved restarted without them). Their undo is journalled
+    already: reverting the link undoes a repair too."""
+
+    def __init__(
+        self,
+        link: str,
+        servers: Sequence[str],
+        routing_domains: Sequence[str],
+        search_domains: Sequence[str],
+        say: Callable[[str], None],
+        *,
+        runner: Runner = run,
+        period: float = 1.0,
+        max_repairs: int = 5,
+    ) -> None:
+        super().__init__(say, period=period, max_repairs=max_repairs)
+        self.steps = _resolved_steps(link, servers, routing_domains, search_domains)
+        self.link = link
+        self.servers_list = tuple(servers)
+        self.servers = tuple(servers)
+        self.runner = runner
+        self.what = f"systemd-resolved's settings of {link}"
+
+    def broken(self) -> bool:
+        shown = check(self.runner(["resolvectl", "dns", self.link]), "read its DNS servers")
+        return not all(server in shown.stdout.split() for server in self.servers)
+
+    def follow_domains(self, routing_domains: Sequence[str], search_domains: Sequence[str]) -> None:
+        """The link's domains changed on purpose (namespaces made or deleted while
+        connected): a repair puts back these, not the ones connect started with."""
+        self.steps = _resolved_steps(self.link, self.servers_list, routing_domains, search_domains)
+
+    def repair(self) -> None:
+        for args, what in self.steps:
+            check(self.runner(["resolvectl", *args]), f"{what} ({self.link}, systemd-resolved)")

@@ -10,13 +10,15 @@ from ktpy.host import procs
 
 
 def local_owner_identity() -> PidStart:
-    pid, ticks, boot = procs.identity()
-    return PidStart(pid, ticks, boot)
+    return PidStart(*procs.identity())
 
 
 def check_local_process(pid_start: PidStart) -> LocalProcess:
-    """Whether a session's owner process runs on this machine (same boot)."""
-    state = procs.state(pid_start.pid, pid_start.start_ticks, pid_start.boot_id)
+    """Whether a session's owner process runs on this host (``procs.judge``'s rule)."""
+    p = pid_start
+    state = procs.state(
+        procs.Identity(p.pid, p.start_ticks, p.boot_id, p.pid_ns, p.time_ns, p.hostname)
+    )
     return {
         procs.ProcessState.ALIVE: LocalProcess.ALIVE,
         procs.ProcessState.GONE: LocalProcess.GONE,

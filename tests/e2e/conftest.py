@@ -163,14 +163,22 @@ class Laptop:
         user: str = "admin",
         env: dict[str, str] | None = None,
     ) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(
+        proc = hostnet.LaptopProcess(
             [*hostnet.laptop_command(self.name), *cmd],
-            capture_output=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
-            timeout=timeout,
             env=self._env(user, env),
             cwd=config.REPO_ROOT,
         )
+        with proc:
+            try:
+                stdout, stderr = proc.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()  # the command itself, not only its runner
+                proc.communicate()
+                raise
+        result = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
         if check and result.returncode != 0:
             raise AssertionError(
                 f"{' '.join(cmd)} in {self.name} failed ({result.returncode}): "
@@ -178,10 +186,29 @@ class Laptop:
             )
         return result
 
+    def processes(self, containing: str = "") -> list[str]:
+        """The command lines of the laptop's running processes (its pid 1 aside) that
+        contain `containing`, read from the host: the processes in its PID namespace."""
+        pid_ns = hostnet.pid_ns_file(self.name).stat().st_ino
+        found = []
+        for entry in Path("/proc").iterdir():
+            try:
+                if not entry.name.isdigit() or (entry / "ns/pid").stat().st_ino != pid_ns:
+                    continue
+                if (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                    continue
+                args = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue  # ended meanwhile
+            line = " ".join(a.decode(errors="replace") for a in args if a)
+            if containing in line and hostnet.LAPTOP_EXEC.name + " -- init" not in line:
+                found.append(line)
+        return found
+
     def popen(
         self, *cmd: str, user: str = "admin", env: dict[str, str] | None = None
-    ) -> subprocess.Popen[str]:
-        return subprocess.Popen(
+    ) -> hostnet.LaptopProcess:
+        return hostnet.LaptopProcess(
             [*hostnet.laptop_command(self.name), *cmd],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.commands.liveness import session_id
 from tests.e2e.conftest import Bed, Laptop, RunningKtpy, run_ktpy
 from tests.e2e.testbed import config, images
 
@@ -111,6 +112,15 @@ def test_pods_services_and_names_work_and_other_names_stay_local(
         assert missing.returncode == 2  # not found (NXDOMAIN), not a failure to ask
         bed_name = laptop.run("getent", "hosts", f"www.{config.TEST_DOMAIN}").stdout.split()
         assert bed_name[0] == config.NODE_IP
+        if laptop.resolver == "resolved":
+            # Someone reverts ktpy's link: within 5 s its settings are back.
+            link = f"ktpy-{session_id(session)}"
+            laptop.run("resolvectl", "revert", link)
+            reverted = time.monotonic()
+            while config.CLUSTER_DOMAIN not in laptop.run("resolvectl", "domain", link).stdout:
+                assert time.monotonic() - reverted < 5, "resolved's link settings not back in 5 s"
+                time.sleep(0.1)
+            assert laptop.run("getent", "hosts", f"echo.{ns}").stdout.split()[:1] == [cluster_ip]
     finally:
         assert session.stop(signal.SIGINT) == 130
     assert _snapshot(laptop) == before
@@ -173,6 +183,47 @@ def test_kill9_then_clean_local_restores_the_laptop(bed: Bed, echo: str, laptop:
     laptop.run(sys.executable, "-m", "ktpy", "-n", ns, "clean")
     objects = bed.kubectl("-n", ns, "get", "pods,secrets", "-l", MANAGED, "-o", "name").stdout
     assert objects.split() == []
+
+
+def test_after_kill9_the_next_connect_puts_the_old_block_back_first_and_keeps_its_own(
+    bed: Bed, echo: str, laptop: Laptop
+) -> None:
+    """Heal before harm: the killed session's resolv.conf block goes before the new
+    session changes anything; and a resolv.conf rewritten by another program while
+    connected gets ktpy's block back within 5 s."""
+    ns = echo
+    before = _snapshot(laptop)
+    first = _connect(laptop, ns)
+    first.stop(signal.SIGKILL)
+    deadline = time.monotonic() + 5  # its TUN stack process ends on its own (stdin EOF)
+    while laptop.processes("ktpy") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert laptop.processes("ktpy") == []
+    assert _snapshot(laptop)["/etc/resolv.conf"] != before["/etc/resolv.conf"]
+    status = laptop.run(sys.executable, "-m", "ktpy", "-n", ns, "status")
+    assert re.match(r"Note: A killed ktpy connect left \d+ host change", status.stderr)
+
+    second = _connect(laptop, ns)
+    try:
+        assert second.output[0].startswith("Put back what a killed ktpy connect left: ")
+        assert "Warning" not in "\n".join(second.output)  # no stale block was found
+        resolv = laptop.run("cat", "/etc/resolv.conf").stdout
+        assert resolv.count(" begin ") == 1  # the new session's block only
+        assert resolv.endswith(before["/etc/resolv.conf"])
+        assert _get(laptop, f"http://echo.{ns}/")["pod"]
+
+        laptop.run("sh", "-c", f"echo 'nameserver {config.RESOLVER_IP}' > /etc/resolv.conf")
+        rewritten = time.monotonic()
+        while "# ktpy session" not in laptop.run("cat", "/etc/resolv.conf").stdout:
+            assert time.monotonic() - rewritten < 5, "resolv.conf not repaired within 5 s"
+            time.sleep(0.1)
+        assert _get(laptop, f"http://echo.{ns}/")["pod"]  # names resolve again
+    finally:
+        assert second.stop(signal.SIGINT) == 130
+    assert any("changed by another program" in line for line in second.errors)
+    assert _snapshot(laptop) == before
+    laptop.run(sys.executable, "-m", "ktpy", "-n", ns, "clean")
+    assert bed.ktpy_objects(ns) == []
 
 
 def test_many_connections_bulk_download_and_a_slow_reader(

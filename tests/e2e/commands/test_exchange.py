@@ -20,7 +20,15 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import Bed, Laptop, RunningKtpy, local_server, run_ktpy
+from tests.e2e.commands.liveness import BEATS, killed_in_a
+from tests.e2e.conftest import (
+    Bed,
+    Laptop,
+    RunningKtpy,
+    echo_manifest,
+    local_server,
+    run_ktpy,
+)
 
 READY = "All looks good"
 FAST = {"KTPY_HEARTBEAT_INTERVAL": "2s", "KTPY_STALE_AFTER": "6s"}
@@ -397,22 +405,33 @@ def test_kill9_then_recover_restores_the_selector_byte_for_byte(
     assert "nothing to recover" in again.stdout
 
 
+@pytest.mark.parametrize("mode", ["selector", "scale"])
 def test_kill9_then_clean_after_the_threshold_restores_the_selector_byte_for_byte(
-    bed: Bed, echo: str, laptop: Laptop, other_laptop: Laptop
+    bed: Bed, echo: str, laptop: Laptop, other_laptop: Laptop, mode: str
 ) -> None:
+    """Two exchanges in laptop A (echo and echo2), one killed; from laptop B it is live
+    until its heartbeat is stale, and only then does B's `clean` restore echo byte for
+    byte; echo2's exchange is never touched."""
     ns = echo
-    before = service_text(bed, ns)
-    session = exchange(laptop, ns, "--expose", "3001:80", env=FAST)
+    bed.apply(echo_manifest("echo2", replicas=1), ns)
+    bed.kubectl("-n", ns, "rollout", "status", "deployment/echo2", "--timeout=90s", timeout=100)
+    before = service_text(bed, ns), deployment_text(bed, ns)
+    expose = ("--expose", "3001:80", "--mode", mode)
+    session = exchange(laptop, ns, *expose, env=BEATS)
+    other = run_ktpy(
+        laptop, "-n", ns, "exchange", "echo2", "--expose", "3002:80", "--mode", mode, env=BEATS
+    )
     try:
         session.wait_ready()
-        session.stop(signal.SIGKILL)
-        time.sleep(7)  # past KTPY_STALE_AFTER
-        result = ktpy_run(other_laptop, "-n", ns, "clean", env=FAST)
-        assert result.returncode == 0, result.stderr
-        assert "restored service/echo" in result.stdout
+        other.wait_ready()
+        held = selector(bed, ns, "echo2")
+        cleaned = killed_in_a(bed, ns, a=laptop, b=other_laptop, killed=session, live=other)
+        assert "restored service/echo" in cleaned
+        assert (service_text(bed, ns), deployment_text(bed, ns)) == before
+        assert selector(bed, ns, "echo2") == held
     finally:
         session.stop(signal.SIGKILL)
-    assert service_text(bed, ns) == before
+        other.stop(signal.SIGINT)
     assert bed.ktpy_objects(ns) == []
 
 

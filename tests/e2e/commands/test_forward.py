@@ -11,6 +11,7 @@ import threading
 import time
 from typing import Any
 
+from tests.e2e.commands.liveness import BEATS, killed_in_a
 from tests.e2e.conftest import Bed, Laptop, run_ktpy
 from tests.e2e.testbed import config
 
@@ -206,4 +207,21 @@ def test_forward_status_shows_a_forward_session(bed: Bed, echo: str, laptop: Lap
         ]
     finally:
         assert session.stop(signal.SIGINT) == 130
+    assert bed.ktpy_objects(ns) == []
+
+
+def test_a_killed_forward_is_live_from_another_laptop_until_its_heartbeat_is_stale(
+    bed: Bed, echo: str, laptop: Laptop, other_laptop: Laptop
+) -> None:
+    ns = echo
+    doomed = run_ktpy(laptop, "-n", ns, "forward", "echo", "18083:http", env=BEATS)
+    kept = run_ktpy(laptop, "-n", ns, "forward", "echo", "18084:http", env=BEATS)
+    try:
+        doomed.wait_ready(timeout=90)
+        kept.wait_ready(timeout=90)
+        killed_in_a(bed, ns, a=laptop, b=other_laptop, killed=doomed, live=kept)
+        assert get_json(laptop, 18084)["namespace"] == ns
+    finally:
+        doomed.stop(signal.SIGKILL)
+        assert kept.stop(signal.SIGINT) == 130
     assert bed.ktpy_objects(ns) == []

@@ -11,6 +11,7 @@ import sys
 import time
 from typing import Any
 
+from tests.e2e.commands.liveness import BEATS, killed_in_a
 from tests.e2e.conftest import Bed, Laptop, RunningKtpy, client_manifest, local_server, run_ktpy
 
 NAME = "nginx-local"
@@ -180,6 +181,26 @@ def _snapshot(bed: Bed, namespace: str) -> list[tuple[str, str, str, str]]:
         )
         for item in body["items"]
     )
+
+
+def test_a_killed_preview_is_live_from_another_laptop_until_its_heartbeat_is_stale(
+    bed: Bed, namespace: str, laptop: Laptop, other_laptop: Laptop
+) -> None:
+    ns = namespace
+    expose = ("--expose", "3001:8080")
+    doomed = run_ktpy(laptop, "-n", ns, "preview", NAME, *expose, env=BEATS)
+    kept = run_ktpy(laptop, "-n", ns, "preview", "kept", *expose, env=BEATS)
+    try:
+        doomed.wait_for(READY, timeout=90)
+        kept.wait_for("Now you can access", timeout=90)
+        cleaned = killed_in_a(bed, ns, a=laptop, b=other_laptop, killed=doomed, live=kept)
+        assert NAME in cleaned
+        assert f"service/{NAME}" not in service_names(bed, ns)
+        assert "service/kept" in service_names(bed, ns)
+    finally:
+        doomed.stop(signal.SIGKILL)
+        kept.stop(signal.SIGINT)
+    assert bed.ktpy_objects(ns) == []
 
 
 def test_a_name_taken_by_a_service_fails_with_one_line_and_changes_nothing(

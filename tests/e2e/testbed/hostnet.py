@@ -13,7 +13,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shlex
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 from . import config, procs
@@ -142,14 +146,78 @@ DNSStubListener=yes
 STUB_RESOLV_CONF = "nameserver 127.0.0.53\noptions edns0 trust-ad\nsearch .\n"
 
 
+LAPTOP_EXEC = Path(__file__).with_name("laptop_exec.py")
+
+
 def mount_ns_file(name: str) -> Path:
     return MOUNT_NS_DIR / f"{name}.mnt"
 
 
+def pid_ns_file(name: str) -> Path:
+    return MOUNT_NS_DIR / f"{name}.pid"
+
+
+def uts_ns_file(name: str) -> Path:
+    return MOUNT_NS_DIR / f"{name}.uts"
+
+
+def _is_bound(path: Path) -> bool:
+    """Whether a namespace is bind-mounted on path (cheaper than asking `mountpoint`)."""
+    try:
+        return path.stat().st_dev != path.parent.stat().st_dev
+    except OSError:
+        return False
+
+
 def laptop_command(name: str) -> list[str]:
-    """The argv prefix that runs a command inside laptop `name`: its network namespace and
-    its own mount namespace (its /etc/resolv.conf, its /sys, its /run for resolved)."""
-    return ["nsenter", f"--net=/run/netns/{name}", f"--mount={mount_ns_file(name)}", "--"]
+    """The argv prefix that runs a command inside laptop `name`, a machine of its own:
+    its network namespace, its mount namespace (its /etc/resolv.conf, its /sys, its
+    /run for resolved, its /proc), its PID namespace and its UTS namespace (hostname
+    `name`). The runner (laptop_exec.py) forwards signals to the command, and a kill
+    -9 of the runner kills the command. A laptop made before laptops had PID and UTS
+    namespaces (a bed that was up across the change) is entered without them."""
+    spaces = ["--net", f"/run/netns/{name}", "--mount", str(mount_ns_file(name))]
+    if _is_bound(pid_ns_file(name)):
+        spaces += ["--pid", str(pid_ns_file(name)), "--uts", str(uts_ns_file(name))]
+    return [sys.executable, "-I", "-S", str(LAPTOP_EXEC), *spaces, "--"]
+
+
+class LaptopProcess(subprocess.Popen[str]):
+    """A command run in a laptop through its runner (testbed/laptop_exec.py), which
+    stays outside the laptop's PID namespace as the command's parent. Signals go to
+    the command itself, by its host pid (the runner's child): a SIGKILL kills the
+    command, which its runner then reaps and mirrors, as a shell would on a laptop."""
+
+    def command_pid(self, timeout: float = 5.0) -> int:
+        """The host pid of the command (the runner's pid if it exec'd it directly)."""
+        deadline = time.monotonic() + timeout
+        while self.poll() is None:
+            try:
+                runner = (Path("/proc") / str(self.pid) / "cmdline").read_bytes()
+                if LAPTOP_EXEC.name.encode() not in runner:
+                    return self.pid  # no PID namespace to enter: the runner became the command
+                task = Path("/proc") / str(self.pid) / "task" / str(self.pid)
+                children = (task / "children").read_text().split()
+            except OSError:
+                break
+            if children:
+                return int(children[0])
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.01)  # between the runner's start and its fork
+        return self.pid
+
+    def namespace_pid(self) -> int:
+        """The command's pid as the laptop sees it (the last of its NSpid numbers)."""
+        status = (Path("/proc") / str(self.command_pid()) / "status").read_text()
+        line = next(line for line in status.splitlines() if line.startswith("NSpid:"))
+        return int(line.split()[-1])
+
+    def send_signal(self, sig: int) -> None:
+        if self.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.command_pid(), sig)
 
 
 def _ensure_private_dir(path: Path) -> None:
@@ -238,9 +306,45 @@ def create_laptop(n: int, resolver: str = "plain") -> str:
             "; ".join(script),
         ]
     )
+    _start_init(name)
     if resolver == "resolved":
         _start_resolved(name)
     return name
+
+
+def _start_init(name: str) -> None:
+    """The laptop's PID namespace (with its own /proc) and UTS namespace (hostname
+    `name`), held by its pid 1: a dev container, a WSL distribution or a CI job on
+    the same kernel has pids of its own, and so does each laptop."""
+    for ns_file in (pid_ns_file(name), uts_ns_file(name)):
+        ns_file.touch()
+    python = f"{shlex.quote(sys.executable)} -I -S {shlex.quote(str(LAPTOP_EXEC))}"
+    procs.start(
+        f"{name}-init",
+        [
+            "nsenter",
+            f"--net=/run/netns/{name}",
+            "--",
+            "unshare",
+            f"--pid={pid_ns_file(name)}",
+            f"--uts={uts_ns_file(name)}",
+            "--fork",
+            "--kill-child",
+            "--",
+            "nsenter",
+            f"--mount={mount_ns_file(name)}",
+            "--",
+            "sh",
+            "-c",
+            f"mount -t proc proc /proc && hostname {name} && exec {python} -- init",
+        ],
+    )
+    procs.wait_for(
+        f"{name} init",
+        lambda: run([*laptop_command(name), "hostname"], check=False).stdout.strip() == name,
+        10,
+        0.1,
+    )
 
 
 def _mount_ns_alive(mnt: Path) -> bool:
@@ -285,10 +389,14 @@ def laptops() -> list[str]:
 def delete_laptop(name: str) -> None:
     for daemon in (f"{name}-resolved", f"{name}-dbus"):
         procs.stop(daemon)
-    mnt = mount_ns_file(name)
-    if mnt.exists():
-        run(["umount", str(mnt)], check=False)
-        mnt.unlink(missing_ok=True)
+    # Its pid 1 last: with it goes every process still running in the laptop. The
+    # unshare that holds it ignores SIGTERM (it waits for its child), and --kill-child
+    # turns its death into a SIGKILL of pid 1.
+    procs.stop(f"{name}-init", timeout=0)
+    for ns_file in (mount_ns_file(name), pid_ns_file(name), uts_ns_file(name)):
+        if ns_file.exists():
+            run(["umount", str(ns_file)], check=False)
+            ns_file.unlink(missing_ok=True)
     for leftover in (f"{name}-etc", f"{name}-state"):
         run(["rm", "-rf", str(MOUNT_NS_DIR / leftover)], check=False)
     run(["ip", "netns", "delete", name], check=False)

@@ -4,11 +4,14 @@ boundary, users and policies, restarts."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -104,6 +107,35 @@ def _tcp_reachable(laptop: Laptop, ip: str, port: int) -> bool:
         f"sys.exit(0 if s.connect_ex(('{ip}', {port})) == 0 else 1)\n"
     )
     return laptop.run(sys.executable, "-c", code, check=False).returncode == 0
+
+
+def test_a_laptop_is_a_machine_of_its_own(laptop: Laptop, other_laptop: Laptop) -> None:
+    """Its own hostname and PID namespace (with its own /proc), as a dev container, a WSL
+    distribution or a CI job on the same kernel; signals reach the command itself, and
+    a SIGKILL leaves nothing of it running."""
+    assert laptop.run("hostname").stdout.strip() == laptop.name
+    assert other_laptop.run("hostname").stdout.strip() == other_laptop.name
+    spaces = {
+        lap.run("readlink", "/proc/self/ns/pid").stdout.strip() for lap in (laptop, other_laptop)
+    }
+    spaces.add(str(Path("/proc/self/ns/pid").readlink()))
+    assert len(spaces) == 3
+    # Its /proc is its own: pid 1 is its init, and the host's processes are not in it.
+    assert str(os.getpid()) not in laptop.run("ls", "/proc").stdout.split()
+    assert "laptop_exec.py" in laptop.run("cat", "/proc/1/cmdline").stdout
+
+    waiting = "import signal, sys, time\nprint('up', flush=True)\ntime.sleep(60)\n"
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGKILL):
+        proc = laptop.popen(sys.executable, "-c", waiting, "marker-" + sig.name)
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "up"
+        command = proc.command_pid()
+        assert command != proc.pid  # the command itself, not its runner
+        proc.send_signal(sig)
+        # Python ends by SIGINT with its KeyboardInterrupt exit status 1 (no handler: -2).
+        assert proc.wait(10) in (-sig, 1)
+        assert not Path(f"/proc/{command}").exists()
+        assert laptop.processes("marker-" + sig.name) == []
 
 
 @pytest.mark.parametrize("laptop", ["plain", "resolved"], indirect=True)

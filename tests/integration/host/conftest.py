@@ -57,7 +57,7 @@ def host_tools() -> None:
 class Running:
     """``python -m ktpy.host connect`` running in a laptop."""
 
-    process: subprocess.Popen[str]
+    process: hostnet.LaptopProcess
     ready: dict[str, Any]
     _lines: queue.Queue[str | None] = field(repr=False)
 
@@ -112,7 +112,9 @@ class Laptop:
             session,
             *args,
         )
-        process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        process = hostnet.LaptopProcess(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
         lines: queue.Queue[str | None] = queue.Queue()
 
         def pump() -> None:

@@ -78,7 +78,8 @@ def test_connect_then_stop_leaves_the_laptop_as_it_was(
     assert_connected(laptop)
     assert snapshot.diff(before, laptop.snapshot()) != []
     journal = tmp_path / f"{SESSION}.journal"
-    assert f'"pid":{running.process.pid},' in journal.read_text()
+    # The pid as the laptop numbers it: the laptop has a PID namespace of its own.
+    assert f'"pid":{running.process.namespace_pid()},' in journal.read_text()
 
     report = running.stop(signal.SIGTERM)
     assert report["failures"] == []
@@ -144,7 +145,8 @@ def test_clean_local_leaves_a_live_session_alone(make_laptop: MakeLaptop, tmp_pa
     connected = laptop.snapshot()
 
     done = laptop.ktpy_host("clean-local", "--journal-dir", str(tmp_path))
-    assert done.stdout.startswith(f"session {SESSION} (pid {running.process.pid}, start tick")
+    pid = running.process.namespace_pid()
+    assert done.stdout.startswith(f"session {SESSION} (pid {pid} on {laptop.name}, start tick")
     assert done.stdout.endswith("): still running, left alone\n")
     assert journal.read_bytes() == recorded
     assert_same(connected, laptop.snapshot())

@@ -87,6 +87,17 @@ def test_pid_start_round_trip_and_garbage() -> None:
             PidStart.parse(bad)
 
 
+def test_pid_start_records_its_namespaces_and_old_records_are_still_read() -> None:
+    new = PidStart(4242, 123456, "0f1e-aa", 4026532301, 4026531834, "laptop-8")
+    assert str(new) == "4242:123456@0f1e-aa/4026532301/4026531834/laptop-8"
+    assert PidStart.parse(str(new)) == new
+    odd = PidStart(1, 2, "b", 3, 0, "a/b c")  # the kernel allows any byte in a hostname
+    assert PidStart.parse(str(odd)) == odd
+    old = PidStart.parse("4242:123456@0f1e-aa")
+    assert old == PidStart(4242, 123456, "0f1e-aa")
+    assert old.pid_ns is None  # an old record names no namespace
+
+
 def test_lock_round_trip() -> None:
     lock = Lock(session="ab12cd34", owner="alice@lap", role=Role.EXCHANGE, since=NOW)
     text = lock.encode()

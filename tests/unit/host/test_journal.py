@@ -53,6 +53,29 @@ def test_the_owner_is_this_process_by_default(tmp_path: Path) -> None:
         assert journal.owner.pid == os.getpid()
 
 
+def test_the_owner_records_its_namespaces_and_old_headers_are_still_read(
+    tmp_path: Path,
+) -> None:
+    with Journal.create(tmp_path, "ab12cd34") as journal:
+        owner = read_header(journal.path).owner
+    assert owner.pid_ns == Path("/proc/self/ns/pid").stat().st_ino
+    assert owner.hostname == os.uname().nodename
+    old = tmp_path / "old00001.journal"
+    old.write_text(
+        json.dumps(
+            {
+                "journal": "ktpy-host",
+                "version": 1,
+                "session": "old00001",
+                "owner": {"pid": 1, "start_ticks": 2, "boot_id": "b"},
+                "created": "2026-11-27T09:00:00+00:00",
+            }
+        )
+        + "\n"
+    )
+    assert read_header(old).owner == Owner(1, 2, "b")  # no namespaces: judged by its lock
+
+
 def test_record_is_on_disk_when_it_returns(tmp_path: Path) -> None:
     journal = Journal.create(tmp_path, "ab12cd34", OWNER)
     journal.record(Change("route 10.96.0.0/16", RouteDelete("10.96.0.0/16", TUN)))

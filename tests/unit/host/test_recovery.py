@@ -50,6 +50,25 @@ def test_select_dead() -> None:
     assert [i.path.name for i in selection.unreadable] == ["broken01.journal"]
 
 
+def test_an_owner_not_provably_ours_is_judged_by_its_lock() -> None:
+    """Another PID namespace, an earlier boot or an old header: the process table cannot
+    tell, the kernel's lock can (an flock is seen across PID namespaces)."""
+    infos = [info("otherns1", OLD_BOOT), info("otherns2", OLD_BOOT), info("dead0001", DEAD)]
+    locked = {Path("/j/otherns1.journal")}
+    selection = select_dead(infos, check, held=lambda path: path in locked)
+    assert [i.session for i in selection.live] == ["otherns1"]
+    assert [i.session for i in selection.dead] == ["otherns2", "dead0001"]
+
+
+def test_a_live_owner_in_another_pid_namespace_is_running(tmp_path: Path) -> None:
+    """Its header names a PID namespace that is not ours, so only its lock says it runs."""
+    elsewhere = Owner(os.getpid(), 1, "boot-before", 1, 0, "another-host")
+    with Journal.create(tmp_path, "otherns1", elsewhere):
+        assert [i.session for i in running_sessions(tmp_path)] == ["otherns1"]
+        assert clean_local(tmp_path).live == [f"otherns1 ({elsewhere.describe()})"]
+    assert running_sessions(tmp_path) == []
+
+
 def journal_with_route(directory: Path, session: str, owner: Owner, host: FakeHost) -> Journal:
     journal = Journal.create(directory, session, owner)
     tun = f"ktpy-{session}"
