@@ -101,7 +101,7 @@ def main() -> None:
                 ("no_header", router_default),
                 ("to_the_laptop", router_marked),
             )
-        },  # fmt: skip
+        },
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(summary, indent=2) + "\n")
