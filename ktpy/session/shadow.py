@@ -13,13 +13,23 @@ from types import MappingProxyType
 from typing import Any
 
 from ktpy.cluster import labels, manifests
-from ktpy.cluster.api import ApiError, ClusterApi, Conflict, Kind, NotFound, follow, wait_gone
+from ktpy.cluster.api import (
+    AlreadyExists,
+    ApiError,
+    ClusterApi,
+    Conflict,
+    Kind,
+    NotFound,
+    follow,
+    wait_gone,
+)
 from ktpy.cluster.bodies import JsonObject
 from ktpy.cluster.labels import Role
 from ktpy.config import Settings
 from ktpy.errors import (
     ImageUnavailable,
     KtpyError,
+    NameTaken,
     PodStartFailed,
     PodStartTimeout,
     SessionLost,
@@ -105,7 +115,20 @@ class ShadowObjects:
         return created
 
     def create(self) -> None:
-        """The Secret (keys), then the pod that mounts it."""
+        """The Secret (keys), then the pod that mounts it. A name taken already (a
+        mesh shadow's name is the Service's and the value's) is refused in one line."""
+        try:
+            self._create()
+        except AlreadyExists:
+            raise NameTaken(
+                "shadow pod",
+                self.spec.pod_name,
+                self.spec.namespace,
+                hint="Another session uses this name; 'ktpy status' shows it, and "
+                "'ktpy clean' removes it once it is stale.",
+            ) from None
+
+    def _create(self) -> None:
         spec = self.spec
         meta = self.meta(self.api.server_time())
         secret = manifests.shadow_secret(

@@ -74,3 +74,32 @@ def test_a_shadow_spec_moves_its_own_ports_out_of_the_services_way() -> None:
         ports=(manifests.ShadowPort(2222, "ssh"), manifests.ShadowPort(5353)),
     )  # fmt: skip
     assert (busy.ssh_port, busy.dns_port) == (2223, 5354)
+
+
+def test_a_shadow_name_taken_already_is_refused_in_one_line() -> None:
+    from types import SimpleNamespace
+    from typing import cast
+
+    from ktpy.cluster.api import Kind
+    from ktpy.config import Settings
+    from ktpy.errors import NameTaken
+    from ktpy.logs import get_logger
+    from ktpy.session.shadow import ShadowObjects
+    from ktpy.tunnel import keys
+    from tests.unit.fakes import FakeCluster
+
+    cluster = FakeCluster()
+    cluster.put(Kind.SECRET, {"metadata": {"name": "web-kt-mesh-a", "namespace": "dev"}})
+    spec = ShadowSpec(Role.MESH, "dev", "web-kt-mesh-a", "img")
+    objects = ShadowObjects(
+        cluster,
+        cast(Settings, SimpleNamespace(owner="alice@lap")),
+        spec,
+        "s1",
+        keys.generate_session_keys("s1"),
+        get_logger("test"),
+    )
+    with pytest.raises(NameTaken, match="shadow pod 'web-kt-mesh-a' already exists"):
+        objects.create()
+    assert objects.created == []
+    assert cluster.names(Kind.POD, "dev") == []

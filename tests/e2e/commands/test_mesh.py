@@ -424,12 +424,19 @@ def test_manual_mode_adds_only_a_labelled_shadow_and_exchange_and_mesh_refuse_ea
     try:
         meshed.wait_for(READY, timeout=180)
         meshed_text = service_text(bed, ns)
-        refused = ktpy_run(other_laptop, ns, "exchange", "echo", "--expose", "3001:80")
+        # (No short stale-after here: the meshed session above beats every 30 s.)
+        refused = other_laptop.run(
+            sys.executable, "-m", "ktpy", "-n", ns, "exchange", "echo", "--expose", "3001:80",
+            check=False, timeout=60,
+        )  # fmt: skip
         assert refused.returncode == 20, refused.stderr
         errors = [line for line in refused.stderr.splitlines() if line.startswith("Error:")]
         assert len(errors) == 1
         assert "meshed" in errors[0], errors
-        taken = ktpy_run(other_laptop, ns, "mesh", "echo", "--version-mark", "m2")
+        taken = other_laptop.run(
+            sys.executable, "-m", "ktpy", "-n", ns, "mesh", "echo", "--version-mark", "m2",
+            check=False, timeout=60,
+        )  # fmt: skip
         assert taken.returncode == 21, taken.stderr
         assert "m2" in taken.stderr
         assert service_text(bed, ns) == meshed_text
@@ -437,3 +444,50 @@ def test_manual_mode_adds_only_a_labelled_shadow_and_exchange_and_mesh_refuse_ea
         meshed.stop(signal.SIGINT, timeout=120)
     assert service_text(bed, ns) == before
     assert ktpy_objects(bed, ns) == []
+
+    # And a Service under exchange is refused by mesh, naming that session.
+    server = local_server(laptop, 3001, "laptop")
+    exchanged = run_ktpy(laptop, "-n", ns, "exchange", "echo", "--expose", "3001:80")
+    try:
+        exchanged.wait_for("All looks good", timeout=120)
+        exchanged_text = service_text(bed, ns)
+        refused = other_laptop.run(
+            sys.executable, "-m", "ktpy", "-n", ns, "mesh", "echo", "--version-mark", "m3",
+            check=False, timeout=60,
+        )  # fmt: skip
+        assert refused.returncode == 20, refused.stderr
+        errors = [line for line in refused.stderr.splitlines() if line.startswith("Error:")]
+        assert len(errors) == 1
+        assert "exchanged" in errors[0]
+        assert "session" in errors[0]
+        assert service_text(bed, ns) == exchanged_text
+    finally:
+        exchanged.stop(signal.SIGINT, timeout=120)
+        server.kill()
+    assert service_text(bed, ns) == before
+    assert ktpy_objects(bed, ns) == []
+
+
+def test_recover_puts_a_meshed_service_back(bed: Bed, echo: str, laptop: Laptop) -> None:
+    ns = echo
+    before = service_text(bed, ns)
+    session = mesh(laptop, ns, "--expose", "3001:80", "--version-mark", "r1")
+    try:
+        session.wait_for(READY, timeout=180)
+        session.stop(signal.SIGKILL)
+        # The mesh still looks live (its heartbeat is fresh): recover says so, and --force
+        # puts the Service back and removes router and stuntman.
+        refused = laptop.run(
+            sys.executable, "-m", "ktpy", "-n", ns, "recover", "echo", check=False, timeout=60
+        )
+        assert refused.returncode == 20, refused.stderr
+        forced = laptop.run(
+            sys.executable, "-m", "ktpy", "-n", ns, "recover", "echo", "--force", timeout=120
+        )
+        assert "recovered" in forced.stdout
+        assert service_text(bed, ns) == before
+        names = bed.kubectl("-n", ns, "get", "deploy,service", "-o", "name").stdout.split()
+        assert not [n for n in names if "kt-router" in n or "kt-stuntman" in n]
+        assert who(bed, ns, "VERSION: r1").startswith("echo-")
+    finally:
+        session.stop(signal.SIGKILL)
