@@ -19,12 +19,14 @@ import argparse
 import json
 import signal
 import statistics
+import subprocess
 import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks.connect import Laptop, kubectl, wait_line
+from benchmarks.connect import KUBECONFIG, Laptop, kubectl, wait_line
 from tests.e2e.conftest import LOCAL_SERVER, client_manifest, echo_manifest
 from tests.e2e.testbed import config
 
@@ -32,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "mesh.json"
 NAMESPACE = "bench-mesh"
 LAPTOP = config.BENCH_LAPTOPS[1]
+KUBECTL = [str(config.BIN_DIR / "kubectl"), f"--kubeconfig={KUBECONFIG}"]
 
 
 def load(rate: int, seconds: int, *headers: str) -> dict[str, Any]:
@@ -56,6 +59,23 @@ def load(rate: int, seconds: int, *headers: str) -> dict[str, Any]:
     }
 
 
+def wait_answers(timeout: float = 60) -> None:
+    """Until the new Service answers from the client pod (kube-proxy programs a new
+    Service's rules a moment after its pods are Ready): a baseline must not count that."""
+    deadline = time.monotonic() + timeout
+    while True:
+        probe = subprocess.run(
+            [*KUBECTL, "-n", NAMESPACE, "exec", "client", "--",
+             "curl", "-sf", "--max-time", "2", "-o", "/dev/null", "http://echo/healthz"],
+            capture_output=True, check=False,
+        )  # fmt: skip
+        if probe.returncode == 0:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError("the echo Service never answered")
+        time.sleep(0.5)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rate", type=int, default=50)
@@ -66,6 +86,7 @@ def main() -> None:
     kubectl("-n", NAMESPACE, "apply", "-f", "-", stdin=echo_manifest() + "---" + client_manifest())
     kubectl("-n", NAMESPACE, "rollout", "status", "deployment/echo", "--timeout=90s")
     kubectl("-n", NAMESPACE, "wait", "pod/client", "--for=condition=Ready", "--timeout=90s")
+    wait_answers()
     laptop = Laptop(LAPTOP)
     server = laptop.popen(sys.executable, "-c", LOCAL_SERVER, "127.0.0.1", "3001", "laptop")
     try:
