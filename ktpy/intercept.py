@@ -45,7 +45,7 @@ from ktpy.errors import AlreadyExchanged
 from ktpy.logs import get_logger
 from ktpy.net.inbound import Inbound, listening
 from ktpy.params import PortMapping
-from ktpy.session import Session, check_local_process
+from ktpy.session import Session, check_local_process, judge_holder
 
 READY_LINE = "All looks good, now the service's traffic comes to this machine"
 SWITCH_TIMEOUT = 30.0  # EndpointSlices follow a selector change within a second or two
@@ -111,14 +111,7 @@ def check_request(
     for target in (body, deployment):
         if target is None:
             continue
-        judgement = lock.judge_lock(
-            target,
-            sessions,
-            me="",
-            now=now,
-            stale_after=settings.stale_after,
-            check_local=check_local_process,
-        )
+        judgement = judge_holder(target, sessions, now=now, stale_after=settings.stale_after)
         if judgement.decision is Decision.HELD:
             raise _refusal(judgement, target, sessions, settings, now, service)
     return Request(

@@ -61,7 +61,7 @@ from ktpy.intercept import PROXY_SETTLE, SWITCH_TIMEOUT, named_ports
 from ktpy.logs import get_logger
 from ktpy.net.inbound import Inbound
 from ktpy.params import PortMapping, VersionMark
-from ktpy.session import Session, check_local_process
+from ktpy.session import Session, check_local_process, judge_holder
 from ktpy.tunnel import keys, portforward, ssh
 
 ROUTER_READY_TIMEOUT = 90.0  # a new router pod: scheduled, image present, sshd and HAProxy up
@@ -122,14 +122,7 @@ def check_mesh_request(
     sessions = inventory.namespace_sessions(api, namespace)
     holder = mesh.mesh_of(body)
     if not manual and holder is None and modify.is_modified(body):
-        judgement = lock.judge_lock(
-            body,
-            sessions,
-            me="",
-            now=now,
-            stale_after=settings.stale_after,
-            check_local=check_local_process,
-        )
+        judgement = judge_holder(body, sessions, now=now, stale_after=settings.stale_after)
         if judgement.decision is Decision.HELD:
             raise judgement.refusal(service, now)
     if holder is not None:
@@ -346,13 +339,8 @@ class MeshMember:
             now = self.api.server_time()
             sessions = inventory.namespace_sessions(self.api, request.namespace)
             if modify.is_modified(body):
-                judgement = lock.judge_lock(
-                    body,
-                    sessions,
-                    me="",
-                    now=now,
-                    stale_after=self.settings.stale_after,
-                    check_local=check_local_process,
+                judgement = judge_holder(
+                    body, sessions, now=now, stale_after=self.settings.stale_after
                 )
                 holder = mesh.mesh_of(body)
                 if judgement.decision is Decision.HELD:

@@ -6,12 +6,12 @@ from __future__ import annotations
 import click
 
 from ktpy import params
-from ktpy.cluster import inventory, labels, lock, modify, redirect, sweep
+from ktpy.cluster import inventory, labels, modify, redirect, sweep
 from ktpy.cluster.api import ClusterApi, Kind
 from ktpy.cluster.bodies import JsonObject
 from ktpy.cluster.lock import Decision
 from ktpy.commands.context import make_api, settings_of
-from ktpy.session import check_local_process
+from ktpy.session import judge_holder
 
 
 def _modified_deployments(
@@ -47,14 +47,7 @@ def recover(ctx: click.Context, service: str, force: bool) -> None:
     sessions = inventory.namespace_sessions(api, namespace)
     holders: list[str | None] = []
     for target in targets:
-        judgement = lock.judge_lock(
-            target,
-            sessions,
-            me="",
-            now=now,
-            stale_after=settings.stale_after,
-            check_local=check_local_process,
-        )
+        judgement = judge_holder(target, sessions, now=now, stale_after=settings.stale_after)
         if judgement.decision is Decision.HELD and not force:
             refusal = judgement.refusal(service, now)
             refusal.hint = (

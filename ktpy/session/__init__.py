@@ -29,7 +29,7 @@ from ktpy.config import Settings
 from ktpy.errors import KtpyError, SessionLost
 from ktpy.logs import get_logger
 from ktpy.session.link import RemoteHandler, TunnelLink
-from ktpy.session.owner import check_local_process, local_owner_identity
+from ktpy.session.owner import check_local_process, judge_holder, local_owner_identity
 from ktpy.session.shadow import Created, ShadowObjects, ShadowSpec, pod_is_ready
 from ktpy.tunnel import keys, ssh
 
@@ -40,6 +40,7 @@ __all__ = [
     "ShadowSpec",
     "Timings",
     "check_local_process",
+    "judge_holder",
     "local_owner_identity",
     "pod_is_ready",
 ]

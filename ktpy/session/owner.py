@@ -4,7 +4,12 @@ processes (the cluster's view and the host's facts meet here, above both)."""
 
 from __future__ import annotations
 
-from ktpy.cluster.heartbeat import LocalProcess
+from collections.abc import Iterable, Mapping
+from datetime import datetime, timedelta
+from typing import Any
+
+from ktpy.cluster import lock
+from ktpy.cluster.heartbeat import LocalProcess, SessionView
 from ktpy.cluster.labels import PidStart
 from ktpy.host import procs
 
@@ -23,3 +28,17 @@ def check_local_process(pid_start: PidStart) -> LocalProcess:
         procs.ProcessState.ALIVE: LocalProcess.ALIVE,
         procs.ProcessState.GONE: LocalProcess.GONE,
     }.get(state, LocalProcess.ELSEWHERE)
+
+
+def judge_holder(
+    body: Mapping[str, Any],
+    sessions: Iterable[SessionView],
+    *,
+    now: datetime,
+    stale_after: timedelta,
+) -> lock.LockJudgement:
+    """Who holds ``body``, judged from outside any session (``me`` is nobody), with
+    this machine's process check for a holder that is provably this host's."""
+    return lock.judge_lock(
+        body, sessions, me="", now=now, stale_after=stale_after, check_local=check_local_process
+    )

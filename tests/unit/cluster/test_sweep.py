@@ -158,17 +158,7 @@ class TestSelection:
 
 
 def test_release_session_restores_deployments_first_then_deletes(cluster: FakeCluster) -> None:
-    start_shadow(cluster, "dead0001")
-    web = {
-        "metadata": {"name": "web", "namespace": NS},
-        "spec": {"replicas": 2, "template": {"metadata": {"labels": {"app": "nginx"}}}},
-    }
-    cluster.create(Kind.DEPLOYMENT, NS, web)
-    current = cluster.get(Kind.DEPLOYMENT, NS, "web")
-    cluster.replace(Kind.DEPLOYMENT, NS, "web", redirect.scaled_deployment(current, "dead0001"))
-    service = cluster.get(Kind.SERVICE, NS, "nginx")
-    lock = locks.lock_for("dead0001", "bob@box", cluster.clock())
-    cluster.replace(Kind.SERVICE, NS, "nginx", redirect.locked_service(service, lock))
+    _dead_scale_exchange(cluster)
     done = sweep.release(cluster, NS, "dead0001")
     assert done[:2] == ["restored deployment/web", "restored service/nginx"]
     assert cluster.get(Kind.DEPLOYMENT, NS, "web")["spec"]["replicas"] == 2

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log"
 	"net"
+	"net/http"
 	"os"
 	"strings"
 	"time"
@@ -92,6 +93,20 @@ type headerFlags []string
 func (h *headerFlags) String() string     { return strings.Join(*h, ",") }
 func (h *headerFlags) Set(v string) error { *h = append(*h, v); return nil }
 
+// parse turns the k=v flags into headers (gRPC metadata, an HTTP request's or a
+// WebSocket upgrade's).
+func (h headerFlags) parse() (http.Header, error) {
+	header := http.Header{}
+	for _, kv := range h {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok || k == "" {
+			return nil, fmt.Errorf("bad --header %q, want k=v", kv)
+		}
+		header.Add(k, v)
+	}
+	return header, nil
+}
+
 func runGRPCClient(args []string) error {
 	fs := flag.NewFlagSet("grpc-client", flag.ContinueOnError)
 	addr := fs.String("addr", "", "server host:port (required)")
@@ -107,13 +122,13 @@ func runGRPCClient(args []string) error {
 	if *addr == "" {
 		return fmt.Errorf("--addr is required")
 	}
+	header, err := headers.parse()
+	if err != nil {
+		return err
+	}
 	md := metadata.MD{}
-	for _, h := range headers {
-		k, v, ok := strings.Cut(h, "=")
-		if !ok || k == "" {
-			return fmt.Errorf("bad --header %q, want k=v", h)
-		}
-		md.Append(strings.ToLower(k), v)
+	for k, values := range header {
+		md.Append(strings.ToLower(k), values...)
 	}
 	conn, err := grpc.NewClient(*addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {

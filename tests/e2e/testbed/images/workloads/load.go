@@ -10,7 +10,6 @@ import (
 	"net/http"
 	neturl "net/url"
 	"os"
-	"strings"
 	"sync"
 	"time"
 )
@@ -56,13 +55,9 @@ func runLoad(args []string) error {
 	if *rate <= 0 || *duration <= 0 {
 		return fmt.Errorf("--rate and --duration must be positive")
 	}
-	header := http.Header{}
-	for _, h := range headers {
-		k, v, ok := strings.Cut(h, "=")
-		if !ok || k == "" {
-			return fmt.Errorf("bad --header %q, want k=v", h)
-		}
-		header.Add(k, v)
+	header, err := headers.parse()
+	if err != nil {
+		return err
 	}
 	total := int(*rate * duration.Seconds())
 	if total < 1 {

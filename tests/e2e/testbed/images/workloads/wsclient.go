@@ -3,9 +3,7 @@ package main
 import (
 	"flag"
 	"fmt"
-	"net/http"
 	"os"
-	"strings"
 	"time"
 
 	"github.com/gorilla/websocket"
@@ -39,13 +37,9 @@ func runWSClient(args []string) error {
 	}
 	// No proxy from the environment: a test must know which path it measures.
 	dialer := websocket.Dialer{HandshakeTimeout: *timeout}
-	header := http.Header{}
-	for _, h := range headers {
-		k, v, ok := strings.Cut(h, "=")
-		if !ok || k == "" {
-			return fmt.Errorf("bad --header %q, want k=v", h)
-		}
-		header.Add(k, v)
+	header, err := headers.parse()
+	if err != nil {
+		return err
 	}
 	conn, _, err := dialer.Dial(*url, header)
 	if err != nil {
