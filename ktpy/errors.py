@@ -173,6 +173,14 @@ class NoSelector(KtpyError):
         self.service = service
 
 
+class WorkloadUnreadable(KtpyError):
+    """``ktpy env``: the target, its ready pod, a container or a non-optional
+    reference of it cannot be found (what the kubelet would refuse too)."""
+
+    exit_code = 16
+    default_hint = "Check the name with 'kubectl get' and the namespace (-n)."
+
+
 class AlreadyExchanged(KtpyError):
     exit_code = 20
     default_hint = (

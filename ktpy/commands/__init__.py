@@ -11,6 +11,7 @@ import click
 
 from ktpy.commands.clean import clean
 from ktpy.commands.connect import connect
+from ktpy.commands.env import env
 from ktpy.commands.exchange import exchange
 from ktpy.commands.forward import forward
 from ktpy.commands.mesh import mesh
@@ -25,6 +26,7 @@ COMMANDS: tuple[click.Command, ...] = (
     preview,
     forward,
     status,
+    env,
     clean,
     recover,
 )

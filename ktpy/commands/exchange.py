@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import click
 
@@ -23,6 +24,7 @@ from ktpy.intercept import Intercept, Request, check_request, describe, warn_loc
 from ktpy.net.inbound import Inbound
 from ktpy.params import PortMapping
 from ktpy.session import Session, ShadowSpec
+from ktpy.workload_files import remove_made, write_environment
 
 READY_LINE = "All looks good, now the service's traffic comes to this machine"
 
@@ -32,8 +34,16 @@ class Exchange(lifecycle.SessionCommand):
     # them before the pod goes, as on a normal stop.
     hurry_after_failed_start = False
 
-    def __init__(self, api: ClusterApi, settings: Settings, request: Request) -> None:
+    def __init__(
+        self,
+        api: ClusterApi,
+        settings: Settings,
+        request: Request,
+        written: list[Path] | None = None,
+    ) -> None:
         self.api = api
+        # Files written for this session (--env-file, --mount-dir): removed at its end.
+        self.written = written or []
         self.settings = settings
         self.request = request
         self.inbound = Inbound({f.shadow_port: f.local for f in request.forwards})
@@ -63,10 +73,12 @@ class Exchange(lifecycle.SessionCommand):
             raise session.lost_error(session.lost_reason)
 
     def stop(self, session: Session, hurried: Callable[[], bool]) -> list[str]:
+        undone = ["removed the environment files"] if self.written else []
+        remove_made(self.written)
         if self.intercept is None:
-            return []
+            return undone
         try:
-            return self.intercept.switch_out(hurried)
+            return [*self.intercept.switch_out(hurried), *undone]
         except (ApiError, KtpyError) as exc:
             service = self.request.service
             click.echo(
@@ -94,9 +106,26 @@ class Exchange(lifecycle.SessionCommand):
     help="selector: the Service selects a shadow pod; "
     "scale: the shadow joins the Deployment's pods, the Deployment goes to 0.",
 )
+@click.option(
+    "--env-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the Service's pods' environment here (see 'ktpy env'); removed on exit.",
+)
+@click.option(
+    "--mount-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Write their ConfigMap, Secret and projected files under here; removed on exit.",
+)
+@click.option("--keep", is_flag=True, help="Keep the --env-file and --mount-dir files on exit.")
 @click.pass_context
 def exchange(
-    ctx: click.Context, service: str, expose: tuple[PortMapping, ...] | None, mode: str
+    ctx: click.Context,
+    service: str,
+    expose: tuple[PortMapping, ...] | None,
+    mode: str,
+    env_file: Path | None,
+    mount_dir: Path | None,
+    keep: bool,
 ) -> None:
     """Send all of SERVICE's traffic to this machine until Ctrl-C.
 
@@ -120,6 +149,7 @@ def exchange(
     api = make_api(settings)
     request = check_request(api, settings, service, expose or (), Mode(mode))
     warn_local_ports(request.forwards)
+    written = write_environment(api, request.namespace, service, env_file, mount_dir)
     base = request.deployment if request.mode is Mode.SCALE and request.deployment else service
     spec = ShadowSpec(
         role=Role.EXCHANGE,
@@ -130,4 +160,5 @@ def exchange(
         ports=tuple(f.shadow for f in request.forwards),
     )
     session = Session(api, settings, spec)
-    lifecycle.run(session, Exchange(api, settings, request), started=started)
+    command = Exchange(api, settings, request, [] if keep else written)
+    lifecycle.run(session, command, started=started)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import click
 
@@ -23,6 +24,7 @@ from ktpy.mesh import MeshMember, MeshRequest, check_mesh_request
 from ktpy.net.inbound import Inbound
 from ktpy.params import PortMapping, VersionMark
 from ktpy.session import Session, ShadowSpec
+from ktpy.workload_files import remove_made, write_environment
 
 
 def ready_line(header: str) -> str:
@@ -35,9 +37,17 @@ class Mesh(lifecycle.SessionCommand):
     hurry_after_failed_start = False
 
     def __init__(
-        self, api: ClusterApi, settings: Settings, request: MeshRequest, *, manual: bool
+        self,
+        api: ClusterApi,
+        settings: Settings,
+        request: MeshRequest,
+        *,
+        manual: bool,
+        written: list[Path] | None = None,
     ) -> None:
         self.api = api
+        # Files written for this session (--env-file, --mount-dir): removed at its end.
+        self.written = written or []
         self.settings = settings
         self.request = request
         self.manual = manual
@@ -74,10 +84,12 @@ class Mesh(lifecycle.SessionCommand):
         return [*lines, ready_line(request.header)]
 
     def stop(self, session: Session, hurried: Callable[[], bool]) -> list[str]:
+        undone = ["removed the environment files"] if self.written else []
+        remove_made(self.written)
         if self.member is None:
-            return []
+            return undone
         try:
-            return self.member.leave(hurried)
+            return [*self.member.leave(hurried), *undone]
         except (ApiError, KtpyError) as exc:
             service = self.request.service
             click.echo(
@@ -115,6 +127,17 @@ class Mesh(lifecycle.SessionCommand):
     "manual: only a shadow pod with the Service's labels and KEY=VALUE, for Istio and "
     "other meshes that route by label.",
 )
+@click.option(
+    "--env-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the Service's pods' environment here (see 'ktpy env'); removed on exit.",
+)
+@click.option(
+    "--mount-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Write their ConfigMap, Secret and projected files under here; removed on exit.",
+)
+@click.option("--keep", is_flag=True, help="Keep the --env-file and --mount-dir files on exit.")
 @click.pass_context
 def mesh(
     ctx: click.Context,
@@ -122,6 +145,9 @@ def mesh(
     expose: tuple[PortMapping, ...] | None,
     version_mark: VersionMark | None,
     mode: str,
+    env_file: Path | None,
+    mount_dir: Path | None,
+    keep: bool,
 ) -> None:
     """Send only SERVICE's requests that carry a header to this machine, until Ctrl-C.
 
@@ -140,6 +166,7 @@ def mesh(
     manual = mode == "manual"
     request = check_mesh_request(api, settings, service, expose or (), mark, manual=manual)
     warn_local_ports(request.forwards)
+    written = write_environment(api, request.namespace, service, env_file, mount_dir)
     extra = {**request.selector, request.key: request.value} if manual else {}
     spec = ShadowSpec(
         role=Role.MESH,
@@ -150,5 +177,5 @@ def mesh(
         ports=tuple(f.shadow for f in request.forwards),
         extra_labels=extra,
     )
-    command = Mesh(api, settings, request, manual=manual)
+    command = Mesh(api, settings, request, manual=manual, written=[] if keep else written)
     lifecycle.run(Session(api, settings, spec), command, started=started)

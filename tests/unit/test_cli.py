@@ -65,13 +65,14 @@ def test_help_shows_kubectls_global_options_and_only_working_commands() -> None:
     listed = result.output.split("Commands:", 1)[1].split()
     # Only commands proven end to end are listed.
     assert [word for word in listed if word in KNOWN_COMMANDS] == [
-        "clean", "connect", "exchange", "forward", "mesh", "preview", "recover", "status",
+        "clean", "connect", "env", "exchange", "forward", "mesh", "preview", "recover", "status",
     ]  # fmt: skip
     assert f"ghcr.io/ktpy/shadow:{__version__}" in result.output
 
 
 KNOWN_COMMANDS = (
     "connect", "exchange", "mesh", "preview", "forward", "clean", "recover", "status", "doctor",
+    "env",
 )  # fmt: skip
 
 

@@ -14,6 +14,8 @@ class Kind(StrEnum):
     NAMESPACE = "Namespace"
     NODE = "Node"
     SERVICE_CIDR = "ServiceCIDR"
+    CONFIG_MAP = "ConfigMap"
+    STATEFUL_SET = "StatefulSet"
 
     @property
     def api_version(self) -> str:
@@ -35,6 +37,8 @@ _API_VERSIONS = {
     Kind.NAMESPACE: "v1",
     Kind.NODE: "v1",
     Kind.DEPLOYMENT: "apps/v1",
+    Kind.CONFIG_MAP: "v1",
+    Kind.STATEFUL_SET: "apps/v1",
     Kind.ENDPOINT_SLICE: "discovery.k8s.io/v1",
     Kind.SERVICE_CIDR: "networking.k8s.io/v1",
 }
@@ -45,6 +49,8 @@ _PLURALS = {
     Kind.NAMESPACE: "namespaces",
     Kind.NODE: "nodes",
     Kind.DEPLOYMENT: "deployments",
+    Kind.CONFIG_MAP: "configmaps",
+    Kind.STATEFUL_SET: "statefulsets",
     Kind.ENDPOINT_SLICE: "endpointslices",
     Kind.SERVICE_CIDR: "servicecidrs",
 }
