@@ -12,6 +12,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -318,3 +319,32 @@ def forward_targets_callback(
         return parse_forward_targets(value)
     except ValueError as exc:
         raise click.BadParameter(str(exc), ctx, param) from exc
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def session_file_options(command: F) -> F:
+    """``--env-file``, ``--mount-dir`` and ``--keep`` of the session commands that take a
+    Service's traffic (exchange, mesh): the pods' environment and files, for a session."""
+    for option in reversed(
+        (
+            click.option(
+                "--env-file",
+                type=click.Path(dir_okay=False, path_type=Path),
+                help="Write the Service's pods' environment here (see 'ktpy env'); "
+                "removed on exit.",
+            ),
+            click.option(
+                "--mount-dir",
+                type=click.Path(file_okay=False, path_type=Path),
+                help="Write their ConfigMap, Secret and projected files under here; "
+                "removed on exit.",
+            ),
+            click.option(
+                "--keep", is_flag=True, help="Keep the --env-file and --mount-dir files on exit."
+            ),
+        )
+    ):
+        command = option(command)
+    return command

@@ -106,17 +106,7 @@ class Exchange(lifecycle.SessionCommand):
     help="selector: the Service selects a shadow pod; "
     "scale: the shadow joins the Deployment's pods, the Deployment goes to 0.",
 )
-@click.option(
-    "--env-file",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Write the Service's pods' environment here (see 'ktpy env'); removed on exit.",
-)
-@click.option(
-    "--mount-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Write their ConfigMap, Secret and projected files under here; removed on exit.",
-)
-@click.option("--keep", is_flag=True, help="Keep the --env-file and --mount-dir files on exit.")
+@params.session_file_options
 @click.pass_context
 def exchange(
     ctx: click.Context,

@@ -127,17 +127,7 @@ class Mesh(lifecycle.SessionCommand):
     "manual: only a shadow pod with the Service's labels and KEY=VALUE, for Istio and "
     "other meshes that route by label.",
 )
-@click.option(
-    "--env-file",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Write the Service's pods' environment here (see 'ktpy env'); removed on exit.",
-)
-@click.option(
-    "--mount-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Write their ConfigMap, Secret and projected files under here; removed on exit.",
-)
-@click.option("--keep", is_flag=True, help="Keep the --env-file and --mount-dir files on exit.")
+@params.session_file_options
 @click.pass_context
 def mesh(
     ctx: click.Context,
