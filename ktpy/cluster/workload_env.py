@@ -255,10 +255,13 @@ def container_env(
     container: Mapping[str, Any],
     sources: Sources,
     service_env: Mapping[str, str],
+    skipped: list[str] | None = None,
 ) -> dict[str, str]:
     """The container's environment as the kubelet computes it (without the image's ENV
-    and the runtime's variables), in the kubelet's order."""
+    and the runtime's variables), in the kubelet's order. ``skipped`` gets a line for
+    each optional reference left out because what it names is missing."""
     env: dict[str, str] = {}
+    skipped = skipped if skipped is not None else []
 
     def lookup(name: str) -> str | None:
         return env.get(name, service_env.get(name))
@@ -272,6 +275,7 @@ def container_env(
         data = store.get(str(ref.get("name", "")))
         if data is None:
             if ref.get("optional"):
+                skipped.append(f"optional envFrom {kind} {ref.get('name')!r} is missing: left out")
                 continue
             raise EnvProblem(f"{kind} {ref.get('name')!r} does not exist (envFrom is not optional)")
         for key, value in data.items():
@@ -291,13 +295,21 @@ def container_env(
             if ref.get("containerName"):
                 owner = container_of(pod, str(ref["containerName"]))
             env[name] = resource_value(owner, str(ref["resource"]), ref.get("divisor"))
-        elif "configMapKeyRef" in value_from:
-            found = _lookup("configmap", sources.config_maps, value_from["configMapKeyRef"])
-            if found is not None:
-                env[name] = found
-        elif "secretKeyRef" in value_from:
-            found = _lookup("secret", sources.secrets, value_from["secretKeyRef"])
-            if found is not None:
+        else:
+            if "configMapKeyRef" not in value_from and "secretKeyRef" not in value_from:
+                raise EnvProblem(f"{name}: valueFrom {sorted(value_from)} is not one ktpy knows")
+            kind, store, ref = (
+                ("configmap", sources.config_maps, value_from["configMapKeyRef"])
+                if "configMapKeyRef" in value_from
+                else ("secret", sources.secrets, value_from.get("secretKeyRef") or {})
+            )
+            found = _lookup(kind, store, ref)
+            if found is None:
+                skipped.append(
+                    f"{name}: optional key {ref.get('key')!r} of {kind} {ref.get('name')!r} "
+                    "is missing, so it is left out (as Kubernetes does)"
+                )
+            else:
                 env[name] = found
     for service_name, service_value in service_env.items():
         env.setdefault(service_name, service_value)
@@ -467,7 +479,9 @@ def read_environment(
             notes.append("cannot read service/kubernetes in default: KUBERNETES_* are left out")
     started = _started(pod, str(container.get("name")))
     service_env = service_link_env(services_at(services, started))
-    env = container_env(pod, container, sources, service_env)
+    skipped: list[str] = []
+    env = container_env(pod, container, sources, service_env, skipped)
+    notes += skipped
     return Environment(
         pod=str(pod["metadata"]["name"]),
         container=str(container.get("name")),

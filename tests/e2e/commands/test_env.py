@@ -127,6 +127,7 @@ def test_env_is_exactly_what_the_container_has_and_so_are_its_files(
     assert computed["REF"] == "plain-and-hello"
     assert computed["ESCAPED"] == "$(LITERAL)"
     assert "MISSING_OPTIONAL" not in computed
+    assert "MISSING_OPTIONAL: optional key 'nope'" in printed.stderr  # one line says why
     assert computed["1st"] == "relaxed-name"  # a valid name since Kubernetes 1.34
     # Without -o nothing secret reaches the terminal.
     quiet = ktpy(laptop, ns, "env", "deploy/envy")

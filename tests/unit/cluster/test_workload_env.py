@@ -110,7 +110,14 @@ def test_precedence_envfrom_then_env_then_services() -> None:
     sources = we.Sources(
         config_maps={"cm": {"a": b"1", "bad=key": b"skip"}}, secrets={"s": {"token": b"t"}}
     )
-    env = we.container_env(POD, container, sources, {"SVC_SERVICE_HOST": "10.96.0.1", "X": "y"})
+    skipped: list[str] = []
+    env = we.container_env(
+        POD, container, sources, {"SVC_SERVICE_HOST": "10.96.0.1", "X": "y"}, skipped
+    )
+    assert skipped == [
+        "OPT: optional key 'no' of configmap 'cm' is missing, so it is left out "
+        "(as Kubernetes does)"
+    ]
     assert env == {
         "CFG_a": "1",
         "token": "overridden",
