@@ -62,6 +62,12 @@ def write_files(
     return where
 
 
+def remove_session_files(written: list[Path]) -> list[str]:
+    """At a session's end: remove what was written for it; what was undone, in words."""
+    remove_made(written)
+    return ["removed the environment files"] if written else []
+
+
 def remove_made(made: list[Path]) -> None:
     """Remove what write_files made (files, then directories left empty), nothing else."""
     for path in reversed(made):

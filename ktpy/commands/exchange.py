@@ -24,7 +24,7 @@ from ktpy.intercept import Intercept, Request, check_request, describe, warn_loc
 from ktpy.net.inbound import Inbound
 from ktpy.params import PortMapping
 from ktpy.session import Session, ShadowSpec
-from ktpy.workload_files import remove_made, write_environment
+from ktpy.workload_files import remove_session_files, write_environment
 
 READY_LINE = "All looks good, now the service's traffic comes to this machine"
 
@@ -73,8 +73,7 @@ class Exchange(lifecycle.SessionCommand):
             raise session.lost_error(session.lost_reason)
 
     def stop(self, session: Session, hurried: Callable[[], bool]) -> list[str]:
-        undone = ["removed the environment files"] if self.written else []
-        remove_made(self.written)
+        undone = remove_session_files(self.written)
         if self.intercept is None:
             return undone
         try:
@@ -85,7 +84,7 @@ class Exchange(lifecycle.SessionCommand):
                 f"Could not restore service {service}: {exc}; run 'ktpy recover {service}'",
                 err=True,
             )
-            return []
+            return undone
 
 
 @click.command()

@@ -24,7 +24,7 @@ from ktpy.mesh import MeshMember, MeshRequest, check_mesh_request
 from ktpy.net.inbound import Inbound
 from ktpy.params import PortMapping, VersionMark
 from ktpy.session import Session, ShadowSpec
-from ktpy.workload_files import remove_made, write_environment
+from ktpy.workload_files import remove_session_files, write_environment
 
 
 def ready_line(header: str) -> str:
@@ -84,8 +84,7 @@ class Mesh(lifecycle.SessionCommand):
         return [*lines, ready_line(request.header)]
 
     def stop(self, session: Session, hurried: Callable[[], bool]) -> list[str]:
-        undone = ["removed the environment files"] if self.written else []
-        remove_made(self.written)
+        undone = remove_session_files(self.written)
         if self.member is None:
             return undone
         try:
@@ -97,7 +96,7 @@ class Mesh(lifecycle.SessionCommand):
                 f"'ktpy clean' removes it once stale, or 'ktpy recover {service}'",
                 err=True,
             )
-            return []
+            return undone
 
 
 @click.command()
