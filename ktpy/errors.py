@@ -34,6 +34,7 @@ code  class                       meaning
 40    SessionLost                 the tunnel could not be re-established
 41    HostKeyMismatch             the shadow's SSH host key is not the pinned one
 42    TunnelProtocolError         the port-forward broke the WebSocket protocol
+50    ProblemFound                ktpy doctor found a problem (it names it)
 70    InternalError               a bug in ktpy
 130   Interrupted                 Ctrl-C (SIGINT)
 143   Terminated                  SIGTERM
@@ -52,6 +53,8 @@ import click
 from ktpy.durations import format_duration
 
 DEFAULT_IMAGE_REPOSITORY = "ghcr.io/ktpy/shadow"
+# Where a user reads how to get the shadow image into their cluster.
+IMAGE_DOC = "docs/shadow-image.md#getting-it-into-your-cluster"
 
 
 class KtpyError(click.ClickException):
@@ -222,13 +225,14 @@ class ImageUnavailable(KtpyError):
         self.image = image
         if image.startswith(DEFAULT_IMAGE_REPOSITORY + ":"):
             self.hint = (
-                "Build it from shadow-image/ (docker, podman or buildah build -t "
-                f"{image} shadow-image), push it to a registry the cluster can pull from, "
-                "and pass --image or set KTPY_IMAGE if you tagged it differently."
+                f"{image} is not published: build it with shadow-image/build.sh, push it to a "
+                "registry the cluster can pull from, and name it once in the config file "
+                f"('image: REF') or with --image; see {IMAGE_DOC}."
             )
         else:
             self.hint = (
-                "Check the image name and tag, and that the cluster can pull from that registry."
+                "Check the image name and tag, and that the cluster can pull from that "
+                f"registry; see {IMAGE_DOC}."
             )
 
 
@@ -268,6 +272,13 @@ class HostKeyMismatch(KtpyError):
     default_hint = (
         "Something other than this session's shadow pod answered; nothing was sent to it."
     )
+
+
+class ProblemFound(KtpyError):
+    """``ktpy doctor`` found a problem; the message names it, the hint what to do."""
+
+    exit_code = 50
+    default_hint = "See docs/troubleshooting.md."
 
 
 class InternalError(KtpyError):

@@ -16,6 +16,7 @@ class Kind(StrEnum):
     SERVICE_CIDR = "ServiceCIDR"
     CONFIG_MAP = "ConfigMap"
     STATEFUL_SET = "StatefulSet"
+    SELF_SUBJECT_ACCESS_REVIEW = "SelfSubjectAccessReview"
 
     @property
     def api_version(self) -> str:
@@ -27,7 +28,12 @@ class Kind(StrEnum):
 
     @property
     def namespaced(self) -> bool:
-        return self not in (Kind.NAMESPACE, Kind.NODE, Kind.SERVICE_CIDR)
+        return self not in (
+            Kind.NAMESPACE,
+            Kind.NODE,
+            Kind.SERVICE_CIDR,
+            Kind.SELF_SUBJECT_ACCESS_REVIEW,
+        )
 
 
 _API_VERSIONS = {
@@ -41,6 +47,7 @@ _API_VERSIONS = {
     Kind.STATEFUL_SET: "apps/v1",
     Kind.ENDPOINT_SLICE: "discovery.k8s.io/v1",
     Kind.SERVICE_CIDR: "networking.k8s.io/v1",
+    Kind.SELF_SUBJECT_ACCESS_REVIEW: "authorization.k8s.io/v1",
 }
 _PLURALS = {
     Kind.POD: "pods",
@@ -53,6 +60,7 @@ _PLURALS = {
     Kind.STATEFUL_SET: "statefulsets",
     Kind.ENDPOINT_SLICE: "endpointslices",
     Kind.SERVICE_CIDR: "servicecidrs",
+    Kind.SELF_SUBJECT_ACCESS_REVIEW: "selfsubjectaccessreviews",
 }
 
 

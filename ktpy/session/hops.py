@@ -1,0 +1,199 @@
+"""Each hop of a running session's path, measured from this machine (``ktpy doctor``).
+
+    this machine -> API server -> kubelet -> shadow pod   port-forward
+    SSH in the shadow pod (sshd)                          ssh
+    shadow pod -> the target Service                      target
+    shadow pod's dnsmasq -> the cluster's DNS             dns
+
+Hops nest: a round trip through the SSH session also crosses the port-forward.
+So each hop's own share is its round trip minus the one beneath it (the target's
+connect is an SSH channel to the Service minus an SSH channel to sshd itself),
+and a slow hop shows in its own figure, not in every one above it. Round trips
+are measured first, throughput last: bytes a slowed link still holds queued
+would otherwise delay the round trips after them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from dnslib import QTYPE, RCODE, DNSRecord
+
+from ktpy.cluster.api import ClusterApi
+from ktpy.net import probe
+from ktpy.net.dns_server import TcpExchange
+from ktpy.net.probe import RoundTrips, Throughput
+from ktpy.session import Session
+from ktpy.tunnel import ssh
+
+SAMPLES = 7
+DNS_TIMEOUT = 2.0  # a dnsmasq that has not answered a cached name by then is not answering
+CONNECT_TIMEOUT = 3.0
+# Throughput: read the pod's zeros for at most this long or this much, whichever first.
+BULK_SECONDS = 2.0
+BULK_BYTES = 256 << 20
+
+
+class Hop(StrEnum):
+    PORT_FORWARD = "port-forward"
+    SSH = "ssh"
+    TARGET = "target"
+    DNS = "dns"
+
+
+@dataclass(frozen=True)
+class Measured:
+    """One hop: its round trips (its own share), throughput, other figures, or why it failed."""
+
+    hop: Hop
+    path: str
+    rtt: RoundTrips | None = None
+    throughput: Throughput | None = None
+    figures: dict[str, float | int | str] = field(default_factory=dict)
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Target:
+    """What the shadow pod connects to for the target hop, and the name DNS is asked."""
+
+    label: str  # service/nginx
+    host: str
+    port: int
+    dns_name: str
+    ready_endpoints: int | None = None
+
+
+def _less(rtt: RoundTrips, beneath: RoundTrips | None) -> RoundTrips:
+    if beneath is None:
+        return rtt
+    return RoundTrips(
+        rtt.count,
+        max(0.0, rtt.p50_ms - beneath.p50_ms),
+        max(0.0, rtt.p99_ms - beneath.p50_ms),
+    )
+
+
+def port_forward(session: Session, api: ClusterApi) -> Measured:
+    """Round trips of SSH global requests (sshd answers each at once: the port-forward's
+    own round trip), and of the API server alone for comparison."""
+    spec = session.spec
+    path = f"this machine -> API server -> kubelet -> pod/{spec.pod_name}:{spec.ssh_port}"
+    transport = session.transport()
+    figures: dict[str, float | int | str] = {}
+
+    def once() -> None:
+        transport.global_request("keepalive@ktpy.dev", wait=True)
+        if not transport.is_active():
+            raise ConnectionError("the tunnel dropped")
+
+    try:
+        api_rtt = probe.round_trips(api.server_time, SAMPLES, warmup=1)
+        figures["api_rtt_ms"] = round(api_rtt.p50_ms, 2)
+        rtt = probe.round_trips(once, SAMPLES, warmup=1)
+    except Exception as exc:  # noqa: BLE001 (any failure here is the finding)
+        return Measured(Hop.PORT_FORWARD, path, figures=figures, error=str(exc))
+    return Measured(Hop.PORT_FORWARD, path, rtt=rtt, figures=figures)
+
+
+def _channel_round_trips(session: Session, host: str, port: int) -> RoundTrips:
+    transport = session.transport()
+
+    def once() -> None:
+        ssh.open_channel(transport, host, port, timeout=CONNECT_TIMEOUT).close()
+
+    return probe.round_trips(once, SAMPLES, warmup=1)
+
+
+def ssh_session(session: Session, beneath: Measured) -> Measured:
+    """sshd's own share: opening a channel to itself, less the port-forward's round trip."""
+    path = f"sshd in pod/{session.spec.pod_name}"
+    timings = session.timings
+    figures: dict[str, float | int | str] = {
+        "handshake_ms": round((timings.tunnel_up - timings.pod_ready) * 1000, 1)
+    }
+    try:
+        rtt = _channel_round_trips(session, "127.0.0.1", session.spec.ssh_port)
+    except OSError as exc:
+        return Measured(Hop.SSH, path, figures=figures, error=str(exc))
+    figures["channel_ms"] = round(rtt.p50_ms, 2)
+    return Measured(Hop.SSH, path, rtt=_less(rtt, beneath.rtt), figures=figures)
+
+
+def target(session: Session, goal: Target, local: RoundTrips | None) -> Measured:
+    """The pod's TCP connect to the Service: a channel to it, less one to sshd itself."""
+    path = f"pod/{session.spec.pod_name} -> {goal.label} ({goal.host}:{goal.port})"
+    figures: dict[str, float | int | str] = {}
+    if goal.ready_endpoints is not None:
+        figures["ready_endpoints"] = goal.ready_endpoints
+    try:
+        rtt = _channel_round_trips(session, goal.host, goal.port)
+    except OSError as exc:
+        return Measured(Hop.TARGET, path, figures=figures, error=str(exc))
+    return Measured(Hop.TARGET, path, rtt=_less(rtt, local), figures=figures)
+
+
+def _ask(exchange: Callable[[bytes], bytes], name: str) -> DNSRecord:
+    reply = DNSRecord.parse(exchange(DNSRecord.question(name, "A").pack()))
+    if reply.header.rcode != RCODE.NOERROR or not any(rr.rtype == QTYPE.A for rr in reply.rr):
+        raise LookupError(f"{name}: {RCODE.get(reply.header.rcode)}, no address")
+    return reply
+
+
+def dns(session: Session, name: str, local: RoundTrips | None) -> Measured:
+    """Queries to the pod's dnsmasq over TCP (as connect asks it), less the channel's
+    own round trip. When dnsmasq fails, the cluster's DNS is asked directly, so the
+    finding says which of the two does not answer."""
+    spec = session.spec
+    path = f"dnsmasq in pod/{spec.pod_name} -> cluster DNS, asked for {name}"
+    exchange = TcpExchange(session.open_flow, "127.0.0.1", spec.dns_port, timeout=DNS_TIMEOUT)
+    try:
+        rtt = probe.round_trips(lambda: _ask(exchange, name), SAMPLES, warmup=1)
+    except (OSError, EOFError, LookupError) as exc:
+        why = "no answer in time" if isinstance(exc, TimeoutError) else str(exc) or repr(exc)
+        return Measured(Hop.DNS, path, figures=_cluster_dns(session, name), error=f"dnsmasq: {why}")
+    finally:
+        exchange.close()
+    return Measured(Hop.DNS, path, rtt=_less(rtt, local))
+
+
+def _cluster_dns(session: Session, name: str) -> dict[str, float | int | str]:
+    """Whether the pod's own nameserver (behind dnsmasq) answers name."""
+    try:
+        resolv = session.run("cat /etc/resolv.conf")
+    except (OSError, ssh.SshError) as exc:
+        return {"cluster_dns": f"unknown: {exc}"}
+    servers = [line.split()[1] for line in resolv.splitlines() if line.startswith("nameserver ")]
+    if not servers:
+        return {"cluster_dns": "the pod has no nameserver"}
+    exchange = TcpExchange(session.open_flow, servers[0], 53, timeout=DNS_TIMEOUT)
+    try:
+        _ask(exchange, name)
+    except (OSError, EOFError, LookupError) as exc:
+        why = "no answer in time" if isinstance(exc, TimeoutError) else str(exc)
+        return {"cluster_dns": f"{servers[0]} fails too: {why}"}
+    finally:
+        exchange.close()
+    return {"cluster_dns": f"{servers[0]} answers"}
+
+
+def throughput(session: Session, seconds: float = BULK_SECONDS) -> Throughput:
+    """Zeros from the pod (``head`` on an SSH exec channel) for at most ``seconds``."""
+    channel = session.transport().open_session(timeout=CONNECT_TIMEOUT)
+    try:
+        channel.settimeout(seconds + CONNECT_TIMEOUT)
+        started = time.perf_counter()
+        channel.exec_command(f"head -c {BULK_BYTES} /dev/zero")
+        deadline = started + seconds
+
+        def recv(size: int) -> bytes:
+            return b"" if time.perf_counter() > deadline else channel.recv(size)
+
+        return probe.drain(recv, started=started)
+    finally:
+        with contextlib.suppress(Exception):
+            channel.close()
