@@ -25,7 +25,7 @@ from typing import Any
 import click
 
 from ktpy import diagnosis, params
-from ktpy.cluster import access, names, ranges
+from ktpy.cluster import access, labels, names, ranges
 from ktpy.cluster.api import ApiError, ClusterApi, Kind, NotFound
 from ktpy.cluster.labels import Role
 from ktpy.commands.connect_tun import TUN_DEVICE
@@ -47,7 +47,6 @@ from ktpy.session import Session, ShadowSpec, hops
 from ktpy.session.hops import Measured, Target
 
 HISTORY_FILE = "doctor.json"
-SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 
 
 # --- checks on this machine --------------------------------------------------------------
@@ -189,7 +188,7 @@ def resolve_target(api: ClusterApi, service: str | None, namespace: str) -> Targ
 def _ready_addresses(api: ClusterApi, namespace: str, service: str) -> list[str]:
     try:
         slices = api.list_objects(
-            Kind.ENDPOINT_SLICE, namespace, label_selector=f"{SERVICE_NAME_LABEL}={service}"
+            Kind.ENDPOINT_SLICE, namespace, label_selector=f"{labels.SERVICE_NAME_LABEL}={service}"
         ).items
     except (ApiError, KtpyError):
         return []
