@@ -165,3 +165,37 @@ def test_a_slowed_link_is_named_as_the_port_forward_with_the_change(
     assert hop(after, "target")["status"] == "ok"
     assert hop(after, "dns")["status"] == "ok"
     assert_nothing_left(bed, namespace, after)
+
+
+def test_missing_rights_are_named_per_command_before_any_pod(
+    bed: Bed, namespace: str, laptop: Laptop
+) -> None:
+    # dev has no RoleBinding in this namespace: every command lacks its rights.
+    done = laptop.run(
+        sys.executable, "-m", "ktpy", "-n", namespace, "doctor", "-o", "json",
+        user="dev", check=False, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == PROBLEM_FOUND, done.stderr
+    report = json.loads(done.stdout)
+    assert report["problem"]["check"] == "permissions"
+    rights = next(c for c in report["checks"] if c["name"] == "permissions")["text"]
+    assert "doctor lacks create pods" in rights
+    assert "create pods/portforward" in rights
+    assert report["hops"] == []
+    assert report["deleted"] == []
+
+
+def test_an_image_that_cannot_be_pulled_is_named_with_where_to_read_next(
+    bed: Bed, namespace: str, laptop: Laptop
+) -> None:
+    done = laptop.run(
+        sys.executable, "-m", "ktpy", "-n", namespace, "--image", "ktbed.local/none:0.0.1",
+        "doctor", check=False, timeout=90,
+    )  # fmt: skip
+    assert done.returncode == PROBLEM_FOUND, done.stderr
+    assert "fail  shadow image: cannot pull the shadow image ktbed.local/none:0.0.1" in (
+        done.stdout
+    )
+    assert "Hint:" in done.stderr
+    assert "docs/shadow-image.md#getting-it-into-your-cluster" in done.stderr
+    assert bed.ktpy_objects(namespace) == []
