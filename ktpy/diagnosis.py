@@ -98,6 +98,8 @@ def record(measured: Measured) -> dict[str, float]:
 
 
 def _ms(value: float) -> str:
+    if value < 1:
+        return f"{value:.2f} ms"
     return f"{value:.1f} ms" if value < 100 else f"{value:.0f} ms"
 
 
@@ -108,7 +110,7 @@ def _mbit(value: float) -> str:
 def _words(measured: Measured) -> str:
     parts = []
     if measured.rtt is not None:
-        parts.append(f"round trip {_ms(measured.rtt.p50_ms)} (p99 {_ms(measured.rtt.p99_ms)})")
+        parts.append(f"own round trip {_ms(measured.rtt.p50_ms)} (p99 {_ms(measured.rtt.p99_ms)})")
     if measured.throughput is not None:
         parts.append(f"throughput {_mbit(measured.throughput.mbit_s)}")
     labels = {
@@ -116,6 +118,7 @@ def _words(measured: Measured) -> str:
         "handshake_ms": "handshake",
         "ready_endpoints": "ready endpoints",
         "cluster_dns": "cluster DNS",
+        "whole_path_ms": "whole path",
     }
     for key, value in measured.figures.items():
         label = labels.get(key)

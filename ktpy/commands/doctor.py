@@ -36,6 +36,7 @@ from ktpy.errors import (
     ClusterUnreachable,
     Forbidden,
     ImageUnavailable,
+    Interrupted,
     KtpyError,
     ProblemFound,
     ServiceNotFound,
@@ -207,15 +208,12 @@ def _ready_addresses(api: ClusterApi, namespace: str, service: str) -> list[str]
 def measure(session: Session, api: ClusterApi, target: Target | None) -> list[Measured]:
     domain = ranges.cluster_domain(session.run("cat /etc/resolv.conf")) or "cluster.local"
     port_forward = hops.port_forward(session, api)
-    ssh = hops.ssh_session(session, port_forward)
-    local = None
-    if ssh.rtt is not None:
-        local = dataclasses.replace(ssh.rtt, p50_ms=ssh.figures["channel_ms"])  # type: ignore[arg-type]
+    ssh, local = hops.ssh_session(session, port_forward)
     found = [port_forward, ssh]
     if target is not None:
         found.append(hops.target(session, target, local))
     dns_name = f"{target.dns_name if target else 'kubernetes.default.svc'}.{domain}"
-    found.append(hops.dns(session, dns_name, local))
+    found.append(hops.dns(session, dns_name, port_forward.rtt))
     if port_forward.error is None:
         try:
             bulk = hops.throughput(session)
@@ -285,6 +283,8 @@ def diagnose(settings: Settings, service: str | None, report: Report) -> list[st
     with Lifecycle().installed():
         try:
             session.start()
+        except Interrupted:
+            raise
         except ImageUnavailable as exc:
             report.checks.append(Check("shadow image", Status.FAIL, str(exc), exc.hint or ""))
             return []

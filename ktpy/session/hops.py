@@ -109,8 +109,9 @@ def _channel_round_trips(session: Session, host: str, port: int) -> RoundTrips:
     return probe.round_trips(once, SAMPLES, warmup=1)
 
 
-def ssh_session(session: Session, beneath: Measured) -> Measured:
-    """sshd's own share: opening a channel to itself, less the port-forward's round trip."""
+def ssh_session(session: Session, beneath: Measured) -> tuple[Measured, RoundTrips | None]:
+    """sshd's own share: opening a channel to itself, less the port-forward's round trip.
+    Also returns the whole channel round trip, which the hops above build on."""
     path = f"sshd in pod/{session.spec.pod_name}"
     timings = session.timings
     figures: dict[str, float | int | str] = {
@@ -119,9 +120,8 @@ def ssh_session(session: Session, beneath: Measured) -> Measured:
     try:
         rtt = _channel_round_trips(session, "127.0.0.1", session.spec.ssh_port)
     except OSError as exc:
-        return Measured(Hop.SSH, path, figures=figures, error=str(exc))
-    figures["channel_ms"] = round(rtt.p50_ms, 2)
-    return Measured(Hop.SSH, path, rtt=_less(rtt, beneath.rtt), figures=figures)
+        return Measured(Hop.SSH, path, figures=figures, error=str(exc)), None
+    return Measured(Hop.SSH, path, rtt=_less(rtt, beneath.rtt), figures=figures), rtt
 
 
 def target(session: Session, goal: Target, local: RoundTrips | None) -> Measured:
@@ -134,6 +134,7 @@ def target(session: Session, goal: Target, local: RoundTrips | None) -> Measured
         rtt = _channel_round_trips(session, goal.host, goal.port)
     except OSError as exc:
         return Measured(Hop.TARGET, path, figures=figures, error=str(exc))
+    figures["whole_path_ms"] = round(rtt.p50_ms, 2)
     return Measured(Hop.TARGET, path, rtt=_less(rtt, local), figures=figures)
 
 
@@ -144,10 +145,10 @@ def _ask(exchange: Callable[[bytes], bytes], name: str) -> DNSRecord:
     return reply
 
 
-def dns(session: Session, name: str, local: RoundTrips | None) -> Measured:
-    """Queries to the pod's dnsmasq over TCP (as connect asks it), less the channel's
-    own round trip. When dnsmasq fails, the cluster's DNS is asked directly, so the
-    finding says which of the two does not answer."""
+def dns(session: Session, name: str, beneath: RoundTrips | None) -> Measured:
+    """Queries to the pod's dnsmasq over one TCP channel (as connect asks it), less the
+    port-forward's round trip. When dnsmasq fails, the cluster's DNS is asked
+    directly, so the finding says which of the two does not answer."""
     spec = session.spec
     path = f"dnsmasq in pod/{spec.pod_name} -> cluster DNS, asked for {name}"
     exchange = TcpExchange(session.open_flow, "127.0.0.1", spec.dns_port, timeout=DNS_TIMEOUT)
@@ -158,7 +159,8 @@ def dns(session: Session, name: str, local: RoundTrips | None) -> Measured:
         return Measured(Hop.DNS, path, figures=_cluster_dns(session, name), error=f"dnsmasq: {why}")
     finally:
         exchange.close()
-    return Measured(Hop.DNS, path, rtt=_less(rtt, local))
+    figures: dict[str, float | int | str] = {"whole_path_ms": round(rtt.p50_ms, 2)}
+    return Measured(Hop.DNS, path, rtt=_less(rtt, beneath), figures=figures)
 
 
 def _cluster_dns(session: Session, name: str) -> dict[str, float | int | str]:

@@ -199,3 +199,15 @@ def test_an_image_that_cannot_be_pulled_is_named_with_where_to_read_next(
     assert "Hint:" in done.stderr
     assert "docs/shadow-image.md#getting-it-into-your-cluster" in done.stderr
     assert bed.ktpy_objects(namespace) == []
+
+
+def test_ctrl_c_once_the_pod_is_ready_removes_it(
+    bed: Bed, namespace: str, laptop: Laptop, echo: str
+) -> None:
+    running = laptop.popen(sys.executable, "-m", "ktpy", "-n", namespace, "doctor", "echo")
+    pod = _doctor_pod(bed, namespace)
+    bed.kubectl("-n", namespace, "wait", "--for=condition=Ready", f"pod/{pod}", "--timeout=60s")
+    running.send_signal(signal.SIGINT)
+    _, stderr = running.communicate(timeout=60)
+    assert running.returncode == 130, stderr
+    assert bed.ktpy_objects(namespace) == []
