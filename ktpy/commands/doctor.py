@@ -47,7 +47,8 @@ from ktpy.lifecycle import Lifecycle
 from ktpy.session import Session, ShadowSpec, hops
 from ktpy.session.hops import Measured, Target
 
-HISTORY_FILE = "doctor.json"
+HISTORY_FILE = "doctor.json"  # beside the journal: the last figures per cluster and target
+DEFAULT_DOMAIN = "cluster.local"  # until the shadow pod says otherwise
 
 
 # --- checks on this machine --------------------------------------------------------------
@@ -205,8 +206,9 @@ def _ready_addresses(api: ClusterApi, namespace: str, service: str) -> list[str]
 # --- the hops ------------------------------------------------------------------------------
 
 
-def measure(session: Session, api: ClusterApi, target: Target | None) -> list[Measured]:
-    domain = ranges.cluster_domain(session.run("cat /etc/resolv.conf")) or "cluster.local"
+def measure(
+    session: Session, api: ClusterApi, target: Target | None, domain: str
+) -> list[Measured]:
     port_forward = hops.port_forward(session, api)
     ssh, local = hops.ssh_session(session, port_forward)
     found = [port_forward, ssh]
@@ -264,7 +266,7 @@ def diagnose(settings: Settings, service: str | None, report: Report) -> list[st
         with contextlib.suppress(ApiError, KtpyError):
             found.append(read(api, namespace))
     report.checks.append(route_check(found))
-    report.checks.append(resolver_check("cluster.local", [n for r in found for n in r.networks]))
+    networks = [n for r in found for n in r.networks]
     report.checks.append(rights_check(api, namespace))
     if report.checks[-1].status is Status.FAIL:
         return []
@@ -287,9 +289,11 @@ def diagnose(settings: Settings, service: str | None, report: Report) -> list[st
             raise
         except ImageUnavailable as exc:
             report.checks.append(Check("shadow image", Status.FAIL, str(exc), exc.hint or ""))
+            report.checks.append(resolver_check(DEFAULT_DOMAIN, networks))
             return []
         except KtpyError as exc:
             report.checks.append(Check("shadow pod", Status.FAIL, str(exc), exc.hint or ""))
+            report.checks.append(resolver_check(DEFAULT_DOMAIN, networks))
             return []
         try:
             took = session.timings.pod_ready - session.timings.pod_created
@@ -300,7 +304,11 @@ def diagnose(settings: Settings, service: str | None, report: Report) -> list[st
                     f"{settings.image}: pod/{spec.pod_name} ready in {took:.1f}s",
                 )
             )
-            measured = measure(session, api, target)
+            # The cluster's domain as its pods see it, for the resolver check and DNS.
+            resolv = session.run("cat /etc/resolv.conf")
+            domain = ranges.cluster_domain(resolv) or DEFAULT_DOMAIN
+            report.checks.append(resolver_check(domain, networks))
+            measured = measure(session, api, target, domain)
         finally:
             deleted = [f"{o.kind.value.lower()}/{o.name}" for o in reversed(session.created)]
             session.close()
