@@ -3,7 +3,8 @@ the problem (in plain words), the change since the previous run, text and JSON o
 
 A hop is a problem when it fails, or when its own share is slow: above a fixed
 limit, or clearly worse than the previous run against the same cluster and
-target (half the throughput, twice the round trip and 10 ms more). The first
+target (half the throughput; twice the round trip plus 10 ms, or plus a fifth of
+the whole path's round trip for a share measured across a longer path). The first
 problem along the data path is the one named: a broken port-forward also stops
 everything above it.
 """
@@ -21,6 +22,9 @@ SLOW_RTT_MS = {Hop.PORT_FORWARD: 150.0, Hop.SSH: 50.0, Hop.TARGET: 100.0, Hop.DN
 SLOW_MBIT_S = 20.0  # the port-forward's throughput below which every download drags
 WORSE_FACTOR = 2.0
 WORSE_MARGIN_MS = 10.0
+# An own share is a difference of two round trips over the whole path: its noise grows
+# with that path, so "worse" needs this share of the whole path on top of the margin.
+PATH_NOISE = 0.2
 
 _HOP_WORDS = {
     Hop.PORT_FORWARD: "the port-forward (this machine -> API server -> kubelet -> shadow pod)",
@@ -150,7 +154,9 @@ def judge_hop(measured: Measured, previous: dict[str, float] | None) -> HopVerdi
         rtt = now["rtt_ms"]
         if "rtt_ms" in before:
             changes.append(f"round trip was {_ms(before['rtt_ms'])}")
-            if rtt > before["rtt_ms"] * WORSE_FACTOR + WORSE_MARGIN_MS:
+            whole = measured.figures.get("whole_path_ms", 0.0)
+            noise = PATH_NOISE * whole if isinstance(whole, float | int) else 0.0
+            if rtt > before["rtt_ms"] * WORSE_FACTOR + max(WORSE_MARGIN_MS, noise):
                 problems.append(f"round trip {_ms(rtt)}, up from {_ms(before['rtt_ms'])}")
         if rtt > SLOW_RTT_MS[hop] and not problems:
             problems.append(f"round trip {_ms(rtt)} (slow above {_ms(SLOW_RTT_MS[hop])})")

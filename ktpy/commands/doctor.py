@@ -210,12 +210,11 @@ def measure(
     session: Session, api: ClusterApi, target: Target | None, domain: str
 ) -> list[Measured]:
     port_forward = hops.port_forward(session, api)
-    ssh, local = hops.ssh_session(session, port_forward)
-    found = [port_forward, ssh]
+    found = [port_forward, hops.ssh_session(session)]
     if target is not None:
-        found.append(hops.target(session, target, local))
+        found.append(hops.target(session, target))
     dns_name = f"{target.dns_name if target else 'kubernetes.default.svc'}.{domain}"
-    found.append(hops.dns(session, dns_name, port_forward.rtt))
+    found.append(hops.dns(session, dns_name))
     if port_forward.error is None:
         try:
             bulk = hops.throughput(session)

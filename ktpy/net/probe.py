@@ -73,6 +73,32 @@ def round_trips(
     return summarize(samples)
 
 
+def own_share(
+    once: Callable[[], object],
+    beneath: Callable[[], object],
+    count: int,
+    *,
+    warmup: int = 0,
+    clock: Clock = time.perf_counter,
+) -> tuple[RoundTrips, RoundTrips]:
+    """A hop's own share of a round trip that also crosses the hops beneath it: ``once``
+    and ``beneath`` timed in turn, and the differences of each pair, so the path's
+    drift and jitter fall on both sides. Returns (whole round trips, own share)."""
+    for _ in range(warmup):
+        beneath()
+        once()
+    whole, own = [], []
+    for _ in range(count):
+        started = clock()
+        beneath()
+        middle = clock()
+        once()
+        ended = clock()
+        whole.append((ended - middle) * 1000)
+        own.append(max(0.0, (ended - middle) - (middle - started)) * 1000)
+    return summarize(whole), summarize(own)
+
+
 def drain(
     recv: Callable[[int], bytes], *, started: float, clock: Clock = time.perf_counter
 ) -> Throughput:

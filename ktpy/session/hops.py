@@ -8,7 +8,8 @@
 Hops nest: a round trip through the SSH session also crosses the port-forward.
 So each hop's own share is its round trip minus the one beneath it (the target's
 connect is an SSH channel to the Service minus an SSH channel to sshd itself),
-and a slow hop shows in its own figure, not in every one above it. Round trips
+timed in turn so the path's jitter falls on both, and a slow hop shows in its
+own figure, not in every one above it. Round trips
 are measured first, throughput last: bytes a slowed link still holds queued
 would otherwise delay the round trips after them.
 """
@@ -34,7 +35,7 @@ SAMPLES = 7
 DNS_TIMEOUT = 2.0  # a dnsmasq that has not answered a cached name by then is not answering
 CONNECT_TIMEOUT = 3.0
 # Throughput: read the pod's zeros for at most this long or this much, whichever first.
-BULK_SECONDS = 2.0
+BULK_SECONDS = 1.0
 BULK_BYTES = 256 << 20
 
 
@@ -68,74 +69,81 @@ class Target:
     ready_endpoints: int | None = None
 
 
-def _less(rtt: RoundTrips, beneath: RoundTrips | None) -> RoundTrips:
-    if beneath is None:
-        return rtt
-    return RoundTrips(
-        rtt.count,
-        max(0.0, rtt.p50_ms - beneath.p50_ms),
-        max(0.0, rtt.p99_ms - beneath.p50_ms),
-    )
-
-
-def port_forward(session: Session, api: ClusterApi) -> Measured:
-    """Round trips of SSH global requests (sshd answers each at once: the port-forward's
-    own round trip), and of the API server alone for comparison."""
-    spec = session.spec
-    path = f"this machine -> API server -> kubelet -> pod/{spec.pod_name}:{spec.ssh_port}"
+def _global_request(session: Session) -> Callable[[], None]:
+    """One SSH global request, which sshd answers at once: a round trip of the
+    port-forward with nothing of SSH's own in it."""
     transport = session.transport()
-    figures: dict[str, float | int | str] = {}
 
     def once() -> None:
         transport.global_request("keepalive@ktpy.dev", wait=True)
         if not transport.is_active():
             raise ConnectionError("the tunnel dropped")
 
-    try:
-        api_rtt = probe.round_trips(api.server_time, SAMPLES, warmup=1)
-        figures["api_rtt_ms"] = round(api_rtt.p50_ms, 2)
-        rtt = probe.round_trips(once, SAMPLES, warmup=1)
-    except Exception as exc:  # noqa: BLE001 (any failure here is the finding)
-        return Measured(Hop.PORT_FORWARD, path, figures=figures, error=str(exc))
-    return Measured(Hop.PORT_FORWARD, path, rtt=rtt, figures=figures)
+    return once
 
 
-def _channel_round_trips(session: Session, host: str, port: int) -> RoundTrips:
+def _channel(session: Session, host: str, port: int) -> Callable[[], None]:
+    """One SSH channel opened (sshd connects to host:port) and closed."""
     transport = session.transport()
 
     def once() -> None:
         ssh.open_channel(transport, host, port, timeout=CONNECT_TIMEOUT).close()
 
-    return probe.round_trips(once, SAMPLES, warmup=1)
+    return once
 
 
-def ssh_session(session: Session, beneath: Measured) -> tuple[Measured, RoundTrips | None]:
-    """sshd's own share: opening a channel to itself, less the port-forward's round trip.
-    Also returns the whole channel round trip, which the hops above build on."""
+def port_forward(session: Session, api: ClusterApi) -> Measured:
+    """Round trips of SSH global requests (the port-forward's own), and of the API
+    server alone for comparison."""
+    spec = session.spec
+    path = f"this machine -> API server -> kubelet -> pod/{spec.pod_name}:{spec.ssh_port}"
+    figures: dict[str, float | int | str] = {}
+    try:
+        api_rtt = probe.round_trips(api.server_time, SAMPLES, warmup=1)
+        figures["api_rtt_ms"] = round(api_rtt.p50_ms, 2)
+        rtt = probe.round_trips(_global_request(session), SAMPLES, warmup=1)
+    except Exception as exc:  # noqa: BLE001 (any failure here is the finding)
+        return Measured(Hop.PORT_FORWARD, path, figures=figures, error=str(exc))
+    return Measured(Hop.PORT_FORWARD, path, rtt=rtt, figures=figures)
+
+
+def ssh_session(session: Session) -> Measured:
+    """sshd's own share: a channel to itself, less a global request."""
     path = f"sshd in pod/{session.spec.pod_name}"
     timings = session.timings
     figures: dict[str, float | int | str] = {
         "handshake_ms": round((timings.tunnel_up - timings.pod_ready) * 1000, 1)
     }
     try:
-        rtt = _channel_round_trips(session, "127.0.0.1", session.spec.ssh_port)
+        whole, own = probe.own_share(
+            _channel(session, "127.0.0.1", session.spec.ssh_port),
+            _global_request(session),
+            SAMPLES,
+            warmup=1,
+        )
     except OSError as exc:
-        return Measured(Hop.SSH, path, figures=figures, error=str(exc)), None
-    return Measured(Hop.SSH, path, rtt=_less(rtt, beneath.rtt), figures=figures), rtt
+        return Measured(Hop.SSH, path, figures=figures, error=str(exc))
+    figures["whole_path_ms"] = round(whole.p50_ms, 2)
+    return Measured(Hop.SSH, path, rtt=own, figures=figures)
 
 
-def target(session: Session, goal: Target, local: RoundTrips | None) -> Measured:
+def target(session: Session, goal: Target) -> Measured:
     """The pod's TCP connect to the Service: a channel to it, less one to sshd itself."""
     path = f"pod/{session.spec.pod_name} -> {goal.label} ({goal.host}:{goal.port})"
     figures: dict[str, float | int | str] = {}
     if goal.ready_endpoints is not None:
         figures["ready_endpoints"] = goal.ready_endpoints
     try:
-        rtt = _channel_round_trips(session, goal.host, goal.port)
+        whole, own = probe.own_share(
+            _channel(session, goal.host, goal.port),
+            _channel(session, "127.0.0.1", session.spec.ssh_port),
+            SAMPLES,
+            warmup=1,
+        )
     except OSError as exc:
         return Measured(Hop.TARGET, path, figures=figures, error=str(exc))
-    figures["whole_path_ms"] = round(rtt.p50_ms, 2)
-    return Measured(Hop.TARGET, path, rtt=_less(rtt, local), figures=figures)
+    figures["whole_path_ms"] = round(whole.p50_ms, 2)
+    return Measured(Hop.TARGET, path, rtt=own, figures=figures)
 
 
 def _ask(exchange: Callable[[bytes], bytes], name: str) -> DNSRecord:
@@ -145,22 +153,24 @@ def _ask(exchange: Callable[[bytes], bytes], name: str) -> DNSRecord:
     return reply
 
 
-def dns(session: Session, name: str, beneath: RoundTrips | None) -> Measured:
-    """Queries to the pod's dnsmasq over one TCP channel (as connect asks it), less the
-    port-forward's round trip. When dnsmasq fails, the cluster's DNS is asked
-    directly, so the finding says which of the two does not answer."""
+def dns(session: Session, name: str) -> Measured:
+    """Queries to the pod's dnsmasq over one TCP channel (as connect asks it), less a
+    global request. When dnsmasq fails, the cluster's DNS is asked directly, so the
+    finding says which of the two does not answer."""
     spec = session.spec
     path = f"dnsmasq in pod/{spec.pod_name} -> cluster DNS, asked for {name}"
     exchange = TcpExchange(session.open_flow, "127.0.0.1", spec.dns_port, timeout=DNS_TIMEOUT)
     try:
-        rtt = probe.round_trips(lambda: _ask(exchange, name), SAMPLES, warmup=1)
+        whole, own = probe.own_share(
+            lambda: _ask(exchange, name), _global_request(session), SAMPLES, warmup=1
+        )
     except (OSError, EOFError, LookupError) as exc:
         why = "no answer in time" if isinstance(exc, TimeoutError) else str(exc) or repr(exc)
         return Measured(Hop.DNS, path, figures=_cluster_dns(session, name), error=f"dnsmasq: {why}")
     finally:
         exchange.close()
-    figures: dict[str, float | int | str] = {"whole_path_ms": round(rtt.p50_ms, 2)}
-    return Measured(Hop.DNS, path, rtt=_less(rtt, beneath), figures=figures)
+    figures: dict[str, float | int | str] = {"whole_path_ms": round(whole.p50_ms, 2)}
+    return Measured(Hop.DNS, path, rtt=own, figures=figures)
 
 
 def _cluster_dns(session: Session, name: str) -> dict[str, float | int | str]:

@@ -88,3 +88,16 @@ def test_a_failed_check_comes_before_any_hop() -> None:
     assert report.problem == ("shadow image: cannot pull x", "build it")
     assert diagnosis.to_json(report)["problem"]["check"] == "shadow image"
     assert diagnosis.to_json(report)["problem"]["hop"] is None
+
+
+def test_a_share_across_a_long_path_needs_more_than_its_noise_to_be_worse() -> None:
+    def target(own: float, whole: float) -> Measured:
+        return Measured(
+            Hop.TARGET, "p", rtt=RoundTrips(7, own, own), figures={"whole_path_ms": whole}
+        )
+
+    # 11 ms own share over a 60 ms path, 0.05 ms before: within a fifth of the path.
+    assert diagnosis.judge_hop(target(11.0, 60.0), {"rtt_ms": 0.05}).status is Status.OK
+    assert diagnosis.judge_hop(target(30.0, 60.0), {"rtt_ms": 0.05}).status is Status.WARN
+    # Over a short path the fixed margin decides.
+    assert diagnosis.judge_hop(target(11.0, 2.0), {"rtt_ms": 0.05}).status is Status.WARN

@@ -5,6 +5,7 @@ against the run before. Every run leaves nothing of its own in the cluster."""
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -37,10 +38,12 @@ STOP_DNSMASQ = (
 )
 
 
-def doctor(laptop: Laptop, ns: str, *args: str) -> tuple[int, dict[str, Any]]:
+def doctor(
+    laptop: Laptop, ns: str, *args: str, env: dict[str, str] | None = None
+) -> tuple[int, dict[str, Any]]:
     done = laptop.run(
         sys.executable, "-m", "ktpy", "-n", ns, "doctor", *args, "-o", "json",
-        check=False, timeout=120,
+        check=False, timeout=120, env=env,
     )  # fmt: skip
     assert done.returncode in (0, PROBLEM_FOUND), done.stderr
     return done.returncode, json.loads(done.stdout)
@@ -87,13 +90,11 @@ def _doctor_pod(bed: Bed, ns: str, timeout: float = 30) -> str:
 
 
 def test_dnsmasq_stopped_in_the_shadow_pod_is_named_as_the_dns_hop(
-    bed: Bed, namespace: str, laptop: Laptop, echo: str
+    bed: Bed, namespace: str, laptop: Laptop
 ) -> None:
     # Doctor is held (SIGSTOP) as soon as its pod exists, so the fault is in place
     # before it measures anything; then dnsmasq is stopped in the pod and doctor goes on.
-    running = laptop.popen(
-        sys.executable, "-m", "ktpy", "-n", namespace, "doctor", "echo", "-o", "json"
-    )
+    running = laptop.popen(sys.executable, "-m", "ktpy", "-n", namespace, "doctor", "-o", "json")
     pod = _doctor_pod(bed, namespace)
     running.send_signal(signal.SIGSTOP)
     try:
@@ -138,33 +139,11 @@ def slowed(laptop: Laptop) -> Any:
             check=True,
         )  # fmt: skip
 
-    yield slow
-    subprocess.run(["tc", "qdisc", "del", "dev", veth, "root"], check=False)
+    def restore() -> None:
+        subprocess.run(["tc", "qdisc", "del", "dev", veth, "root"], check=True)
 
-
-def test_a_slowed_link_is_named_as_the_port_forward_with_the_change(
-    bed: Bed, namespace: str, laptop: Laptop, echo: str, slowed: Any
-) -> None:
-    code, before = doctor(laptop, namespace, "echo")
-    assert code == 0, before["problem"]
-    assert all(h["status"] == "ok" for h in before["hops"])
-    fast = hop(before, "port-forward")["throughput"]["mbit_s"]
-    assert fast > 40
-    assert_nothing_left(bed, namespace, before)
-
-    slowed()
-    code, after = doctor(laptop, namespace, "echo")
-    assert code == PROBLEM_FOUND
-    assert after["problem"]["hop"] == "port-forward", after["problem"]
-    forward = hop(after, "port-forward")
-    slow = forward["throughput"]["mbit_s"]
-    assert slow < 5
-    # The measured change, against the run before.
-    assert "down from" in forward["problem"]
-    assert f"{fast:.0f} Mbit/s" in forward["change"] or f"{fast:.1f} Mbit/s" in forward["change"]
-    assert hop(after, "target")["status"] == "ok"
-    assert hop(after, "dns")["status"] == "ok"
-    assert_nothing_left(bed, namespace, after)
+    yield slow, restore
+    subprocess.run(["tc", "qdisc", "del", "dev", veth, "root"], check=False, capture_output=True)
 
 
 def test_missing_rights_are_named_per_command_before_any_pod(
@@ -201,13 +180,124 @@ def test_an_image_that_cannot_be_pulled_is_named_with_where_to_read_next(
     assert bed.ktpy_objects(namespace) == []
 
 
-def test_ctrl_c_once_the_pod_is_ready_removes_it(
-    bed: Bed, namespace: str, laptop: Laptop, echo: str
-) -> None:
-    running = laptop.popen(sys.executable, "-m", "ktpy", "-n", namespace, "doctor", "echo")
+def test_ctrl_c_once_the_pod_is_ready_removes_it(bed: Bed, namespace: str, laptop: Laptop) -> None:
+    running = laptop.popen(sys.executable, "-m", "ktpy", "-n", namespace, "doctor")
     pod = _doctor_pod(bed, namespace)
     bed.kubectl("-n", namespace, "wait", "--for=condition=Ready", f"pod/{pod}", "--timeout=60s")
     running.send_signal(signal.SIGINT)
     _, stderr = running.communicate(timeout=60)
     assert running.returncode == 130, stderr
     assert bed.ktpy_objects(namespace) == []
+
+
+# A TCP relay in the laptop in front of the API server that holds every chunk for
+# DELAY seconds each way (order kept): the port-forward's round trip grows by twice that.
+RELAY = r"""
+import queue, socket, sys, threading, time
+listen_port, upstream, delay = int(sys.argv[1]), (sys.argv[2], int(sys.argv[3])), float(sys.argv[4])
+
+def pump(src, dst):
+    held = queue.Queue()
+    def write():
+        while True:
+            due, data = held.get()
+            time.sleep(max(0.0, due - time.monotonic()))
+            if not data:
+                dst.shutdown(socket.SHUT_WR)
+                return
+            dst.sendall(data)
+    threading.Thread(target=write, daemon=True).start()
+    while True:
+        try:
+            data = src.recv(65536)
+        except OSError:
+            data = b""
+        held.put((time.monotonic() + delay, data))
+        if not data:
+            return
+
+server = socket.create_server(("127.0.0.1", listen_port))
+print("ready", flush=True)
+while True:
+    client, _ = server.accept()
+    up = socket.create_connection(upstream)
+    for a, b in ((client, up), (up, client)):
+        a.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        threading.Thread(target=pump, args=(a, b), daemon=True).start()
+"""
+RELAY_PORT = 16443
+
+
+@pytest.fixture
+def relayed(laptop: Laptop, tmp_path: Any) -> Any:
+    """A kubeconfig through the relay (the API server's certificate names 127.0.0.1),
+    and a function that (re)starts the relay with a given delay."""
+    admin = (config.KUBECONFIG_DIR / "admin.yaml").read_text()
+    server = next(line.split()[-1] for line in admin.splitlines() if "server:" in line)
+    host, port = server.removeprefix("https://").rsplit(":", 1)
+    kubeconfig = tmp_path / "relayed.yaml"
+    kubeconfig.write_text(admin.replace(server, f"https://127.0.0.1:{RELAY_PORT}"))
+    running: list[Any] = []
+
+    def start(delay: float) -> str:
+        for old in running:
+            old.kill()
+            old.communicate()
+        running.clear()
+        relay = laptop.popen(sys.executable, "-c", RELAY, str(RELAY_PORT), host, port, str(delay))
+        running.append(relay)
+        assert relay.stdout is not None
+        assert relay.stdout.readline().strip() == "ready", relay.communicate()
+        return str(kubeconfig)
+
+    yield start
+    for old in running:
+        old.kill()
+        old.communicate()
+
+
+def test_a_slowed_hop_is_named_as_the_port_forward_with_the_measured_change(
+    bed: Bed, namespace: str, laptop: Laptop, slowed: Any, relayed: Any
+) -> None:
+    """Two slowdowns in turn, each against the run before: a token bucket (throughput),
+    then a delaying relay before the API server (round trip). All runs go through the
+    relay, so they compare as one cluster."""
+    slow, restore = slowed
+    kubeconfig = {"KUBECONFIG": relayed(0.0)}
+    code, before = doctor(laptop, namespace, env=kubeconfig)
+    assert code == 0, before["problem"]
+    assert all(h["status"] == "ok" for h in before["hops"])
+    fast = hop(before, "port-forward")
+    assert fast["throughput"]["mbit_s"] > 40
+    assert_nothing_left(bed, namespace, before)
+
+    slow()
+    code, bucket = doctor(laptop, namespace, env=kubeconfig)
+    assert code == PROBLEM_FOUND
+    assert bucket["problem"]["hop"] == "port-forward", bucket["problem"]
+    forward = hop(bucket, "port-forward")
+    assert forward["throughput"]["mbit_s"] < 5
+    assert "throughput" in forward["problem"]
+    assert "down from" in forward["problem"]
+    was = re.search(r"throughput was ([0-9.]+) Mbit/s", forward["change"])
+    assert was is not None, forward["change"]
+    assert float(was.group(1)) == pytest.approx(fast["throughput"]["mbit_s"], abs=0.6)
+    assert hop(bucket, "target")["status"] == "ok"
+    assert hop(bucket, "dns")["status"] == "ok"
+    assert_nothing_left(bed, namespace, bucket)
+
+    restore()
+    kubeconfig = {"KUBECONFIG": relayed(0.025)}
+    code, delayed = doctor(laptop, namespace, env=kubeconfig)
+    assert code == PROBLEM_FOUND
+    assert delayed["problem"]["hop"] == "port-forward", delayed["problem"]
+    forward = hop(delayed, "port-forward")
+    assert forward["rtt"]["p50_ms"] > hop(bucket, "port-forward")["rtt"]["p50_ms"] + 40
+    assert forward["figures"]["api_rtt_ms"] > 40  # 25 ms each way
+    assert "round trip" in forward["problem"]
+    assert "up from" in forward["problem"]
+    assert "round trip was" in forward["change"]
+    # The hops above it subtract the port-forward's share: they stay healthy.
+    assert hop(delayed, "target")["status"] == "ok", hop(delayed, "target")
+    assert hop(delayed, "dns")["status"] == "ok", hop(delayed, "dns")
+    assert_nothing_left(bed, namespace, delayed)

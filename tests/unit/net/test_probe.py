@@ -40,3 +40,18 @@ def test_drain_reads_to_the_end_and_times_from_the_callers_start() -> None:
 
 def test_a_zero_length_interval_has_no_throughput() -> None:
     assert probe.Throughput(10, 0.0).gbit_s == 0.0
+
+
+def test_own_share_is_the_median_of_paired_differences() -> None:
+    # beneath takes 10 ms, once 13 ms; the clock is read before, between and after.
+    readings = iter(
+        t / 1000 for pair in range(4) for t in (pair * 100, pair * 100 + 10, pair * 100 + 23)
+    )
+    calls: list[str] = []
+    whole, own = probe.own_share(
+        lambda: calls.append("once"), lambda: calls.append("beneath"), 4,
+        clock=lambda: next(readings),
+    )  # fmt: skip
+    assert calls == ["beneath", "once"] * 4
+    assert whole.p50_ms == pytest.approx(13.0)
+    assert own.p50_ms == pytest.approx(3.0)
