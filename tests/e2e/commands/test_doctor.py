@@ -301,3 +301,14 @@ def test_a_slowed_hop_is_named_as_the_port_forward_with_the_measured_change(
     assert hop(delayed, "target")["status"] == "ok", hop(delayed, "target")
     assert hop(delayed, "dns")["status"] == "ok", hop(delayed, "dns")
     assert_nothing_left(bed, namespace, delayed)
+
+
+def test_a_missing_service_is_refused_before_anything_is_made(
+    bed: Bed, namespace: str, laptop: Laptop
+) -> None:
+    done = laptop.run(
+        sys.executable, "-m", "ktpy", "-n", namespace, "doctor", "nosuch", check=False
+    )
+    assert done.returncode == 12, done.stderr
+    assert f"service 'nosuch' not found in namespace '{namespace}'" in done.stderr
+    assert bed.kubectl("-n", namespace, "get", "pods,secrets", "-o", "name").stdout == ""
