@@ -5,8 +5,8 @@ A hop is a problem when it fails, or when its own share is slow: above a fixed
 limit, or clearly worse than the previous run against the same cluster and
 target (half the throughput; twice the round trip plus 10 ms, or plus a fifth of
 the whole path's round trip for a share measured across a longer path). The first
-problem along the data path is the one named: a broken port-forward also stops
-everything above it.
+failing hop along the data path is the one named (a broken port-forward also
+stops everything above it), else the first slow one.
 """
 
 from __future__ import annotations
@@ -81,13 +81,20 @@ class Report:
         for check in self.checks:
             if check.status is Status.FAIL:
                 return f"{check.name}: {check.text}", check.hint
-        for verdict in self.hops:
-            if verdict.status in (Status.FAIL, Status.WARN):
-                hop = verdict.measured.hop
-                return (
-                    f"the problem is {_HOP_WORDS[hop]} ({hop.value}): {verdict.problem}",
-                    _HOP_HINTS[hop],
-                )
+        verdict = self.problem_hop
+        if verdict is None:
+            return None
+        hop = verdict.measured.hop
+        return f"the problem is {_HOP_WORDS[hop]} ({hop.value}): {verdict.problem}", _HOP_HINTS[hop]
+
+    @property
+    def problem_hop(self) -> HopVerdict | None:
+        """The first failing hop along the path, else the first slow one: a broken hop
+        is the problem even when one beneath it is merely slow."""
+        for status in (Status.FAIL, Status.WARN):
+            for verdict in self.hops:
+                if verdict.status is status:
+                    return verdict
         return None
 
 
@@ -199,10 +206,7 @@ def render(report: Report) -> list[str]:
 
 def to_json(report: Report) -> dict[str, Any]:
     problem = report.problem
-    problem_hop = next(
-        (v.measured.hop.value for v in report.hops if v.status in (Status.FAIL, Status.WARN)),
-        None,
-    )
+    problem_hop = report.problem_hop.measured.hop.value if report.problem_hop else None
     failed_check = next((c.name for c in report.checks if c.status is Status.FAIL), None)
     return {
         "checks": [

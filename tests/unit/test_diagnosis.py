@@ -101,3 +101,15 @@ def test_a_share_across_a_long_path_needs_more_than_its_noise_to_be_worse() -> N
     assert diagnosis.judge_hop(target(30.0, 60.0), {"rtt_ms": 0.05}).status is Status.WARN
     # Over a short path the fixed margin decides.
     assert diagnosis.judge_hop(target(11.0, 2.0), {"rtt_ms": 0.05}).status is Status.WARN
+
+
+def test_a_failing_hop_is_named_before_a_slow_one_beneath_it() -> None:
+    report = Report(
+        [],
+        [
+            diagnosis.judge_hop(measured(Hop.PORT_FORWARD, 2.0, 5.0), None),
+            diagnosis.judge_hop(Measured(Hop.DNS, "p", error="dnsmasq: no answer"), None),
+        ],
+    )
+    assert report.hops[0].status is Status.WARN
+    assert diagnosis.to_json(report)["problem"]["hop"] == "dns"
