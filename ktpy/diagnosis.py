@@ -118,6 +118,11 @@ def _mbit(value: float) -> str:
     return f"{value:.1f} Mbit/s" if value < 100 else f"{value:.0f} Mbit/s"
 
 
+def _percent(change: float) -> str:
+    # -99.5 % and worse would round to a misleading -100 %.
+    return f"{change:+.1f}%" if -100 < change <= -99.5 else f"{change:+.0f}%"
+
+
 def _words(measured: Measured) -> str:
     parts = []
     if measured.rtt is not None:
@@ -171,11 +176,11 @@ def judge_hop(measured: Measured, previous: dict[str, float] | None) -> HopVerdi
         mbit = now["mbit_s"]
         if "mbit_s" in before:
             percent = (mbit / before["mbit_s"] - 1) * 100 if before["mbit_s"] else 0.0
-            changes.append(f"throughput was {_mbit(before['mbit_s'])} ({percent:+.0f}%)")
+            changes.append(f"throughput was {_mbit(before['mbit_s'])} ({_percent(percent)})")
             if mbit * WORSE_FACTOR < before["mbit_s"]:
                 problems.append(
                     f"throughput {_mbit(mbit)}, down from {_mbit(before['mbit_s'])}"
-                    f" at the previous run ({percent:+.0f}%)"
+                    f" at the previous run ({_percent(percent)})"
                 )
         if mbit < SLOW_MBIT_S and not any("throughput" in p for p in problems):
             problems.append(f"throughput {_mbit(mbit)} (slow below {_mbit(SLOW_MBIT_S)})")

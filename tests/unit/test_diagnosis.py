@@ -113,3 +113,8 @@ def test_a_failing_hop_is_named_before_a_slow_one_beneath_it() -> None:
     )
     assert report.hops[0].status is Status.WARN
     assert diagnosis.to_json(report)["problem"]["hop"] == "dns"
+
+
+def test_a_near_total_drop_is_not_rounded_to_all_of_it() -> None:
+    verdict = diagnosis.judge_hop(measured(Hop.PORT_FORWARD, 1.0, 3.8), {"mbit_s": 800.0})
+    assert "(-99.5%)" in verdict.problem
