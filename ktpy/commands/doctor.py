@@ -40,12 +40,14 @@ from ktpy.errors import (
     KtpyError,
     ProblemFound,
     ServiceNotFound,
+    UsageProblem,
 )
 from ktpy.host import resolver, routes
 from ktpy.host.runner import HostChangeFailed
 from ktpy.lifecycle import Lifecycle
 from ktpy.session import Session, ShadowSpec, hops
 from ktpy.session.hops import Measured, Target
+from ktpy.tunnel.ssh import SshError
 
 HISTORY_FILE = "doctor.json"  # beside the journal: the last figures per cluster and target
 DEFAULT_DOMAIN = "cluster.local"  # until the shadow pod says otherwise
@@ -173,7 +175,12 @@ def resolve_target(api: ClusterApi, service: str | None, namespace: str) -> Targ
     spec = body.get("spec") or {}
     ports = [p for p in spec.get("ports") or () if p.get("protocol", "TCP") == "TCP"]
     if not ports:
-        raise ServiceNotFound(name, where) if service else KtpyError("no TCP port")
+        if not service:
+            return None
+        raise UsageProblem(
+            f"service '{name}' has no TCP port",
+            hint="doctor measures TCP, as ktpy carries it: name a Service with a TCP port.",
+        )
     ready = _ready_addresses(api, where, name)
     host = spec.get("clusterIP") or "None"
     if host == "None":  # headless: the first ready pod stands for it
@@ -304,8 +311,11 @@ def diagnose(settings: Settings, service: str | None, report: Report) -> list[st
                 )
             )
             # The cluster's domain as its pods see it, for the resolver check and DNS.
-            resolv = session.run("cat /etc/resolv.conf")
-            domain = ranges.cluster_domain(resolv) or DEFAULT_DOMAIN
+            try:
+                domain = ranges.cluster_domain(session.run("cat /etc/resolv.conf"))
+            except (OSError, EOFError, SshError):
+                domain = None  # the ssh hop will say why
+            domain = domain or DEFAULT_DOMAIN
             report.checks.append(resolver_check(domain, networks))
             measured = measure(session, api, target, domain)
         finally:

@@ -8,7 +8,7 @@ import pytest
 
 from ktpy.cluster.api import Kind
 from ktpy.commands.doctor import load_history, resolve_target, save_history
-from ktpy.errors import ServiceNotFound
+from ktpy.errors import ServiceNotFound, UsageProblem
 from ktpy.net.probe import RoundTrips, Throughput
 from ktpy.session.hops import Hop, Measured
 from tests.unit.fakes import FakeCluster
@@ -102,3 +102,16 @@ def test_the_previous_runs_figures_are_kept_per_cluster_and_target(tmp_path: Pat
     assert set(kept) == {"https://api dev service/web", "https://api dev -"}
     path.write_text("not json")
     assert load_history(path) == {}
+
+
+def test_a_service_without_a_tcp_port_is_refused_with_why() -> None:
+    cluster = FakeCluster()
+    cluster.put(
+        Kind.SERVICE,
+        {
+            "metadata": {"name": "dns", "namespace": "dev"},
+            "spec": {"clusterIP": "10.96.0.53", "ports": [{"port": 53, "protocol": "UDP"}]},
+        },
+    )
+    with pytest.raises(UsageProblem, match="service 'dns' has no TCP port"):
+        resolve_target(cluster, "dns", "dev")
