@@ -655,17 +655,21 @@ class MeshMember:
                 )
                 if m.session != self.session.id
             ]
+            left: str | None = None
             if live:
                 updated = mesh.without_mark(body, self.session.id)
             else:
                 restored = redirect.restoration(body, self.mesh_id or "")
                 if restored is None:
                     return False
-                updated = restored
+                updated = restored.body
+                left = redirect.left_line(restored.left, f"service {request.service}")
             try:
                 self.api.replace(Kind.SERVICE, request.namespace, request.service, updated)
             except Conflict:
                 continue
             self.marked = False
+            if not live and left is not None:
+                self.say(left)
             return not live
         raise KtpyError(f"service {request.service!r} keeps changing; could not leave its mesh")

@@ -19,12 +19,13 @@ from ktpy.cluster.api.errors import NotFound, ServerError, error_from_status
 from ktpy.cluster.api.kinds import Kind, PatchType
 from ktpy.cluster.api.kubeconfig import PluginUser, load_kubeconfig
 from ktpy.cluster.api.protocol import ListResult, WatchEvent, WatchEventType
-from ktpy.cluster.bodies import JsonObject
+from ktpy.cluster.bodies import FIELD_MANAGER, JsonObject
 from ktpy.errors import ClusterUnreachable
 
 WATCH_READ_MARGIN_SECONDS = 10
 DEFAULT_TIMEOUT_SECONDS = 15.0
 CONNECT_TIMEOUT = 5.0
+MANAGER = ("fieldManager", FIELD_MANAGER)  # on every write: managedFields name ktpy
 
 
 def resource_path(
@@ -244,7 +245,7 @@ class KubernetesApi:
             kind=kind,
             namespace=namespace,
             body=dict(body),
-            query=[("dryRun", "All")] if dry_run else (),
+            query=[MANAGER, ("dryRun", "All")] if dry_run else [MANAGER],
         )
         return with_kind(kind, data)
 
@@ -256,6 +257,7 @@ class KubernetesApi:
             kind=kind,
             namespace=namespace,
             body=dict(body),
+            query=[MANAGER],
         )
         return with_kind(kind, data)
 
@@ -277,6 +279,7 @@ class KubernetesApi:
             namespace=namespace,
             body=body,
             content_type=patch_type.value,
+            query=[MANAGER],
         )
         return with_kind(kind, data)
 
