@@ -358,7 +358,9 @@ class Intercept:
             moved = moved or request.mode is Mode.SELECTOR
         if not moved or hurried():
             return undone
-        originals = waits.ready_pods(self.api, request.namespace, request.selector)
+        # The pods the Service selects now: a selector someone else set is theirs.
+        now_selecting = redirect.selector_of(restored.body) if restored else request.selector
+        originals = waits.ready_pods(self.api, request.namespace, now_selecting)
         waits.wait_endpoints(
             self.api,
             request.namespace,

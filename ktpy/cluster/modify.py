@@ -240,13 +240,21 @@ def adopt(body: Mapping[str, Any], path: Sequence[str], value: Any, by: str) -> 
     (``by``) set the field while ktpy held it, so a restore gives them their value."""
     copied: JsonObject = copy.deepcopy(dict(body))
     entries = [
-        _entry(r.change.pointer, value, r.ktpy_value, by or "someone else")
+        _entry(r.change.pointer, _theirs(value, r.ktpy_value), r.ktpy_value, by or "someone else")
         if r.change.path == tuple(path)
         else _entry(r.change.pointer, r.change.value, r.ktpy_value, r.by)
         for r in recorded(copied)
     ]
     _metadata_maps(copied)[1][labels.ORIGINAL] = json.dumps(entries, sort_keys=True)
     return copied
+
+
+def _theirs(value: Any, ktpy_value: Any) -> Any:
+    """Their part of a value: a map merged into ktpy's (a merge patch of a selector)
+    keeps ktpy's entries, which are not theirs to get back."""
+    if isinstance(value, Mapping) and isinstance(ktpy_value, Mapping):
+        return {k: v for k, v in value.items() if ktpy_value.get(k) != v}
+    return value
 
 
 @dataclass(frozen=True)
@@ -259,6 +267,8 @@ class LeftField:
 
     def words(self, what: str) -> str:
         who = self.by or "someone else"
+        if self.adopted:
+            return f"{self.pointer} of {what} is put back as {who} set it, not as it was before"
         return f"{self.pointer} of {what} is left as {who} set it"
 
 

@@ -114,7 +114,7 @@ def left_line(left: Sequence[LeftField], what: str) -> str | None:
     if not left:
         return None
     said = "; ".join(f.words(what) for f in left)
-    return f"{said[0].upper()}{said[1:]} (changed while ktpy held it; not put back)"
+    return f"{said[0].upper()}{said[1:]} (changed while ktpy held it)"
 
 
 def only_shadow(ready: frozenset[str], shadow: str) -> bool:

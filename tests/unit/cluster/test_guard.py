@@ -197,7 +197,7 @@ def test_a_writer_that_keeps_reverting_wins_after_three_reassertions(
     line = redirect.left_line(restored.left, "service nginx")
     assert line == (
         "/spec/selector of service nginx is left as argocd-controller set it "
-        "(changed while ktpy held it; not put back)"
+        "(changed while ktpy held it)"
     )
 
 
@@ -216,6 +216,15 @@ def test_edits_spread_beyond_the_window_are_each_put_back(cluster: FakeCluster) 
                 break
     assert held.reapplied == 5
     assert not held.lost.is_set()
+
+
+def test_a_merge_patch_into_ktpys_selector_is_adopted_without_ktpys_labels() -> None:
+    edited = held()
+    edited["spec"]["selector"] = {**redirect.exchange_selector("s1"), "tier": "web"}
+    result = verdict(edited)
+    assert result.action is GuardAction.REAPPLY
+    assert result.body is not None
+    assert modify.restored_body(result.body)["spec"]["selector"] == {"tier": "web"}
 
 
 def test_the_guard_reads_again_after_its_pause_and_writes_nothing_if_the_edit_is_gone(
