@@ -27,6 +27,8 @@ code  class                       meaning
 12    ServiceNotFound             no such Service
 13    PortNotInService            --expose names a port the Service lacks
 14    NoSelector                  the Service has no selector to switch
+15    UnresolvedTargetPort        a named targetPort no pod declares
+16    WorkloadUnreadable          ktpy env: the target or a reference is missing
 20    AlreadyExchanged            another live session holds the Service
 21    NameTaken                   a name ktpy would create already exists
 22    LockLost                    this session's lock was taken over

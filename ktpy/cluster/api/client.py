@@ -15,7 +15,7 @@ from urllib.parse import quote
 import certifi
 import websocket
 
-from ktpy.cluster.api.errors import NotFound, ServerError, error_from_status
+from ktpy.cluster.api.errors import NotFound, ServerError, error_from_status, unreachable
 from ktpy.cluster.api.kinds import Kind, PatchType
 from ktpy.cluster.api.kubeconfig import PluginUser, load_kubeconfig
 from ktpy.cluster.api.protocol import ListResult, WatchEvent, WatchEventType
@@ -158,10 +158,7 @@ class KubernetesApi:
                 else (CONNECT_TIMEOUT, self._timeout),
             )
         except (HTTPError, OSError, ApiException) as exc:
-            reason = getattr(exc, "reason", None) or exc
-            raise ClusterUnreachable(
-                f"cannot reach the API server at {self.host}: {reason}"
-            ) from exc
+            raise unreachable(self.host, exc) from exc
 
     def _call(
         self,
@@ -177,7 +174,7 @@ class KubernetesApi:
     ) -> tuple[JsonObject, str | None]:
         """A request with a JSON answer: (body, Date header); errors raised as typed."""
         response = self._send(method, path, query=query, body=body, content_type=content_type)
-        raw = response.read()
+        raw = self._read(response)
         date = response.headers.get("Date")
         try:
             data = json.loads(raw) if raw else {}
@@ -197,9 +194,29 @@ class KubernetesApi:
 
     # --- ClusterApi -------------------------------------------------------------------------
 
+    def _read(self, response: Any) -> bytes:
+        from urllib3.exceptions import HTTPError
+
+        try:
+            return bytes(response.read())
+        except (HTTPError, OSError) as exc:  # the connection broke or stalled mid-answer
+            raise unreachable(self.host, exc) from exc
+
     def server_time(self) -> datetime:
         response = self._send("GET", "/version")
-        response.read()
+        raw = self._read(response)
+        if response.status >= 400:
+            try:
+                data = json.loads(raw)
+            except ValueError:
+                data = None
+            raise error_from_status(
+                response.status,
+                data if isinstance(data, dict) else None,
+                verb="get",
+                kind=Kind.NAMESPACE,
+                namespace=None,
+            )
         date = response.headers.get("Date")
         if not date:
             raise ServerError("the API server sent no Date header")
