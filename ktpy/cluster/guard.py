@@ -158,6 +158,7 @@ class Guard:
         body: JsonObject,
         fight: Fight | None = None,
         clock: Callable[[], float] = time.monotonic,
+        hint: str | None = None,
     ) -> None:
         self.api = api
         self.kind = kind
@@ -171,6 +172,7 @@ class Guard:
         self.error: KtpyError | None = None  # what the session stops with once lost
         self.reapplied = 0
         self.fight = fight or Fight()
+        self.hint = hint if hint is not None else contested_hint(kind)  # once a writer wins
         self._clock = clock
         self._first_edit: float | None = None
         self._body = body  # as this session wrote it
@@ -275,7 +277,7 @@ class Guard:
             f"(ktpy put its value back {self.fight.recent(now)} times in {since:.0f}s); "
             "this session stops instead of fighting it"
         )
-        self._give_up(ContestedField(line, hint=contested_hint(self.kind)), line)
+        self._give_up(ContestedField(line, hint=self.hint), line)
 
     def _give_up(self, error: KtpyError, reason: str) -> None:
         self.reason = reason
