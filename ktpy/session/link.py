@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import paramiko
 
-from ktpy.cluster.api import ClusterApi
+from ktpy.cluster.api import ApiError, ClusterApi
 from ktpy.errors import (
     KtpyError,
     PortForwardRefused,
@@ -82,6 +82,11 @@ class TunnelLink:
             stream = portforward.open_stream(self.api.open_websocket, target)
         except portforward.PortForwardError as exc:
             raise PortForwardRefused(str(exc)) from exc
+        except ApiError as exc:  # the upgrade answered 404 (pod gone), 5xx...
+            raise PortForwardRefused(
+                f"the API server refused the port-forward to pod {target.pod} "
+                f"(HTTP {exc.status}): {exc.message}"
+            ) from exc
         credentials = ssh.SshCredentials(self.keys.client.pkey(), self.keys.host.public)
         try:
             transport = ssh.connect(stream, credentials, where=f"pod/{self.spec.pod_name}")

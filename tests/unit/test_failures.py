@@ -25,7 +25,8 @@ from click.testing import CliRunner
 
 from ktpy import errors
 from ktpy.cli import cli
-from ktpy.cluster.api import ServerError
+from ktpy.cluster.api import NotFound, ServerError
+from ktpy.cluster.labels import Role
 from ktpy.errors import (
     ApiServerError,
     ApiTimeout,
@@ -43,8 +44,10 @@ from ktpy.host import recovery
 from ktpy.host.journal import Journal, parse
 from ktpy.host.runner import Completed, check
 from ktpy.host.undo import LinkDelete
+from ktpy.logs import get_logger
 from ktpy.session import _unanswered
-from ktpy.session.link import ssh_failure
+from ktpy.session.link import TunnelLink, ssh_failure
+from ktpy.session.shadow import ShadowSpec
 from ktpy.tunnel import keys, ssh
 from ktpy.tunnel.portforward import Target
 
@@ -130,6 +133,27 @@ def test_a_port_forward_the_kubelet_refused_is_named_with_its_words(
     assert failure.exit_code == 43
     assert refused in failure.format_message()
     assert "pods/portforward" in failure.hint
+
+
+def test_a_port_forward_upgrade_the_api_server_refused_is_port_forward_refused() -> None:
+    """The pod went away between Ready and the first connect: the upgrade answers 404."""
+
+    class Refusing:
+        def open_websocket(self, path: str, subprotocols: object) -> object:
+            raise NotFound(f"pods {TARGET.pod!r} not found", reason="NotFound")
+
+    spec = ShadowSpec(role=Role.CONNECT, namespace="dev", pod_name=TARGET.pod, image="i")
+    link = TunnelLink(
+        Refusing(),  # type: ignore[arg-type]
+        spec,
+        keys.generate_session_keys("s1"),
+        get_logger("test"),
+        threading.Event(),
+    )
+    with pytest.raises(PortForwardRefused) as caught:
+        link.connect()
+    assert caught.value.exit_code == 43
+    assert "(HTTP 404)" in caught.value.format_message()
 
 
 # --- the host ------------------------------------------------------------------------------
