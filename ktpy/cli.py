@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from ktpy import __version__, logs, params
+from ktpy.cluster.api import ApiError, for_user
 from ktpy.commands import COMMANDS
 from ktpy.config import DEFAULT_IMAGE, Settings, load_settings
 from ktpy.errors import InternalError, Interrupted, KtpyError
@@ -15,7 +16,8 @@ from ktpy.host import heal
 
 
 class KtpyGroup(click.Group):
-    """A group that maps every failure to a KtpyError, with a traceback under --debug."""
+    """A group that maps every failure to a KtpyError, with a traceback under --debug:
+    an API answer to its own exit code, an unexpected exception to InternalError (70)."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -28,6 +30,11 @@ class KtpyGroup(click.Group):
         except KeyboardInterrupt:
             self._maybe_traceback(ctx)
             raise Interrupted() from None
+        except ApiError as exc:
+            # An API answer no caller handled (5xx or 429 after retries, say): the
+            # user's error with its own exit code, not a bug.
+            self._maybe_traceback(ctx)
+            raise for_user(exc) from exc
         except Exception as exc:
             self._maybe_traceback(ctx)
             raise InternalError(f"{type(exc).__name__}: {exc}") from exc

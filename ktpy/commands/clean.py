@@ -12,7 +12,7 @@ from ktpy import params
 from ktpy.cluster import inventory, sweep
 from ktpy.commands.context import make_api, settings_of
 from ktpy.durations import format_duration
-from ktpy.errors import KtpyError
+from ktpy.errors import KtpyError, UndoFailed
 from ktpy.host import recovery
 from ktpy.session import check_local_process
 
@@ -103,7 +103,7 @@ def _clean_local(journal_dir: Path, dry_run: bool) -> None:
     for line in report.lines():
         click.echo(line)
     if not report.complete:
-        raise KtpyError(
+        raise UndoFailed(
             "some host changes could not be undone",
             hint=f"See the lines above; the journal stays in {journal_dir} for another try.",
         )

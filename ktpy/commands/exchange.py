@@ -19,7 +19,7 @@ from ktpy.cluster.labels import Role
 from ktpy.cluster.redirect import Mode
 from ktpy.commands.context import make_api, settings_of
 from ktpy.config import Settings
-from ktpy.errors import KtpyError, LockLost
+from ktpy.errors import KtpyError
 from ktpy.intercept import Intercept, Request, check_request, describe, warn_local_ports
 from ktpy.net.inbound import Inbound
 from ktpy.params import PortMapping
@@ -66,9 +66,9 @@ class Exchange(lifecycle.SessionCommand):
 
     def check(self, session: Session) -> None:
         # A lock lost while the laptop slept also takes the pod: say the better reason.
-        reason = self.intercept.lost_reason() if self.intercept else None
-        if reason is not None:
-            raise LockLost(f"{reason}; this session stops")
+        error = self.intercept.lost_error() if self.intercept else None
+        if error is not None:
+            raise error
         if session.lost.is_set():
             raise session.lost_error(session.lost_reason)
 

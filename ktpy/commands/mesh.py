@@ -83,6 +83,12 @@ class Mesh(lifecycle.SessionCommand):
             )
         return [*lines, ready_line(request.header)]
 
+    def check(self, session: Session) -> None:
+        error = self.member.lost_error() if self.member else None
+        if error is not None:
+            raise error
+        super().check(session)
+
     def stop(self, session: Session, hurried: Callable[[], bool]) -> list[str]:
         undone = remove_session_files(self.written)
         if self.member is None:

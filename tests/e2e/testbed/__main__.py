@@ -4,6 +4,7 @@ python -m tests.e2e.testbed up [--shadow-archive FILE]
 python -m tests.e2e.testbed down | status | env
 python -m tests.e2e.testbed laptop [-n N] -- CMD ...
 python -m tests.e2e.testbed restart apiserver|kubelet|kube-proxy|coredns
+python -m tests.e2e.testbed stop|start apiserver|kubelet|kube-proxy
 """
 
 from __future__ import annotations
@@ -40,8 +41,11 @@ def main(argv: list[str] | None = None) -> int:
     p_lap.add_argument("cmd", nargs=argparse.REMAINDER)
     p_restart = sub.add_parser("restart", help="restart one component (fault tests)")
     p_restart.add_argument("component", choices=sorted(bed.RESTARTABLE))
+    for verb in ("stop", "start"):
+        p_verb = sub.add_parser(verb, help=f"{verb} one component (fault tests; see restart)")
+        p_verb.add_argument("component", choices=sorted(bed.RESTARTABLE))
     args = parser.parse_args(argv)
-    if args.command in ("up", "down", "restart"):
+    if args.command in ("up", "down", "restart", "stop", "start"):
         # Test runs side by side may all ask for the bed at once: one at a time.
         config.CACHE_DIR.mkdir(parents=True, exist_ok=True)
         lock = (config.CACHE_DIR / "bed.lock").open("w")
@@ -67,6 +71,10 @@ def main(argv: list[str] | None = None) -> int:
         os.execvpe(argv[0], argv, env)  # noqa: S606 - argv, no shell
     elif args.command == "restart":
         bed.restart(args.component)
+    elif args.command == "stop":
+        bed.stop(args.component)
+    elif args.command == "start":
+        bed.start(args.component)
     return 0
 
 

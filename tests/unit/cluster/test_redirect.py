@@ -12,6 +12,7 @@ from ktpy.cluster import labels, modify, redirect, waits
 from ktpy.cluster import lock as locks
 from ktpy.cluster.api import Kind
 from ktpy.cluster.labels import Lock
+from ktpy.cluster.modify import Restored
 from ktpy.errors import (
     LockLost,
     UsageProblem,
@@ -36,7 +37,7 @@ def test_the_switch_replaces_the_selector_and_records_it_with_the_lock() -> None
     assert switched["spec"]["selector"] == {"ktpy.dev/role": "exchange", "ktpy.dev/session": "s1"}
     assert modify.lock_of(switched) == lock
     assert switched["metadata"]["resourceVersion"] == "41"  # the write is conditional
-    assert redirect.restoration(switched, "s1") == service
+    assert redirect.restoration(switched, "s1") == Restored(service)
 
 
 def test_a_restoration_only_undoes_our_own_change() -> None:
@@ -49,14 +50,14 @@ def test_scale_mode_locks_the_service_without_changing_it() -> None:
     locked = redirect.locked_service(service, locks.lock_for("s1", "alice@lap", NOW))
     assert locked["spec"] == service["spec"]
     assert modify.modifier_session(locked) == "s1"
-    assert redirect.restoration(locked, "s1") == service
+    assert redirect.restoration(locked, "s1") == Restored(service)
 
 
 def test_scale_mode_records_and_restores_the_replicas() -> None:
     deployment = {"kind": "Deployment", "metadata": {"name": "web"}, "spec": {"replicas": 3}}
     scaled = redirect.scaled_deployment(deployment, "s1")
     assert scaled["spec"]["replicas"] == 0
-    assert redirect.restoration(scaled, "s1") == deployment
+    assert redirect.restoration(scaled, "s1") == Restored(deployment)
 
 
 def test_switch_conditions() -> None:
@@ -153,7 +154,7 @@ def test_scale_mode_relocks_the_service_with_its_own_selector() -> None:
     relocked = redirect.relocked_service(redirect.switched_service(service, lock), lock)
     assert relocked["spec"]["selector"] == {"app": "nginx"}
     assert modify.lock_of(relocked) == lock
-    assert redirect.restoration(relocked, "s1") == service
+    assert redirect.restoration(relocked, "s1") == Restored(service)
 
 
 def test_restore_leaves_someone_elses_change_alone(cluster: FakeCluster) -> None:
