@@ -94,6 +94,18 @@ def test_the_backing_deployment_is_the_one_whose_pods_the_service_selects() -> N
         )
 
 
+def test_deploy_slash_name_stands_for_the_one_service_that_selects_its_pods() -> None:
+    web = deployment("web", {"app": "nginx", "pod-template-hash": "abc"})
+    nginx = user_service("nginx", {"app": "nginx"})
+    other = user_service("other", {"app": "other"})
+    headless_no_selector = user_service("external", {})
+    assert redirect.service_of_deployment(web, [other, nginx, headless_no_selector]) == "nginx"
+    with pytest.raises(UsageProblem, match="no Service select its pods"):
+        redirect.service_of_deployment(web, [other, headless_no_selector])
+    with pytest.raises(UsageProblem, match=r"several Services \(a, nginx\)"):
+        redirect.service_of_deployment(web, [nginx, user_service("a", {"app": "nginx"})])
+
+
 def test_the_shadow_takes_the_template_labels_but_never_the_hash_or_ktpys_keys() -> None:
     web = deployment(
         "web",
