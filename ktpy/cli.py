@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from ktpy import __version__, logs, params
+from ktpy import __version__, logs, params, progress
 from ktpy.commands import COMMANDS, completion, context
 from ktpy.config import DEFAULT_IMAGE, Settings, load_settings
 from ktpy.errors import InternalError, Interrupted, KtpyError
@@ -82,6 +82,7 @@ def start(ctx: click.Context) -> Settings:
         flags["log_format"] = logs.LogFormat(flags["log_format"])
     settings = load_settings(flags)
     logs.configure(settings.log_format, debug=settings.debug)
+    progress.configure(enabled=settings.log_format is logs.LogFormat.CONSOLE)
     # Contexts copy their parent's obj when made: set it on the command's and up.
     here: click.Context | None = ctx
     while here is not None:
