@@ -89,7 +89,9 @@ class Exchange(lifecycle.SessionCommand):
 
 
 @click.command()
-@click.argument("target", type=params.SERVICE_TARGET, shell_complete=completion.services)
+@click.argument(
+    "target", metavar="SERVICE", type=params.SERVICE_TARGET, shell_complete=completion.services
+)
 @click.option(
     "--expose",
     type=params.EXPOSE,

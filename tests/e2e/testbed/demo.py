@@ -31,6 +31,7 @@ from . import config, hostnet, images, node
 NAMESPACE = "demo-time"
 DEFAULT_LAPTOP = 2
 LOCAL_PORT = 3001
+LOCAL_ANSWER = "hello from your laptop: the local nginx"
 # What a curl through ktpy may take to see a switch that ktpy already reported done
 # (kube-proxy programs rules a moment after the endpoints change).
 CURL_PATIENCE = 15.0
@@ -226,7 +227,7 @@ def run_demo(laptop_number: int) -> None:
         connect.wait_for("All looks good")
         curl(laptop, f"http://nginx.{NAMESPACE}", "ktbed nginx")
         with tempfile.TemporaryDirectory(prefix="ktpy-demo-") as site:
-            (Path(site) / "index.html").write_text(f"hello from {laptop.name}: your local nginx\n")
+            (Path(site) / "index.html").write_text(f"{LOCAL_ANSWER}\n")
             local = laptop.start(
                 ["python3", "-m", "http.server", str(LOCAL_PORT), "--bind", "127.0.0.1",
                  "--directory", site]
@@ -247,8 +248,8 @@ def run_demo(laptop_number: int) -> None:
 
 def _with_local_server(laptop: Laptop, site: str) -> None:
     say(f"$ python3 -m http.server {LOCAL_PORT} --bind 127.0.0.1 --directory {site} &")
-    show([f"(serves: hello from {laptop.name}: your local nginx)"])
-    local_answer = f"hello from {laptop.name}"
+    show([f"(serves: {LOCAL_ANSWER})"])
+    local_answer = LOCAL_ANSWER
 
     step(3, "exchange: all of nginx's traffic comes to the local server")
     exchange = laptop.start(["ktpy", "exchange", "nginx", "--expose", "3001:80", "-n", NAMESPACE])
