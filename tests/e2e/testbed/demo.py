@@ -161,6 +161,9 @@ class Background:
 
     def wait_for(self, marker: str, timeout: float = 90) -> None:
         if not self._show_pending(marker, timeout):
+            code = self.proc.poll()
+            if code is not None:
+                raise DemoFailed(f"{self.text}: exited {code} before saying {marker!r}")
             self.interrupt()
             raise DemoFailed(f"{self.text}: no {marker!r} within {timeout:g}s")
 
