@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from ktpy.cluster import labels, modify, redirect, waits
+from ktpy.cluster import inventory, labels, modify, redirect, waits
 from ktpy.cluster import lock as locks
 from ktpy.cluster.api import Kind
 from ktpy.cluster.labels import Lock
@@ -193,3 +193,15 @@ def test_rewrite_changes_only_what_this_session_holds(cluster: FakeCluster) -> N
     assert modify.modifier_session(rewritten) == "s0000001"
     with pytest.raises(LockLost):
         redirect.rewrite(cluster, Kind.SERVICE, NS, "nginx", "s0000002", lambda current: current)
+
+
+def test_deploy_slash_name_is_resolved_against_the_cluster() -> None:
+    cluster = FakeCluster()
+    web = deployment("web", {"app": "nginx"})
+    web["metadata"]["namespace"] = "dev"
+    cluster.put(Kind.DEPLOYMENT, web)
+    cluster.put(Kind.SERVICE, user_service("nginx", {"app": "nginx"}))
+    cluster.put(Kind.SERVICE, user_service("other", {"app": "other"}))
+    assert inventory.service_of_deployment(cluster, "dev", "web") == "nginx"
+    with pytest.raises(UsageProblem, match="deployment 'api' not found in namespace 'dev'"):
+        inventory.service_of_deployment(cluster, "dev", "api")
