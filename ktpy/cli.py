@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import functools
+import sys
 import traceback
 from collections.abc import Callable
 from typing import Any
 
 import click
+from click.shell_completion import ShellComplete
 
 from ktpy import __version__, logs, params, progress
 from ktpy.commands import COMMANDS, completion, context
@@ -174,3 +176,15 @@ def kubectl_plugin() -> None:
     """``kubectl ktpy ...``: kubectl runs the ``kubectl-ktpy`` script on PATH with the
     rest of the line; usage lines then read as the user typed them."""
     cli.main(prog_name="kubectl ktpy", complete_var="_KTPY_COMPLETE")
+
+
+def kubectl_plugin_completion() -> None:
+    """``kubectl_complete-ktpy``: kubectl (1.26 and later) completes ``kubectl ktpy ...``
+    by running it with the words after ``ktpy``, the one being typed last; it reads one
+    candidate per line and then cobra's directive (``:4``: no file names)."""
+    args = sys.argv[1:]
+    incomplete = args.pop() if args else ""
+    completer = ShellComplete(cli, {}, "kubectl ktpy", "_KTPY_COMPLETE")
+    for item in completer.get_completions(args, incomplete):
+        click.echo(item.value)
+    click.echo(":4")

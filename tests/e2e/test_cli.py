@@ -80,11 +80,11 @@ def test_the_bash_completion_script_completes_in_a_real_bash(bed: Bed, namespace
     assert result.stdout.split() == ["web"], result.stderr
 
 
-def _plugin(bin_dir: Path) -> Path:
-    """The kubectl-ktpy script as pip makes it from the entry point in pyproject.toml."""
+def _plugin(bin_dir: Path, name: str = "kubectl-ktpy") -> Path:
+    """A kubectl plugin script as pip makes it from its entry point in pyproject.toml."""
     scripts = tomllib.loads((config.REPO_ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-    module, function = scripts["kubectl-ktpy"].split(":")
-    plugin = bin_dir / "kubectl-ktpy"
+    module, function = scripts[name].split(":")
+    plugin = bin_dir / name
     plugin.write_text(
         f"#!{sys.executable}\nimport sys\nfrom {module} import {function}\nsys.exit({function}())\n"
     )
@@ -117,3 +117,26 @@ def test_kubectl_runs_ktpy_as_a_plugin(bed: Bed, namespace: str, tmp_path: Path)
     )
     assert usage.returncode == 2
     assert "Usage: kubectl ktpy exchange" in usage.stderr
+
+
+def test_kubectl_completes_ktpy_through_its_completion_plugin(
+    bed: Bed, namespace: str, tmp_path: Path
+) -> None:
+    bed.kubectl("-n", namespace, "create", "service", "clusterip", "web", "--tcp=80:8080")
+    _plugin(tmp_path)
+    _plugin(tmp_path, "kubectl_complete-ktpy")
+    env = _env(PATH=f"{tmp_path}:{config.BIN_DIR}:{os.environ['PATH']}")
+
+    def kubectl_complete(*words: str) -> list[str]:
+        result = subprocess.run(
+            [str(config.BIN_DIR / "kubectl"), "__complete", "ktpy", *words],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        return result.stdout.splitlines()
+
+    assert kubectl_complete("exchange", "-n", namespace, "w") == ["web", ":4"]
+    assert kubectl_complete("ex")[0] == "exchange"
