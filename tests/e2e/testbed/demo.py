@@ -168,7 +168,8 @@ class Background:
             raise DemoFailed(f"{self.text}: no {marker!r} within {timeout:g}s")
 
     def interrupt(self, timeout: float = 60) -> int:
-        say(f"^C                                       # Ctrl-C ends '{self.text}'")
+        """Ctrl-C, then its last lines. The command is stopped before anything is
+        printed: a demo whose output went away (a closed pipe) still stops it."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
         try:
@@ -176,6 +177,7 @@ class Background:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             raise DemoFailed(f"{self.text}: still running {timeout:g}s after Ctrl-C") from None
+        say(f"^C                                       # Ctrl-C ends '{self.text}'")
         self._show_pending(None, 2)
         return code
 
