@@ -21,7 +21,7 @@ from ktpy.host import heal
 def global_options() -> list[click.Option]:
     """kubectl's global options, declared once: the group and every command take them,
     before or after the command's name, with the same meaning (the last one given wins).
-    kt-connect's short spellings (-i, -d) are hidden aliases."""
+    kt-connect's spellings (-i, -d, --podCreationTimeout) are hidden aliases."""
     remember = context.remember_global_flag
     return [
         click.Option(
@@ -63,6 +63,15 @@ def global_options() -> list[click.Option]:
             expose_value=False,
             callback=remember,
             help="Debug logs, and a traceback with every error.",
+        ),
+        click.Option(
+            # kt-connect's global --podCreationTimeout (seconds): ktpy's pod-start-timeout
+            # setting (KTPY_POD_START_TIMEOUT), which has no flag of its own.
+            ["--podCreationTimeout", "pod_start_timeout"],
+            type=params.DURATION,
+            hidden=True,
+            expose_value=False,
+            callback=remember,
         ),
         click.Option(
             ["--log-format"],

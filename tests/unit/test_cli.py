@@ -216,11 +216,13 @@ def test_an_option_not_repeated_after_the_command_keeps_its_value() -> None:
 
 @pytest.mark.usefixtures("with_probe")
 def test_kt_connects_short_spellings_are_hidden_aliases() -> None:
-    result = run("probe", "-i", "example.test/shadow:2", "-d")
+    result = run("probe", "-i", "example.test/shadow:2", "-d", "--podCreationTimeout", "90")
     assert result.exit_code == 0, result.output
     assert seen[-1].image == "example.test/shadow:2"
     assert seen[-1].debug
+    assert seen[-1].pod_start_timeout.total_seconds() == 90
     help_text = run("probe", "--help").output
+    assert "podCreationTimeout" not in help_text
     assert "--image" in help_text
     assert "-i," not in help_text
     assert "-d," not in help_text
