@@ -81,9 +81,11 @@ def test_connect_in_a_terminal_shows_live_waits_and_its_ctrl_c_line(laptop: Lapt
     assert ready, text
     waited = tunnel - created - (float(ready.group(2)) - float(ready.group(1)))
     frames = [f for f in FRAME.findall(plain[:started]) if f.startswith("Starting shadow pod")]
-    if waited < 0.95:
+    # The log's time runs a little ahead of the wait's own (logged just before it
+    # starts, rounded tunnel time): a line must show only when it surely took longer.
+    if waited < 0.9:
         assert not frames, (waited, frames)
-    elif waited > 1.15:
+    elif waited > 1.5:
         assert frames, (waited, text)
     if frames:
         assert re.fullmatch(r"Starting shadow pod \S+: done after [\d.]+s", frames[-1]), frames
