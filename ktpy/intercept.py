@@ -32,6 +32,7 @@ from datetime import datetime, timedelta
 
 import click
 
+from ktpy import progress
 from ktpy.cluster import guard, inventory, labels, lock, mesh, modify, ports, redirect, waits
 from ktpy.cluster.api import ClusterApi, Kind, NotFound
 from ktpy.cluster.bodies import JsonObject
@@ -216,9 +217,14 @@ class Intercept:
     def _wait_endpoints(
         self, done: Callable[[frozenset[str]], bool], what: str, timeout: float = SWITCH_TIMEOUT
     ) -> None:
-        if not waits.wait_endpoints(
-            self.api, self.request.namespace, self.request.service, done, timeout=timeout
-        ):
+        with progress.waiting(
+            f"Waiting for the endpoints of service {self.request.service} to {what}"
+        ) as wait:
+            switched = waits.wait_endpoints(
+                self.api, self.request.namespace, self.request.service, done, timeout=timeout
+            )
+            wait.outcome = None if switched else "not in time; going on"
+        if not switched:
             self.log.warning(
                 "endpoints did not follow in time; going on", wanted=what, seconds=timeout
             )
@@ -269,13 +275,16 @@ class Intercept:
         )
         self.log.info("deployment scaled to 0", deployment=request.deployment)
         self._guard(Kind.DEPLOYMENT, request.deployment, deployment, redirect.scale_changes())
-        if not waits.wait_pods(
-            self.api,
-            request.namespace,
-            request.selector,
-            lambda serving: serving <= {self.shadow},
-            timeout=SCALE_TIMEOUT,
-        ):
+        with progress.waiting(f"Scaling deployment {request.deployment} to 0") as wait:
+            scaled = waits.wait_pods(
+                self.api,
+                request.namespace,
+                request.selector,
+                lambda serving: serving <= {self.shadow},
+                timeout=SCALE_TIMEOUT,
+            )
+            wait.outcome = None if scaled else "not in time; going on"
+        if not scaled:
             self.log.warning("the deployment's pods are still serving; going on")
         service = redirect.rewrite(
             self.api,
@@ -361,14 +370,17 @@ class Intercept:
         # The pods the Service selects now: a selector someone else set is theirs.
         now_selecting = redirect.selector_of(restored.body) if restored else request.selector
         originals = waits.ready_pods(self.api, request.namespace, now_selecting)
-        waits.wait_endpoints(
-            self.api,
-            request.namespace,
-            request.service,
-            lambda ready: redirect.back_to_original(ready, self.shadow, originals),
-            timeout=SWITCH_TIMEOUT,
-            stop=hurried,
-        )
+        with progress.waiting(
+            f"Switching the endpoints of service {request.service} back to its pods"
+        ):
+            waits.wait_endpoints(
+                self.api,
+                request.namespace,
+                request.service,
+                lambda ready: redirect.back_to_original(ready, self.shadow, originals),
+                timeout=SWITCH_TIMEOUT,
+                stop=hurried,
+            )
         self._drain(hurried)
         return undone
 

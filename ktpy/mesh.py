@@ -28,6 +28,7 @@ from datetime import datetime
 import click
 import paramiko
 
+from ktpy import progress
 from ktpy.cluster import (
     guard,
     inventory,
@@ -288,13 +289,15 @@ class MeshMember:
         request = self.request
         mesh_service = self._create_mesh_service()
         address = str(mesh_service["spec"]["clusterIP"])
-        if not waits.wait_endpoints(
-            self.api,
-            request.namespace,
-            str(mesh_service["metadata"]["name"]),
-            lambda ready: self.session.spec.pod_name in ready,
-            timeout=SWITCH_TIMEOUT,
-        ):
+        with progress.waiting(f"Adding the shadow to service {mesh_service['metadata']['name']}"):
+            listed = waits.wait_endpoints(
+                self.api,
+                request.namespace,
+                str(mesh_service["metadata"]["name"]),
+                lambda ready: self.session.spec.pod_name in ready,
+                timeout=SWITCH_TIMEOUT,
+            )
+        if not listed:
             self.log.warning("the mesh Service does not list the shadow yet; going on")
         self.mesh_id = self._mesh()
         self._guard(self.mesh_id)
@@ -477,13 +480,15 @@ class MeshMember:
             ),
         )
         self.say(f"Mesh of service {request.service} made: router {self.names.deployment}")
-        if not waits.wait_pods(
-            self.api,
-            request.namespace,
-            router.router_selector(request.service),
-            bool,
-            timeout=ROUTER_READY_TIMEOUT,
-        ):
+        with progress.waiting(f"Starting the mesh router {self.names.deployment}"):
+            ready = waits.wait_pods(
+                self.api,
+                request.namespace,
+                router.router_selector(request.service),
+                bool,
+                timeout=ROUTER_READY_TIMEOUT,
+            )
+        if not ready:
             raise KtpyError(
                 f"the mesh router of service {request.service} is not Ready after "
                 f"{ROUTER_READY_TIMEOUT:.0f}s",
@@ -496,14 +501,17 @@ class MeshMember:
         routers = set(
             waits.ready_pods(self.api, request.namespace, router.router_selector(request.service))
         )
-        waits.wait_endpoints(
-            self.api,
-            request.namespace,
-            request.service,
-            lambda ready: bool(ready) and ready <= routers,
-            timeout=SWITCH_TIMEOUT,
-        )
-        time.sleep(PROXY_SETTLE)  # kube-proxy's rules follow the EndpointSlices within this
+        with progress.waiting(
+            f"Switching the endpoints of service {request.service} to the router"
+        ):
+            waits.wait_endpoints(
+                self.api,
+                request.namespace,
+                request.service,
+                lambda ready: bool(ready) and ready <= routers,
+                timeout=SWITCH_TIMEOUT,
+            )
+            time.sleep(PROXY_SETTLE)  # kube-proxy's rules follow the EndpointSlices within this
 
     def _mark(self) -> None:
         """Mark the Service with this member's value, in one conditional write that
@@ -652,15 +660,18 @@ class MeshMember:
             undone.append(f"restored the selector of service {request.service}")
             if not hurried():
                 originals = waits.ready_pods(self.api, request.namespace, request.selector)
-                waits.wait_endpoints(
-                    self.api,
-                    request.namespace,
-                    request.service,
-                    lambda ready: bool(ready & set(originals)) or not originals,
-                    timeout=SWITCH_TIMEOUT,
-                    stop=hurried,
-                )
-                time.sleep(PROXY_SETTLE)  # kube-proxy follows the EndpointSlices
+                with progress.waiting(
+                    f"Switching the endpoints of service {request.service} back to its pods"
+                ):
+                    waits.wait_endpoints(
+                        self.api,
+                        request.namespace,
+                        request.service,
+                        lambda ready: bool(ready & set(originals)) or not originals,
+                        timeout=SWITCH_TIMEOUT,
+                        stop=hurried,
+                    )
+                    time.sleep(PROXY_SETTLE)  # kube-proxy follows the EndpointSlices
             sweep.release(self.api, request.namespace, self.mesh_id)
             undone.append("removed the mesh router and stuntman")
         return undone

@@ -161,6 +161,26 @@ def backing_deployment(
     )
 
 
+def service_of_deployment(
+    deployment: Mapping[str, Any], services: Iterable[Mapping[str, Any]]
+) -> str:
+    """The one Service that selects ``deployment``'s pods (a target written
+    ``deploy/NAME``, as kt-connect takes it)."""
+    name = str((deployment.get("metadata") or {}).get("name", "?"))
+    found = sorted(
+        str(s["metadata"]["name"])
+        for s in services
+        if selector_of(s) and selects_pods_of(selector_of(s), deployment)
+    )
+    if len(found) == 1:
+        return found[0]
+    detail = f"several Services ({', '.join(found)})" if found else "no Service"
+    raise UsageProblem(
+        f"deployment {name!r}: {detail} select its pods",
+        hint="Name the Service itself: svc/NAME or NAME.",
+    )
+
+
 def template_labels(deployment: Mapping[str, Any]) -> dict[str, str]:
     """The labels a scale-mode shadow takes from the Deployment's pod template.
 

@@ -16,6 +16,7 @@ from ktpy import lifecycle, params
 from ktpy.cluster import names
 from ktpy.cluster.api import ApiError, ClusterApi
 from ktpy.cluster.labels import Role
+from ktpy.commands import completion
 from ktpy.commands.context import make_api, settings_of
 from ktpy.config import Settings
 from ktpy.errors import KtpyError
@@ -106,7 +107,7 @@ class Mesh(lifecycle.SessionCommand):
 
 
 @click.command()
-@click.argument("service", type=params.NAME)
+@click.argument("service", type=params.SERVICE, shell_complete=completion.services)
 @click.option(
     "--expose",
     type=params.EXPOSE,
@@ -117,6 +118,8 @@ class Mesh(lifecycle.SessionCommand):
 )
 @click.option(
     "--version-mark",
+    cls=params.AliasedOption,
+    hidden_aliases=("--versionMark",),
     type=params.VERSION_MARK,
     default=None,
     metavar="[KEY:]VALUE",

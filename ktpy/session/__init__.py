@@ -22,6 +22,7 @@ from typing import Any
 
 import paramiko
 
+from ktpy import progress
 from ktpy.cluster import names
 from ktpy.cluster.api import ApiError, ClusterApi, Kind, NotFound, for_user
 from ktpy.cluster.bodies import JsonObject
@@ -123,7 +124,8 @@ class Session:
             self.objects.create()
             self.timings.pod_created = time.monotonic() - self._started
             timeout = self.settings.pod_start_timeout.total_seconds()
-            self.objects.wait_ready(timeout, self._stop.is_set)
+            with progress.waiting(f"Starting shadow pod {self.spec.pod_name}") as wait:
+                self.objects.wait_ready(timeout, self._stop.is_set, wait.update)
             self.timings.pod_ready = time.monotonic() - self._started
             self.link.connect()
             self.timings.tunnel_up = time.monotonic() - self._started

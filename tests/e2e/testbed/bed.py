@@ -55,6 +55,9 @@ def up(shadow_archive: Path | None = None) -> None:
     if _anything_left():
         log("clearing what an earlier run left")
         down()
+    if not kubebuild.binary_path().exists():
+        # Measured on 2 vCPU (docs/testing.md): 9 min 39 s (2026-12-07) to 13 min cold.
+        log("first start: building Kubernetes and the images takes 10-13 min on 2 cores")
     binary = kubebuild.build()
     kubebuild.link_components(binary)
     archives = _all_archives(shadow_archive)

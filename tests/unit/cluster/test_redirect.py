@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from ktpy.cluster import labels, modify, redirect, waits
+from ktpy.cluster import inventory, labels, modify, redirect, waits
 from ktpy.cluster import lock as locks
 from ktpy.cluster.api import Kind
 from ktpy.cluster.labels import Lock
@@ -93,6 +93,18 @@ def test_the_backing_deployment_is_the_one_whose_pods_the_service_selects() -> N
         redirect.backing_deployment(
             "nginx", {"app": "nginx"}, [web, deployment("a", {"app": "nginx"})]
         )
+
+
+def test_deploy_slash_name_stands_for_the_one_service_that_selects_its_pods() -> None:
+    web = deployment("web", {"app": "nginx", "pod-template-hash": "abc"})
+    nginx = user_service("nginx", {"app": "nginx"})
+    other = user_service("other", {"app": "other"})
+    headless_no_selector = user_service("external", {})
+    assert redirect.service_of_deployment(web, [other, nginx, headless_no_selector]) == "nginx"
+    with pytest.raises(UsageProblem, match="no Service select its pods"):
+        redirect.service_of_deployment(web, [other, headless_no_selector])
+    with pytest.raises(UsageProblem, match=r"several Services \(a, nginx\)"):
+        redirect.service_of_deployment(web, [nginx, user_service("a", {"app": "nginx"})])
 
 
 def test_the_shadow_takes_the_template_labels_but_never_the_hash_or_ktpys_keys() -> None:
@@ -182,3 +194,15 @@ def test_rewrite_changes_only_what_this_session_holds(cluster: FakeCluster) -> N
     assert modify.modifier_session(rewritten) == "s0000001"
     with pytest.raises(LockLost):
         redirect.rewrite(cluster, Kind.SERVICE, NS, "nginx", "s0000002", lambda current: current)
+
+
+def test_deploy_slash_name_is_resolved_against_the_cluster() -> None:
+    cluster = FakeCluster()
+    web = deployment("web", {"app": "nginx"})
+    web["metadata"]["namespace"] = "dev"
+    cluster.put(Kind.DEPLOYMENT, web)
+    cluster.put(Kind.SERVICE, user_service("nginx", {"app": "nginx"}))
+    cluster.put(Kind.SERVICE, user_service("other", {"app": "other"}))
+    assert inventory.service_of_deployment(cluster, "dev", "web") == "nginx"
+    with pytest.raises(UsageProblem, match="deployment 'api' not found in namespace 'dev'"):
+        inventory.service_of_deployment(cluster, "dev", "api")
