@@ -21,7 +21,9 @@ HEADER = """# Command reference
 Generated from ktpy's Click definitions by `docs/src/reference.py`; do not edit by
 hand (`python docs/src/reference.py` rewrites it, and a test fails when it is stale).
 How the pieces fit: [architecture.md](architecture.md); when something fails:
-[troubleshooting.md](troubleshooting.md).
+[troubleshooting.md](troubleshooting.md). Every command also takes `-h`/`--help`, and
+the options of the commands above it where it repeats them (kubectl's habit of
+`-n NAMESPACE` after the command).
 """
 
 
@@ -44,10 +46,26 @@ def _help_text(command: click.Command) -> str:
     return "\n\n".join(out)
 
 
+def _inherited(ctx: click.Context) -> set[tuple[str, ...]]:
+    """The options of the commands above: a command that repeats them (so they may come
+    after it, as in kubectl) lists only its own."""
+    found: set[tuple[str, ...]] = set()
+    parent = ctx.parent
+    while parent is not None:
+        found |= {tuple(p.opts) for p in parent.command.params if isinstance(p, click.Option)}
+        parent = parent.parent
+    return found
+
+
 def _options(command: click.Command, ctx: click.Context) -> list[str]:
     rows = []
+    inherited = _inherited(ctx)
     for param in command.get_params(ctx):
-        if not isinstance(param, click.Option) or param.hidden:
+        if tuple(param.opts) in inherited:
+            continue
+        # The help option is left out (the header names it once): Click caches it per
+        # command, so its spelling would depend on which context asked first.
+        if not isinstance(param, click.Option) or param.hidden or "--help" in param.opts:
             continue
         record = param.get_help_record(ctx)
         if record is None:

@@ -35,15 +35,19 @@ from ktpy.diagnosis import Check, Report, Status
 from ktpy.errors import (
     ClusterUnreachable,
     Forbidden,
+    HostChangeFailed,
+    HostKeyMismatch,
     ImageUnavailable,
     Interrupted,
     KtpyError,
+    PortForwardRefused,
     ProblemFound,
     ServiceNotFound,
+    SshAuthFailed,
+    SshHandshakeFailed,
     UsageProblem,
 )
 from ktpy.host import resolver, routes
-from ktpy.host.runner import HostChangeFailed
 from ktpy.lifecycle import Lifecycle
 from ktpy.session import Session, ShadowSpec, hops
 from ktpy.session.hops import Measured, Target
@@ -210,6 +214,15 @@ def _ready_addresses(api: ClusterApi, namespace: str, service: str) -> list[str]
     ]
 
 
+# A session that cannot start names the hop that failed it.
+_START_FAILURES: dict[type[KtpyError], str] = {
+    PortForwardRefused: "port-forward",
+    SshHandshakeFailed: "ssh",
+    SshAuthFailed: "ssh",
+    HostKeyMismatch: "ssh",
+}
+
+
 # --- the hops ------------------------------------------------------------------------------
 
 
@@ -298,7 +311,8 @@ def diagnose(settings: Settings, service: str | None, report: Report) -> list[st
             report.checks.append(resolver_check(DEFAULT_DOMAIN, networks))
             return []
         except KtpyError as exc:
-            report.checks.append(Check("shadow pod", Status.FAIL, str(exc), exc.hint or ""))
+            where = _START_FAILURES.get(type(exc), "shadow pod")
+            report.checks.append(Check(where, Status.FAIL, str(exc), exc.hint or ""))
             report.checks.append(resolver_check(DEFAULT_DOMAIN, networks))
             return []
         try:
@@ -345,7 +359,7 @@ def doctor(ctx: click.Context, service: str | None, output: str) -> None:
     Measures each hop with a shadow pod of its own (removed again): the
     port-forward, SSH in the pod, the pod's connection to SERVICE (default: the
     API server's own Service), and DNS. Compares with the previous run.
-    Exits 50 when it found a problem.
+    Exits 60 when it found a problem.
         ktpy doctor web
     """
     settings = settings_of(ctx)

@@ -15,16 +15,17 @@ from urllib.parse import quote
 import certifi
 import websocket
 
-from ktpy.cluster.api.errors import NotFound, ServerError, error_from_status
+from ktpy.cluster.api.errors import NotFound, ServerError, error_from_status, unreachable
 from ktpy.cluster.api.kinds import Kind, PatchType
 from ktpy.cluster.api.kubeconfig import PluginUser, load_kubeconfig
 from ktpy.cluster.api.protocol import ListResult, WatchEvent, WatchEventType
-from ktpy.cluster.bodies import JsonObject
+from ktpy.cluster.bodies import FIELD_MANAGER, JsonObject
 from ktpy.errors import ClusterUnreachable
 
 WATCH_READ_MARGIN_SECONDS = 10
 DEFAULT_TIMEOUT_SECONDS = 15.0
 CONNECT_TIMEOUT = 5.0
+MANAGER = ("fieldManager", FIELD_MANAGER)  # on every write: managedFields name ktpy
 
 
 def resource_path(
@@ -157,10 +158,7 @@ class KubernetesApi:
                 else (CONNECT_TIMEOUT, self._timeout),
             )
         except (HTTPError, OSError, ApiException) as exc:
-            reason = getattr(exc, "reason", None) or exc
-            raise ClusterUnreachable(
-                f"cannot reach the API server at {self.host}: {reason}"
-            ) from exc
+            raise unreachable(self.host, exc) from exc
 
     def _call(
         self,
@@ -176,7 +174,7 @@ class KubernetesApi:
     ) -> tuple[JsonObject, str | None]:
         """A request with a JSON answer: (body, Date header); errors raised as typed."""
         response = self._send(method, path, query=query, body=body, content_type=content_type)
-        raw = response.read()
+        raw = self._read(response)
         date = response.headers.get("Date")
         try:
             data = json.loads(raw) if raw else {}
@@ -196,9 +194,29 @@ class KubernetesApi:
 
     # --- ClusterApi -------------------------------------------------------------------------
 
+    def _read(self, response: Any) -> bytes:
+        from urllib3.exceptions import HTTPError
+
+        try:
+            return bytes(response.read())
+        except (HTTPError, OSError) as exc:  # the connection broke or stalled mid-answer
+            raise unreachable(self.host, exc) from exc
+
     def server_time(self) -> datetime:
         response = self._send("GET", "/version")
-        response.read()
+        raw = self._read(response)
+        if response.status >= 400:
+            try:
+                data = json.loads(raw)
+            except ValueError:
+                data = None
+            raise error_from_status(
+                response.status,
+                data if isinstance(data, dict) else None,
+                verb="get",
+                kind=Kind.NAMESPACE,
+                namespace=None,
+            )
         date = response.headers.get("Date")
         if not date:
             raise ServerError("the API server sent no Date header")
@@ -244,7 +262,7 @@ class KubernetesApi:
             kind=kind,
             namespace=namespace,
             body=dict(body),
-            query=[("dryRun", "All")] if dry_run else (),
+            query=[MANAGER, ("dryRun", "All")] if dry_run else [MANAGER],
         )
         return with_kind(kind, data)
 
@@ -256,6 +274,7 @@ class KubernetesApi:
             kind=kind,
             namespace=namespace,
             body=dict(body),
+            query=[MANAGER],
         )
         return with_kind(kind, data)
 
@@ -277,6 +296,7 @@ class KubernetesApi:
             namespace=namespace,
             body=body,
             content_type=patch_type.value,
+            query=[MANAGER],
         )
         return with_kind(kind, data)
 

@@ -17,7 +17,7 @@ import pytest
 from tests.e2e.conftest import Bed, Laptop
 from tests.e2e.testbed import config
 
-PROBLEM_FOUND = 50
+PROBLEM_FOUND = 60
 DOCTOR_PODS = "ktpy.dev/role=doctor"
 
 LONELY = """
