@@ -33,7 +33,6 @@ from ktpy.commands.context import make_api, settings_of
 from ktpy.config import Settings
 from ktpy.diagnosis import Check, Report, Status
 from ktpy.errors import (
-    ClusterUnreachable,
     Forbidden,
     HostChangeFailed,
     HostKeyMismatch,
@@ -276,7 +275,7 @@ def diagnose(settings: Settings, service: str | None, report: Report) -> list[st
     namespace = settings.namespace
     try:
         report.checks.append(api_check(api))
-    except ClusterUnreachable as exc:
+    except KtpyError as exc:  # unreachable, rejected credentials, slow, failing, throttling
         report.checks.append(Check("API server", Status.FAIL, str(exc), exc.hint or ""))
         return []
     target = resolve_target(api, service, namespace)  # a missing SERVICE: before any change
