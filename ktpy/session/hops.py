@@ -194,7 +194,8 @@ def _cluster_dns(session: Session, name: str) -> dict[str, float | int | str]:
 
 
 def throughput(session: Session, seconds: float = BULK_SECONDS) -> Throughput:
-    """Zeros from the pod (``head`` on an SSH exec channel) for at most ``seconds``."""
+    """Zeros from the pod (``head``, which the image keeps, on an SSH exec channel) for
+    at most ``seconds``."""
     channel = session.transport().open_session(timeout=CONNECT_TIMEOUT)
     try:
         channel.settimeout(seconds + CONNECT_TIMEOUT)

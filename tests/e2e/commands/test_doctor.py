@@ -30,11 +30,12 @@ spec:
   - {port: 80, targetPort: 8080}
 """
 
-# The image has bash but no procps: find dnsmasq by its comm, stop it, see it stopped.
+# The image has bash and a few busybox tools (cat, grep), no procps or sleep: find
+# dnsmasq by its comm, stop it, see it stopped.
 STOP_DNSMASQ = (
     'for p in /proc/[0-9]*; do [ "$(cat $p/comm 2>/dev/null)" = dnsmasq ] || continue;'
-    " kill -STOP ${p#/proc/} && sleep 0.1 && grep -q '^State:.*T' $p/status && exit 0; done;"
-    " exit 1"
+    " kill -STOP ${p#/proc/} || exit 1;"
+    " for i in {1..500}; do grep -q '^State:.*T' $p/status && exit 0; done; done; exit 1"
 )
 
 
