@@ -129,6 +129,30 @@ def read_cluster(
     )  # fmt: skip
 
 
+RANGES_CLUSTER_ROLE = "docs/rbac/connect-ranges.yaml"
+
+
+def degraded_note(facts: ClusterFacts) -> str | None:
+    """One line when the cluster-wide reads were refused: what connect does without
+    them, and the ClusterRole that gives them."""
+    missing = [
+        what
+        for what, lacking in (
+            ("the service range", facts.service.guessed),
+            ("the pod range", facts.pods.guessed),
+            ("other namespaces' names", facts.namespace_watch is None),
+        )
+        if lacking
+    ]
+    if not missing:
+        return None
+    return (
+        f"Note: without the ClusterRole ktpy-connect-ranges ({RANGES_CLUSTER_ROLE}) "
+        f"{', '.join(missing)} could not be read: ranges guessed from this namespace, "
+        "other namespaces resolve only with --dns-namespace"
+    )
+
+
 def report_collision(collision: Collision) -> None:
     """A namespace-shaped name the cluster has: said once, since it hides the same
     name on the laptop's resolvers (``web.dev`` with a Service web in namespace dev)."""
@@ -241,6 +265,8 @@ class TunConnection:
             f"everything else to {', '.join(survey.upstreams) or 'the original resolvers'}",
         ]
         self.lines += [f"Warning: {w}" for w in resolver.warnings]
+        if note := degraded_note(facts):
+            self.lines.append(note)
 
     def _watch_names(
         self,
