@@ -59,7 +59,7 @@ class KtpyGroup(click.Group):
     type=params.NAME,
     help="Namespace to work in.  [default: the context's namespace, else default]",
 )
-@click.option("--image", metavar="IMAGE", help=f"Shadow pod image.  [default: {DEFAULT_IMAGE}]")
+@click.option("--image", type=params.IMAGE, help=f"Shadow pod image.  [default: {DEFAULT_IMAGE}]")
 @click.option(
     "--debug",
     is_flag=True,

@@ -34,7 +34,7 @@ from ktpy import __version__
 from ktpy.durations import parse_duration
 from ktpy.errors import ConfigProblem
 from ktpy.logs import LogFormat
-from ktpy.params import is_dns1123_label, parse_port_number
+from ktpy.params import is_dns1123_label, parse_image, parse_port_number
 
 DEFAULT_IMAGE = f"ghcr.io/ktpy/shadow:{__version__}"
 DEFAULT_HEARTBEAT_INTERVAL = timedelta(seconds=30)
@@ -271,7 +271,7 @@ _SPECS = (
     _Spec("kubeconfig", "KTPY_KUBECONFIG", "kubeconfig", _parse_text),
     _Spec("context", "KTPY_CONTEXT", "context", _parse_text),
     _Spec("namespace", "KTPY_NAMESPACE", "namespace", _parse_namespace),
-    _Spec("image", "KTPY_IMAGE", "image", _parse_text),
+    _Spec("image", "KTPY_IMAGE", "image", parse_image),
     _Spec("debug", "KTPY_DEBUG", "debug", _parse_bool),
     _Spec("log_format", "KTPY_LOG_FORMAT", "log-format", _parse_log_format),
     _Spec(

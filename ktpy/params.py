@@ -41,6 +41,33 @@ def is_dns1123_label(text: str) -> bool:
     return len(text) <= 63 and bool(_DNS1123_LABEL.match(text))
 
 
+def is_dns1123_subdomain(text: str) -> bool:
+    """A Kubernetes object name such as a Deployment's or a pod's: dot-separated
+    labels, at most 253 characters."""
+    return 0 < len(text) <= 253 and all(_DNS1123_LABEL.match(part) for part in text.split("."))
+
+
+# An image reference as the container runtimes read it (distribution/reference).
+_DOMAIN_PART = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+_PATH_PART = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_IMAGE = re.compile(
+    rf"^(?:{_DOMAIN_PART}(?:\.{_DOMAIN_PART})*(?::[0-9]+)?/)?{_PATH_PART}(?:/{_PATH_PART})*"
+    r"(?::[\w][\w.-]{0,127})?"
+    r"(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?$",
+    re.ASCII,
+)
+
+
+def parse_image(text: str) -> str:
+    """An image reference such as ``registry.example.org:5000/ktpy/shadow:0.1.0``."""
+    if len(text) > 512 or not _IMAGE.match(text):
+        raise ValueError(
+            f"{text[:80]!r} is not an image reference such as "
+            "registry.example.org/ktpy/shadow:0.1.0 (lowercase repository, optional :tag)"
+        )
+    return text
+
+
 def is_port_name(text: str) -> bool:
     return len(text) <= _PORT_NAME_MAX and bool(_PORT_NAME.match(text))
 
@@ -162,7 +189,7 @@ class _ParserType(click.ParamType[T, Any]):
     ) -> T:
         try:
             return parser(value)
-        except ValueError as exc:
+        except (ValueError, OverflowError) as exc:
             self.fail(str(exc), param, ctx)
 
 
@@ -219,6 +246,13 @@ class DurationType(_ParserType[timedelta]):
         return result
 
 
+class ImageType(_ParserType[str]):
+    name = "IMAGE"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        return self._run(parse_image, str(value), param, ctx)
+
+
 class PortType(_ParserType[int]):
     name = "PORT"
 
@@ -250,6 +284,7 @@ VERSION_MARK = VersionMarkType()
 CIDR = CidrType()
 DURATION = DurationType()
 PORT = PortType()
+IMAGE = ImageType()
 
 
 @dataclass(frozen=True)

@@ -165,6 +165,7 @@ class Connect(lifecycle.SessionCommand):
 )
 @click.option(
     "--dns-namespace",
+    type=params.NAME,
     multiple=True,
     help="Resolve svc.NS names for this namespace too, when you may not list namespaces.",
 )

@@ -127,9 +127,13 @@ class KubernetesApi:
             configuration.retries = 1
             client = kube_client.ApiClient(configuration)
         except kube_config.ConfigException as exc:
+            plugin = "exec credential plugin" in str(exc)
             raise ClusterUnreachable(
                 f"cannot use the kubeconfig: {exc}",
-                hint="Check --kubeconfig/KUBECONFIG and --context; 'kubectl config view' helps.",
+                hint="'kubectl get ns' with the same kubeconfig runs the same plugin and shows "
+                "what it says (a login to renew?)."
+                if plugin
+                else "Check --kubeconfig/KUBECONFIG and --context; 'kubectl config view' helps.",
             ) from exc
         return cls(client, timeout=timeout)
 
@@ -151,6 +155,7 @@ class KubernetesApi:
     ) -> Any:
         """Send a request; the raw response (streaming, not yet read)."""
         from kubernetes.client.exceptions import ApiException
+        from kubernetes.config import ConfigException
         from urllib3.exceptions import HTTPError
 
         headers = {"Accept": "application/json", "Content-Type": content_type}
@@ -173,6 +178,9 @@ class KubernetesApi:
                 if timeout is not None
                 else (CONNECT_TIMEOUT, self._timeout),
             )
+        except ConfigException as exc:
+            # Credentials refreshed during a session: an exec plugin that failed now.
+            raise ClusterUnreachable(f"cannot use the kubeconfig: {exc}") from exc
         except (HTTPError, OSError, ApiException) as exc:
             reason = getattr(exc, "reason", None) or exc
             raise ClusterUnreachable(
