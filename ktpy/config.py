@@ -175,6 +175,14 @@ class KubeconfigView:
     context_namespaces: Mapping[str, str | None]
 
 
+def unreadable_kubeconfig(path: object, exc: Exception) -> ConfigProblem:
+    """A kubeconfig that cannot be read or parsed, in one line (YAML errors span several)."""
+    return ConfigProblem(
+        f"cannot read kubeconfig {path}: {' '.join(str(exc).split())}",
+        hint="Check --kubeconfig/KUBECONFIG; 'kubectl config view' shows what kubectl reads.",
+    )
+
+
 def read_kubeconfig_view(paths: tuple[Path, ...]) -> KubeconfigView:
     """Merge as kubectl does: the first file that sets a value wins; missing files are skipped."""
     current: str | None = None
@@ -185,7 +193,7 @@ def read_kubeconfig_view(paths: tuple[Path, ...]) -> KubeconfigView:
         except FileNotFoundError:
             continue
         except (OSError, yaml.YAMLError) as exc:
-            raise ConfigProblem(f"cannot read kubeconfig {path}: {exc}") from exc
+            raise unreadable_kubeconfig(path, exc) from exc
         if not isinstance(data, dict):
             continue
         if current is None and isinstance(data.get("current-context"), str):

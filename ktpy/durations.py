@@ -17,6 +17,10 @@ MAX_DAYS = 365
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 
 
+def _shown(text: str, limit: int = 32) -> str:
+    return repr(text) if len(text) <= limit else f"{text[:limit]!r}... ({len(text)} characters)"
+
+
 def parse_duration(text: str) -> timedelta:
     """Parse ``30s``, ``3m``, ``1h30m``, ``1.5s`` or a bare number of seconds.
 
@@ -37,11 +41,15 @@ def parse_duration(text: str) -> timedelta:
                 total += float(match.group(1)) * _UNITS[match.group(2)]
                 position = match.end()
             if position != len(cleaned) or position == 0:
-                raise ValueError(f"{text!r} is not a duration (examples: 30s, 3m, 1h30m, 500ms)")
+                raise ValueError(
+                    f"{_shown(text)} is not a duration (examples: 30s, 3m, 1h30m, 500ms)"
+                )
     except OverflowError:
-        raise ValueError(f"{text!r} is too long a duration (at most {MAX_DAYS} days)") from None
+        raise ValueError(
+            f"{_shown(text)} is too long a duration (at most {MAX_DAYS} days)"
+        ) from None
     if total > timedelta(days=MAX_DAYS):
-        raise ValueError(f"{text!r} is too long a duration (at most {MAX_DAYS} days)")
+        raise ValueError(f"{_shown(text)} is too long a duration (at most {MAX_DAYS} days)")
     return total
 
 

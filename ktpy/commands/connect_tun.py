@@ -25,11 +25,19 @@ from ktpy.cluster import ranges
 from ktpy.cluster.api import ClusterApi, Kind
 from ktpy.cluster.name_watch import KnownNames
 from ktpy.config import TUN_MTU, Settings
-from ktpy.errors import AlreadyRunning, Forbidden, KtpyError, NeedsRoot, NoTunDevice
-from ktpy.host import heal, recovery
+from ktpy.errors import (
+    AlreadyRunning,
+    Forbidden,
+    KtpyError,
+    NeedsRoot,
+    NoTunDevice,
+    UsageProblem,
+)
+from ktpy.host import heal, recovery, routes
 from ktpy.host import network as host
 from ktpy.host.journal import Journal
 from ktpy.host.resolver import ResolvConfGuard, ResolvedGuard, ResolverGuard, ResolverKind
+from ktpy.host.runner import Runner, run
 from ktpy.logs import get_logger
 from ktpy.net.dns import ClusterNames, Collision
 from ktpy.net.dns_server import DnsServer, TcpExchange, tcp_exchange_over
@@ -60,6 +68,33 @@ def preflight(settings: Settings) -> None:
             "host changes of a killed ktpy connect could not be put back",
             hint="Fix what the line above names, then 'sudo ktpy clean --local'.",
         )
+
+
+def check_include(include: Iterable[IPNetwork], *, force: bool, runner: Runner = run) -> None:
+    """--include-cidr asks for a route ktpy would not make: refused before anything
+    changes, rather than skipped with a warning once the session is up."""
+    wanted = list(include)
+    for network in wanted:
+        if network.version != 4:
+            raise UsageProblem(
+                f"--include-cidr {network}: only IPv4 is carried through the TUN device",
+                hint="Leave IPv6 ranges out; 'ktpy forward' reaches an IPv6-only Service.",
+            )
+        if network.prefixlen == 0:
+            raise UsageProblem(
+                f"--include-cidr {network} would take every address of this machine",
+                hint="Name the ranges to reach (the cluster's own are routed already).",
+            )
+    if force or not wanted:
+        return
+    host_routes = routes.read_host_routes(runner)
+    for network in wanted:
+        found = routes.conflicts(network, host_routes)
+        if found:
+            raise UsageProblem(
+                f"--include-cidr {network} overlaps this machine's route {found[0].describe()}",
+                hint="Add --force-routes to route it anyway, or choose a narrower range.",
+            )
 
 
 def api_addresses(api_url: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...]:

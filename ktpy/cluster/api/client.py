@@ -14,12 +14,14 @@ from urllib.parse import quote
 
 import certifi
 import websocket
+import yaml
 
 from ktpy.cluster.api.errors import NotFound, ServerError, error_from_status, refused_access
 from ktpy.cluster.api.kinds import Kind, PatchType
 from ktpy.cluster.api.kubeconfig import PluginUser, load_kubeconfig
 from ktpy.cluster.api.protocol import ListResult, WatchEvent, WatchEventType
 from ktpy.cluster.bodies import JsonObject
+from ktpy.config import unreadable_kubeconfig
 from ktpy.errors import ClusterUnreachable, Forbidden
 from ktpy.logs import get_logger
 
@@ -126,6 +128,9 @@ class KubernetesApi:
             # reported in seconds, and ktpy's own loops retry where that makes sense.
             configuration.retries = 1
             client = kube_client.ApiClient(configuration)
+        except (OSError, yaml.YAMLError) as exc:
+            where = os.pathsep.join(str(p) for p in paths)
+            raise unreadable_kubeconfig(getattr(exc, "filename", None) or where, exc) from exc
         except kube_config.ConfigException as exc:
             plugin = "exec credential plugin" in str(exc)
             raise ClusterUnreachable(

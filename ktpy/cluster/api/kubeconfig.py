@@ -104,9 +104,11 @@ def load_kubeconfig(
     context: str | None,
     configuration: Any,
     plugins_as: PluginUser | None,
-    plugin_timeout: float = PLUGIN_TIMEOUT_SECONDS,
+    plugin_timeout: float | None = None,
 ) -> None:
-    """What kubernetes.config.load_kube_config does, with exec plugins rewritten."""
+    """What kubernetes.config.load_kube_config does, with exec plugins rewritten
+    (bounded by ``plugin_timeout``, default PLUGIN_TIMEOUT_SECONDS)."""
+    seconds = PLUGIN_TIMEOUT_SECONDS if plugin_timeout is None else plugin_timeout
     from kubernetes.config import kube_config
     from kubernetes.config.config_exception import ConfigException
 
@@ -122,7 +124,7 @@ def load_kubeconfig(
         commands[str(entry.get("name"))] = str(plugin.get("command"))
         if plugins_as is not None:
             run_plugin_as(entry, plugins_as)
-        bound_plugin(entry, plugin_timeout)
+        bound_plugin(entry, seconds)
 
     class Loader(kube_config.KubeConfigLoader):
         def _load_from_exec_plugin(self) -> bool | None:
@@ -135,7 +137,7 @@ def load_kubeconfig(
                 current: Any = self._current_context
                 user = str(current["context"]["user"])
                 command = commands.get(user, "?")
-                raise ConfigException(plugin_failure(command, logged, plugin_timeout))
+                raise ConfigException(plugin_failure(command, logged, seconds))
             return True
 
     loader = Loader(  # type: ignore[no-untyped-call]
