@@ -192,7 +192,7 @@ def read_kubeconfig_view(paths: tuple[Path, ...]) -> KubeconfigView:
             data = yaml.safe_load(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             continue
-        except (OSError, yaml.YAMLError) as exc:
+        except (OSError, UnicodeError, yaml.YAMLError) as exc:
             raise unreadable_kubeconfig(path, exc) from exc
         if not isinstance(data, dict):
             continue

@@ -90,6 +90,10 @@ def flag_cases(ns: str) -> list[tuple[str, list[str], int]]:
         ("status-output", ["status", "-o", "yaml"], USAGE),
         ("env-output", ["env", "deploy/echo", "-o", "xml"], USAGE),
         ("unknown-flag", ["exchange", "echo", "--bogus"], USAGE),
+        # files: a directory for a file, a file for a directory
+        ("exchange-env-file-dir", ["exchange", "echo", "--env-file", "/tmp"], USAGE),
+        ("mesh-mount-dir-file", ["mesh", "echo", "--mount-dir", "/etc/hostname"], USAGE),
+        ("env-env-file-dir", ["env", "deploy/echo", "--env-file", "/tmp"], USAGE),
     ]
     return [(case_id, ["-n", ns, *args], code) for case_id, args, code in cases]
 
@@ -127,10 +131,13 @@ def kubeconfig_cases(
 ) -> list[tuple[str, list[str], dict[str, str], int]]:
     malformed = where / "malformed.yaml"
     malformed.write_text("clusters: [\n")
+    binary = where / "binary.yaml"
+    binary.write_bytes(b"\xff\xfe\x00\x01garbage\x80")
     return [
         ("kubeconfig-missing", {"KUBECONFIG": str(where / "missing.yaml")}, UNREACHABLE),
         ("kubeconfig-malformed", {"KUBECONFIG": str(malformed)}, CONFIG),
         ("kubeconfig-unreadable", {"KUBECONFIG": str(where)}, CONFIG),  # a directory
+        ("kubeconfig-binary", {"KUBECONFIG": str(binary)}, CONFIG),
         ("kubeconfig-unknown-context", {"KTPY_CONTEXT": "nowhere"}, UNREACHABLE),
         ("api-unreachable", {"KUBECONFIG": kubeconfig_with(
             bed, where, "refused.yaml", server="https://127.0.0.1:9")}, UNREACHABLE),
@@ -164,6 +171,11 @@ def test_hostile_input_is_one_line_with_its_own_code_and_changes_nothing(
     cases += [(i, ["-n", ns, "status"], {**base, **env}, c)
               for i, env, c in kubeconfig_cases(bed, ns, tmp_path)]  # fmt: skip
     cases.append(("env-namespace", ["status"], {**base, "KTPY_NAMESPACE": "Bad_NS"}, CONFIG))
+    cases.append(("flag-kubeconfig-missing",
+                  ["--kubeconfig", str(tmp_path / "none.yaml"), "-n", ns, "status"], base,
+                  UNREACHABLE))  # fmt: skip
+    cases.append(("flag-context-unknown", ["--context", "nowhere", "-n", ns, "status"], base,
+                  UNREACHABLE))  # fmt: skip
     expected = {case_id: code for case_id, _, _, code in cases}
     payload = json.dumps([{"id": i, "args": a, "env": e} for i, a, e, _ in cases])
 

@@ -128,7 +128,7 @@ class KubernetesApi:
             # reported in seconds, and ktpy's own loops retry where that makes sense.
             configuration.retries = 1
             client = kube_client.ApiClient(configuration)
-        except (OSError, yaml.YAMLError) as exc:
+        except (OSError, UnicodeError, yaml.YAMLError) as exc:
             where = os.pathsep.join(str(p) for p in paths)
             raise unreadable_kubeconfig(getattr(exc, "filename", None) or where, exc) from exc
         except kube_config.ConfigException as exc:

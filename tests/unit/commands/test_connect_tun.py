@@ -1,6 +1,12 @@
+import json
+from collections.abc import Sequence
 from ipaddress import ip_address, ip_network
 
-from ktpy.commands.connect_tun import api_addresses, chosen_ranges
+import pytest
+
+from ktpy.commands.connect_tun import api_addresses, check_include, chosen_ranges
+from ktpy.errors import UsageProblem
+from ktpy.host.runner import Completed, Runner
 
 
 def test_include_adds_and_exclude_cuts_ranges() -> None:
@@ -26,3 +32,37 @@ def test_duplicates_are_routed_once() -> None:
 def test_api_address_from_an_ip_url() -> None:
     assert api_addresses("https://10.250.0.1:6443") == (ip_address("10.250.0.1"),)
     assert api_addresses("https://[fd00::1]:6443") == (ip_address("fd00::1"),)
+
+
+def _routes_runner(v4: str) -> Runner:
+    def runner(argv: Sequence[str]) -> Completed:
+        return Completed(tuple(argv), 0, v4 if "-4" in argv else "[]", "")
+
+    return runner
+
+
+LAPTOP_ROUTES = json.dumps(
+    [
+        {"dst": "default", "gateway": "10.251.3.1", "dev": "eth0"},
+        {"dst": "10.251.3.0/24", "dev": "eth0", "protocol": "kernel"},
+    ]
+)
+
+
+@pytest.mark.parametrize(
+    ("cidr", "message"),
+    [
+        ("fd00::/108", "only IPv4"),
+        ("0.0.0.0/0", "every address"),
+        ("10.251.0.0/16", "overlaps this machine's route 10.251.3.0/24 dev eth0"),
+    ],
+)
+def test_an_include_cidr_ktpy_would_not_route_is_refused(cidr: str, message: str) -> None:
+    with pytest.raises(UsageProblem, match=message):
+        check_include([ip_network(cidr)], force=False, runner=_routes_runner(LAPTOP_ROUTES))
+
+
+def test_an_include_cidr_clear_of_the_laptops_routes_or_forced_passes() -> None:
+    runner = _routes_runner(LAPTOP_ROUTES)
+    check_include([ip_network("172.30.0.0/24")], force=False, runner=runner)
+    check_include([ip_network("10.251.0.0/16")], force=True, runner=runner)
