@@ -11,7 +11,9 @@ could really change the cluster."""
 from __future__ import annotations
 
 import json
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -165,8 +167,10 @@ def test_hostile_input_is_one_line_with_its_own_code_and_changes_nothing(
     bed.grant(ns, "dev")
     home = tmp_path / "home"
     home.mkdir()
+    # (SUDO_USER unset: under `sudo scripts/test` it would make ktpy act for that user)
     base = {"HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config"),
-            "KUBECONFIG": str(bed.kubeconfig("dev"))}  # fmt: skip
+            "KUBECONFIG": str(bed.kubeconfig("dev")), "SUDO_USER": None}  # fmt: skip
+    cases: list[tuple[str, list[str], dict[str, str | None], int]]
     cases = [(i, a, base, c) for i, a, c in [*flag_cases(ns), *GLOBAL_CASES]]
     cases += [(i, ["-n", ns, "status"], {**base, **env}, c)
               for i, env, c in kubeconfig_cases(bed, ns, tmp_path)]  # fmt: skip
@@ -184,6 +188,25 @@ def test_hostile_input_is_one_line_with_its_own_code_and_changes_nothing(
     done = laptop.run(sys.executable, "-m", "tests.e2e.hostile_input",
                       str(tmp_path / "cases.json"), timeout=120)  # fmt: skip
     results = json.loads(done.stdout)
+    # A kubeconfig its reader may not read (root reads every file: read as nobody).
+    # Outside pytest's 0700 tree, which nobody could not even look into.
+    shared = Path(tempfile.mkdtemp(prefix="ktpy-hostile-"))
+    try:
+        shared.chmod(0o755)
+        private = shared / "private.yaml"
+        private.write_text(bed.kubeconfig("dev").read_text())
+        private.chmod(0o600)
+        unreadable = laptop.run(
+            "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+            sys.executable, "-m", "ktpy", "--kubeconfig", str(private), "-n", ns, "status",
+            check=False, env={"HOME": "/tmp"},
+        )  # fmt: skip
+    finally:
+        shutil.rmtree(shared)
+    results.append({"id": "kubeconfig-not-readable", "code": unreadable.returncode,
+                    "stderr": unreadable.stderr, "crash": "", "host_changes": [],
+                    "seconds": 0})  # fmt: skip
+    expected["kubeconfig-not-readable"] = CONFIG
     assert namespace_objects(bed, ns) == before
 
     problems = []
@@ -206,5 +229,5 @@ def test_hostile_input_is_one_line_with_its_own_code_and_changes_nothing(
             why.append(f"took {result['seconds']}s")
         if why:
             problems.append(f"{case_id}: {'; '.join(why)}: {stderr.strip()[-300:]}")
-    assert len(results) == len(cases)
+    assert len(results) == len(cases) + 1
     assert not problems, "\n".join(problems)
