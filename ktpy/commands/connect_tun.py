@@ -181,10 +181,14 @@ def degraded_note(facts: ClusterFacts) -> str | None:
     ]
     if not missing:
         return None
+    effects = []
+    if facts.service.guessed or facts.pods.guessed:
+        effects.append("the ranges are guessed from this namespace")
+    if facts.namespace_watch is None:
+        effects.append("other namespaces resolve only with --dns-namespace")
     return (
         f"Note: without the ClusterRole ktpy-connect-ranges ({RANGES_CLUSTER_ROLE}) "
-        f"{', '.join(missing)} could not be read: ranges guessed from this namespace, "
-        "other namespaces resolve only with --dns-namespace"
+        f"{', '.join(missing)} could not be read: {'; '.join(effects)}"
     )
 
 

@@ -1,10 +1,19 @@
 import json
 from collections.abc import Sequence
 from ipaddress import ip_address, ip_network
+from typing import cast
 
 import pytest
 
-from ktpy.commands.connect_tun import api_addresses, check_include, chosen_ranges
+from ktpy.cluster.name_watch import KnownNames
+from ktpy.cluster.ranges import Ranges
+from ktpy.commands.connect_tun import (
+    ClusterFacts,
+    api_addresses,
+    check_include,
+    chosen_ranges,
+    degraded_note,
+)
 from ktpy.errors import UsageProblem
 from ktpy.host.runner import Completed, Runner
 
@@ -66,3 +75,23 @@ def test_an_include_cidr_clear_of_the_laptops_routes_or_forced_passes() -> None:
     runner = _routes_runner(LAPTOP_ROUTES)
     check_include([ip_network("172.30.0.0/24")], force=False, runner=runner)
     check_include([ip_network("10.251.0.0/16")], force=True, runner=runner)
+
+
+def _facts(*, service_guessed: bool, pods_guessed: bool, namespaces: bool) -> ClusterFacts:
+    service = Ranges((ip_network("10.96.0.0/16"),), "x", guessed=service_guessed)
+    pods = Ranges((ip_network("10.244.0.0/24"),), "y", guessed=pods_guessed)
+    watch = cast(KnownNames, object()) if namespaces else None
+    return ClusterFacts(
+        service, pods, "cluster.local", "z", frozenset(), "", frozenset(), watch,
+        cast(KnownNames, object()),
+    )  # fmt: skip
+
+
+def test_without_the_cluster_role_connect_says_so_in_one_line() -> None:
+    full = _facts(service_guessed=False, pods_guessed=False, namespaces=True)
+    assert degraded_note(full) is None
+    note = degraded_note(_facts(service_guessed=True, pods_guessed=True, namespaces=False))
+    assert note is not None
+    assert "\n" not in note
+    assert "docs/rbac/connect-ranges.yaml" in note
+    assert "the service range, the pod range, other namespaces' names" in note
