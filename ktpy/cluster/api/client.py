@@ -187,9 +187,8 @@ class KubernetesApi:
             # Credentials refreshed during a session: an exec plugin that failed now.
             raise ClusterUnreachable(f"cannot use the kubeconfig: {exc}") from exc
         except (HTTPError, OSError, ApiException) as exc:
-            reason = getattr(exc, "reason", None) or exc
             raise ClusterUnreachable(
-                f"cannot reach the API server at {self.host}: {reason}"
+                f"cannot reach the API server at {self.host}: {_reason(exc)}"
             ) from exc
 
     def _call(
@@ -447,6 +446,16 @@ class KubernetesApi:
         log_call("get", resource, namespace, 101)
         log_call("create", resource, namespace, 101)
         return socket_
+
+
+def _reason(exc: BaseException) -> str:
+    """Why a request failed, for people: urllib3 wraps the cause (MaxRetryError ->
+    ConnectTimeoutError(connection object, "Connection to ... timed out ..."))."""
+    cause: object = getattr(exc, "reason", None) or exc
+    args = getattr(cause, "args", ())
+    if isinstance(cause, BaseException) and args and isinstance(args[-1], str):
+        return args[-1]
+    return str(cause)
 
 
 def _websocket_resource(path: str) -> tuple[str | None, str]:
