@@ -21,12 +21,18 @@ code  class                       meaning
 6     AlreadyRunning              another ktpy connect runs on this machine
 10    ClusterUnreachable          the API server cannot be reached
 11    Forbidden                   RBAC refused a request
+17    ApiTimeout                  the API server did not answer in time
+18    ApiServerError              the API server failed (HTTP 5xx)
+19    ApiThrottled                the API server turned requests away (HTTP 429)
 12    ServiceNotFound             no such Service
 13    PortNotInService            --expose names a port the Service lacks
 14    NoSelector                  the Service has no selector to switch
+15    UnresolvedTargetPort        a named targetPort no pod declares
+16    WorkloadUnreadable          ktpy env: the target or a reference is missing
 20    AlreadyExchanged            another live session holds the Service
 21    NameTaken                   a name ktpy would create already exists
 22    LockLost                    this session's lock was taken over
+23    ContestedField              another writer keeps setting back a field ktpy set
 30    ImageUnavailable            the shadow image cannot be pulled
 31    PodStartFailed              the shadow pod did not start
 32    PodSecurityRejected         Pod Security admission refused the pod
@@ -34,6 +40,13 @@ code  class                       meaning
 40    SessionLost                 the tunnel could not be re-established
 41    HostKeyMismatch             the shadow's SSH host key is not the pinned one
 42    TunnelProtocolError         the port-forward broke the WebSocket protocol
+43    PortForwardRefused          the API server or kubelet refused the first port-forward
+44    SshAuthFailed               the shadow's sshd refused the session key
+45    SshHandshakeFailed          no SSH server answered through the port-forward (banner)
+50    HostChangeFailed            a change to this machine could not be made
+51    UndoFailed                  a change to this machine could not be undone
+52    JournalProblem              the journal of host changes cannot be used
+53    BadJournalEntry             an entry of the journal cannot be read
 70    InternalError               a bug in ktpy
 130   Interrupted                 Ctrl-C (SIGINT)
 143   Terminated                  SIGTERM
@@ -122,6 +135,23 @@ class Forbidden(KtpyError):
         self.verb = verb
         self.resource = resource
         self.namespace = namespace
+
+
+class ApiTimeout(KtpyError):
+    exit_code = 17
+    default_hint = (
+        "The API server is slow or the network drops packets; check 'kubectl get ns', then retry."
+    )
+
+
+class ApiServerError(KtpyError):
+    exit_code = 18
+    default_hint = "The API server (or etcd behind it) failed; retry, or ask its administrator."
+
+
+class ApiThrottled(KtpyError):
+    exit_code = 19
+    default_hint = "The API server limits this user's requests (HTTP 429); wait a moment and retry."
 
 
 class ServiceNotFound(KtpyError):
@@ -215,6 +245,14 @@ class LockLost(KtpyError):
     default_hint = "Another session or 'ktpy clean' took over; start again if you still need it."
 
 
+class ContestedField(KtpyError):
+    """Someone else (a GitOps controller's self-heal, an operator) keeps setting a field
+    ktpy set back to their value: ktpy stops instead of fighting them."""
+
+    exit_code = 23
+    default_hint = "Pause the other writer (its sync) while the session runs."
+
+
 class ImageUnavailable(KtpyError):
     exit_code = 30
 
@@ -269,6 +307,57 @@ class HostKeyMismatch(KtpyError):
     default_hint = (
         "Something other than this session's shadow pod answered; nothing was sent to it."
     )
+
+
+class PortForwardRefused(KtpyError):
+    """The first port-forward to the shadow pod failed (later ones are reconnects)."""
+
+    exit_code = 43
+    default_hint = (
+        "The API server or the node's kubelet refused the port-forward; check that "
+        "'kubectl port-forward' to a pod works, and the rights pods/portforward (create, get)."
+    )
+
+
+class SshAuthFailed(KtpyError):
+    exit_code = 44
+    default_hint = (
+        "The shadow pod's sshd refused this session's key; with a custom --image, check that "
+        "it reads /etc/ktpy/secret/authorized_keys."
+    )
+
+
+class SshHandshakeFailed(KtpyError):
+    """Nothing that speaks SSH answered through the port-forward (no banner)."""
+
+    exit_code = 45
+    default_hint = (
+        "The shadow pod's sshd did not answer; with a custom --image, check that it runs "
+        "sshd on the port ktpy expects, else see 'kubectl logs' of the shadow pod."
+    )
+
+
+class HostChangeFailed(KtpyError):
+    exit_code = 50
+    default_hint = (
+        "ktpy undoes what it changed before it exits; if it was killed, "
+        "run 'sudo ktpy clean --local'."
+    )
+
+
+class UndoFailed(KtpyError):
+    exit_code = 51
+    default_hint = "The journal is kept; fix the cause and run 'sudo ktpy clean --local' again."
+
+
+class JournalProblem(KtpyError):
+    exit_code = 52
+    default_hint = "See the journal directory named above; 'sudo ktpy clean --local' replays it."
+
+
+class BadJournalEntry(KtpyError):
+    exit_code = 53
+    default_hint = "The journal was written by another ktpy version or damaged; it is kept."
 
 
 class InternalError(KtpyError):

@@ -32,7 +32,8 @@ from datetime import datetime, timedelta
 
 import click
 
-from ktpy.cluster import guard, inventory, labels, lock, mesh, ports, redirect, waits
+from ktpy import progress
+from ktpy.cluster import guard, inventory, labels, lock, mesh, modify, ports, redirect, waits
 from ktpy.cluster.api import ClusterApi, Kind, NotFound
 from ktpy.cluster.bodies import JsonObject
 from ktpy.cluster.heartbeat import SessionView
@@ -41,7 +42,7 @@ from ktpy.cluster.modify import FieldChange
 from ktpy.cluster.ports import Forward
 from ktpy.cluster.redirect import Mode
 from ktpy.config import Settings
-from ktpy.errors import AlreadyExchanged
+from ktpy.errors import AlreadyExchanged, KtpyError
 from ktpy.logs import get_logger
 from ktpy.net.inbound import Inbound, listening
 from ktpy.params import PortMapping
@@ -216,9 +217,14 @@ class Intercept:
     def _wait_endpoints(
         self, done: Callable[[frozenset[str]], bool], what: str, timeout: float = SWITCH_TIMEOUT
     ) -> None:
-        if not waits.wait_endpoints(
-            self.api, self.request.namespace, self.request.service, done, timeout=timeout
-        ):
+        with progress.waiting(
+            f"Waiting for the endpoints of service {self.request.service} to {what}"
+        ) as wait:
+            switched = waits.wait_endpoints(
+                self.api, self.request.namespace, self.request.service, done, timeout=timeout
+            )
+            wait.outcome = None if switched else "not in time; going on"
+        if not switched:
             self.log.warning(
                 "endpoints did not follow in time; going on", wanted=what, seconds=timeout
             )
@@ -269,13 +275,16 @@ class Intercept:
         )
         self.log.info("deployment scaled to 0", deployment=request.deployment)
         self._guard(Kind.DEPLOYMENT, request.deployment, deployment, redirect.scale_changes())
-        if not waits.wait_pods(
-            self.api,
-            request.namespace,
-            request.selector,
-            lambda serving: serving <= {self.shadow},
-            timeout=SCALE_TIMEOUT,
-        ):
+        with progress.waiting(f"Scaling deployment {request.deployment} to 0") as wait:
+            scaled = waits.wait_pods(
+                self.api,
+                request.namespace,
+                request.selector,
+                lambda serving: serving <= {self.shadow},
+                timeout=SCALE_TIMEOUT,
+            )
+            wait.outcome = None if scaled else "not in time; going on"
+        if not scaled:
             self.log.warning("the deployment's pods are still serving; going on")
         service = redirect.rewrite(
             self.api,
@@ -297,10 +306,11 @@ class Intercept:
 
     # --- out ------------------------------------------------------------------------------
 
-    def lost_reason(self) -> str | None:
+    def lost_error(self) -> KtpyError | None:
+        """Why a guard gave up its object (the lock lost, or a writer that won), if one did."""
         for held in self.guards:
             if held.lost.is_set():
-                return held.reason
+                return held.error
         return None
 
     def switch_out(self, hurried: Callable[[], bool]) -> list[str]:
@@ -317,9 +327,12 @@ class Intercept:
                 self.api, Kind.DEPLOYMENT, request.namespace, request.deployment, self.session.id
             )
             if restored is not None:
+                left = _say_left(restored, f"deployment {request.deployment}")
                 said = (
                     f"restored deployment {request.deployment} to "
-                    f"{waits.replicas_of(restored)} replica(s)"
+                    f"{waits.replicas_of(restored.body)} replica(s)"
+                    if not left
+                    else f"released deployment {request.deployment}"
                 )
                 click.echo(said[0].upper() + said[1:])
                 undone.append(said)
@@ -344,23 +357,30 @@ class Intercept:
         restored = redirect.restore(
             self.api, Kind.SERVICE, request.namespace, request.service, self.session.id
         )
-        if restored is not None and request.mode is Mode.SELECTOR:
+        left = _say_left(restored, f"service {request.service}") if restored else ()
+        if restored is not None and request.mode is Mode.SELECTOR and not left:
             click.echo(f"Restored the selector of service {request.service}")
             undone.append(f"restored the selector of service {request.service}")
             moved = True
         elif restored is not None:
             undone.append(f"released service {request.service}")
+            moved = moved or request.mode is Mode.SELECTOR
         if not moved or hurried():
             return undone
-        originals = waits.ready_pods(self.api, request.namespace, request.selector)
-        waits.wait_endpoints(
-            self.api,
-            request.namespace,
-            request.service,
-            lambda ready: redirect.back_to_original(ready, self.shadow, originals),
-            timeout=SWITCH_TIMEOUT,
-            stop=hurried,
-        )
+        # The pods the Service selects now: a selector someone else set is theirs.
+        now_selecting = redirect.selector_of(restored.body) if restored else request.selector
+        originals = waits.ready_pods(self.api, request.namespace, now_selecting)
+        with progress.waiting(
+            f"Switching the endpoints of service {request.service} back to its pods"
+        ):
+            waits.wait_endpoints(
+                self.api,
+                request.namespace,
+                request.service,
+                lambda ready: redirect.back_to_original(ready, self.shadow, originals),
+                timeout=SWITCH_TIMEOUT,
+                stop=hurried,
+            )
         self._drain(hurried)
         return undone
 
@@ -377,6 +397,14 @@ class Intercept:
         stats = inbound.snapshot()
         if stats.active:
             self.log.warning("closing connections still open", open=stats.active)
+
+
+def _say_left(restored: modify.Restored, what: str) -> tuple[modify.LeftField, ...]:
+    """Say in one line which fields the restore left as someone else set them."""
+    line = redirect.left_line(restored.left, what)
+    if line is not None:
+        click.echo(line, err=True)
+    return restored.left
 
 
 def warn_local_ports(forwards: tuple[Forward, ...]) -> None:

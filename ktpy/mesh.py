@@ -28,7 +28,9 @@ from datetime import datetime
 import click
 import paramiko
 
+from ktpy import progress
 from ktpy.cluster import (
+    guard,
     inventory,
     lock,
     manifests,
@@ -70,6 +72,10 @@ ROUTER_READY_TIMEOUT = 90.0  # a new router pod: scheduled, image present, sshd 
 KEY_WAIT_TIMEOUT = 60.0
 ADMIN_TIMEOUT = 10.0
 VALUE_LENGTH = 5
+MESH_CONTESTED_HINT = (
+    "Pause that writer's sync of the Service while you mesh it (Argo CD: turn off self-heal; "
+    "Flux: suspend it), or use 'ktpy mesh --mode manual' with a mesh that routes by label."
+)
 
 
 @dataclass(frozen=True)
@@ -261,6 +267,7 @@ class MeshMember:
         self.inbound = inbound
         self.say = say
         self.mesh_id: str | None = None
+        self.guard: guard.Guard | None = None
         self.marked = False
         self.routed = False
         self.names = router.router_names(request.service)
@@ -282,15 +289,18 @@ class MeshMember:
         request = self.request
         mesh_service = self._create_mesh_service()
         address = str(mesh_service["spec"]["clusterIP"])
-        if not waits.wait_endpoints(
-            self.api,
-            request.namespace,
-            str(mesh_service["metadata"]["name"]),
-            lambda ready: self.session.spec.pod_name in ready,
-            timeout=SWITCH_TIMEOUT,
-        ):
+        with progress.waiting(f"Adding the shadow to service {mesh_service['metadata']['name']}"):
+            listed = waits.wait_endpoints(
+                self.api,
+                request.namespace,
+                str(mesh_service["metadata"]["name"]),
+                lambda ready: self.session.spec.pod_name in ready,
+                timeout=SWITCH_TIMEOUT,
+            )
+        if not listed:
             self.log.warning("the mesh Service does not list the shadow yet; going on")
         self.mesh_id = self._mesh()
+        self._guard(self.mesh_id)
         for kind, name in (
             (Kind.DEPLOYMENT, self.names.deployment),
             (Kind.SECRET, self.names.secret),
@@ -307,6 +317,29 @@ class MeshMember:
         if routes.get(request.value) != address:
             raise KtpyError(f"the router did not take the route {request.header}: {routes}")
         self.log.info("route added", address=address)
+
+    def _guard(self, mesh_id: str) -> None:
+        """Keep the Service on the router while this member is in the mesh (each live
+        member guards it; a writer that keeps setting it back wins, as for exchange)."""
+        request = self.request
+        self.guard = guard.Guard(
+            self.api,
+            Kind.SERVICE,
+            request.namespace,
+            request.service,
+            session_id=mesh_id,
+            wanted=mesh.mesh_changes(request.service),
+            body=self.api.get(Kind.SERVICE, request.namespace, request.service),
+            hint=MESH_CONTESTED_HINT,
+        )
+        self.guard.start()
+
+    def lost_error(self) -> KtpyError | None:
+        """Why the guard gave the Service up (the mesh restored or taken over, or a
+        writer that won), if it did."""
+        if self.guard is not None and self.guard.lost.is_set():
+            return self.guard.error
+        return None
 
     def _create_mesh_service(self) -> JsonObject:
         request = self.request
@@ -447,13 +480,15 @@ class MeshMember:
             ),
         )
         self.say(f"Mesh of service {request.service} made: router {self.names.deployment}")
-        if not waits.wait_pods(
-            self.api,
-            request.namespace,
-            router.router_selector(request.service),
-            bool,
-            timeout=ROUTER_READY_TIMEOUT,
-        ):
+        with progress.waiting(f"Starting the mesh router {self.names.deployment}"):
+            ready = waits.wait_pods(
+                self.api,
+                request.namespace,
+                router.router_selector(request.service),
+                bool,
+                timeout=ROUTER_READY_TIMEOUT,
+            )
+        if not ready:
             raise KtpyError(
                 f"the mesh router of service {request.service} is not Ready after "
                 f"{ROUTER_READY_TIMEOUT:.0f}s",
@@ -466,14 +501,17 @@ class MeshMember:
         routers = set(
             waits.ready_pods(self.api, request.namespace, router.router_selector(request.service))
         )
-        waits.wait_endpoints(
-            self.api,
-            request.namespace,
-            request.service,
-            lambda ready: bool(ready) and ready <= routers,
-            timeout=SWITCH_TIMEOUT,
-        )
-        time.sleep(PROXY_SETTLE)  # kube-proxy's rules follow the EndpointSlices within this
+        with progress.waiting(
+            f"Switching the endpoints of service {request.service} to the router"
+        ):
+            waits.wait_endpoints(
+                self.api,
+                request.namespace,
+                request.service,
+                lambda ready: bool(ready) and ready <= routers,
+                timeout=SWITCH_TIMEOUT,
+            )
+            time.sleep(PROXY_SETTLE)  # kube-proxy's rules follow the EndpointSlices within this
 
     def _mark(self) -> None:
         """Mark the Service with this member's value, in one conditional write that
@@ -599,6 +637,8 @@ class MeshMember:
         the Service back and sweeps the mesh. Returns what was undone, in words."""
         request = self.request
         undone: list[str] = []
+        if self.guard is not None:
+            self.guard.stop()  # the last one out restores: no re-assertion after that
         if self.routed:
             with contextlib.suppress(OSError, KtpyError, paramiko.SSHException):
                 self.admin.command(router.del_route(request.value))
@@ -620,15 +660,18 @@ class MeshMember:
             undone.append(f"restored the selector of service {request.service}")
             if not hurried():
                 originals = waits.ready_pods(self.api, request.namespace, request.selector)
-                waits.wait_endpoints(
-                    self.api,
-                    request.namespace,
-                    request.service,
-                    lambda ready: bool(ready & set(originals)) or not originals,
-                    timeout=SWITCH_TIMEOUT,
-                    stop=hurried,
-                )
-                time.sleep(PROXY_SETTLE)  # kube-proxy follows the EndpointSlices
+                with progress.waiting(
+                    f"Switching the endpoints of service {request.service} back to its pods"
+                ):
+                    waits.wait_endpoints(
+                        self.api,
+                        request.namespace,
+                        request.service,
+                        lambda ready: bool(ready & set(originals)) or not originals,
+                        timeout=SWITCH_TIMEOUT,
+                        stop=hurried,
+                    )
+                    time.sleep(PROXY_SETTLE)  # kube-proxy follows the EndpointSlices
             sweep.release(self.api, request.namespace, self.mesh_id)
             undone.append("removed the mesh router and stuntman")
         return undone
@@ -655,17 +698,21 @@ class MeshMember:
                 )
                 if m.session != self.session.id
             ]
+            left: str | None = None
             if live:
                 updated = mesh.without_mark(body, self.session.id)
             else:
                 restored = redirect.restoration(body, self.mesh_id or "")
                 if restored is None:
                     return False
-                updated = restored
+                updated = restored.body
+                left = redirect.left_line(restored.left, f"service {request.service}")
             try:
                 self.api.replace(Kind.SERVICE, request.namespace, request.service, updated)
             except Conflict:
                 continue
             self.marked = False
+            if not live and left is not None:
+                self.say(left)
             return not live
         raise KtpyError(f"service {request.service!r} keeps changing; could not leave its mesh")

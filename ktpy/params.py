@@ -426,3 +426,79 @@ def session_file_options(command: F) -> F:
     ):
         command = option(command)
     return command
+
+
+class AliasedOption(click.Option):
+    """An option that also answers to kt-connect's spelling (``--versionMark`` for
+    ``--version-mark``), left out of --help and of shell completion so that ktpy's own
+    spelling is the one taught: the aliases reach the parser only."""
+
+    def __init__(
+        self, param_decls: list[str], *, hidden_aliases: tuple[str, ...] = (), **attrs: Any
+    ) -> None:
+        super().__init__(param_decls, **attrs)
+        self.hidden_aliases = hidden_aliases
+
+    def add_to_parser(self, parser: Any, ctx: click.Context) -> None:
+        shown = self.opts
+        self.opts = [*shown, *self.hidden_aliases]
+        try:
+            super().add_to_parser(parser, ctx)
+        finally:
+            self.opts = shown
+
+
+@dataclass(frozen=True)
+class ServiceTarget:
+    """A command's target as kubectl and kt-connect write it: ``NAME``, ``svc/NAME`` or
+    ``service/NAME`` name a Service; ``deploy/NAME`` or ``deployment/NAME`` the
+    Deployment whose pods the Service to use selects."""
+
+    name: str
+    deployment: bool = False
+
+    def __str__(self) -> str:
+        return f"deployment/{self.name}" if self.deployment else self.name
+
+
+_SERVICE_KINDS = frozenset({"svc", "service", "services"})
+_DEPLOYMENT_KINDS = frozenset({"deploy", "deployment", "deployments"})
+
+
+def parse_service_target(text: str, *, deployments: bool = False) -> ServiceTarget:
+    kind, slash, name = text.partition("/")
+    if not slash:
+        kind, name = "svc", text
+    allowed = _SERVICE_KINDS | (_DEPLOYMENT_KINDS if deployments else frozenset())
+    if kind.lower() not in allowed:
+        forms = "NAME, svc/NAME" + (" or deploy/NAME" if deployments else "")
+        raise ValueError(f"{text!r}: expected {forms}")
+    return ServiceTarget(parse_dns1123_label(name), deployment=kind.lower() in _DEPLOYMENT_KINDS)
+
+
+class ServiceNameType(_ParserType[str]):
+    """A Service's name: ``NAME``, ``svc/NAME`` or ``service/NAME``."""
+
+    name = "SERVICE"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        return self._run(lambda text: parse_service_target(text).name, str(value), param, ctx)
+
+
+class ServiceTargetType(_ParserType[ServiceTarget]):
+    """A Service, or a Deployment standing for the Service that selects its pods."""
+
+    name = "SERVICE"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> ServiceTarget:
+        if isinstance(value, ServiceTarget):
+            return value
+        return self._run(
+            lambda text: parse_service_target(text, deployments=True), str(value), param, ctx
+        )
+
+
+SERVICE = ServiceNameType()
+SERVICE_TARGET = ServiceTargetType()

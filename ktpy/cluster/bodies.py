@@ -10,6 +10,9 @@ from __future__ import annotations
 from typing import Any, Literal, NotRequired, TypedDict
 
 JsonObject = dict[str, Any]
+# The field manager ktpy's writes carry (``metadata.managedFields``), so others see who
+# changed their object, and ktpy tells its own writes from theirs.
+FIELD_MANAGER = "ktpy"
 Protocol = Literal["TCP", "UDP", "SCTP"]
 
 

@@ -3,11 +3,11 @@ and the sessions they add up to. Read by status, clean, recover and the lock."""
 
 from __future__ import annotations
 
-from ktpy.cluster import labels
+from ktpy.cluster import labels, redirect
 from ktpy.cluster.api import ClusterApi, Kind, NotFound
 from ktpy.cluster.bodies import JsonObject
 from ktpy.cluster.heartbeat import SessionView, sessions_from_objects
-from ktpy.errors import ServiceNotFound
+from ktpy.errors import ServiceNotFound, UsageProblem
 
 # Kinds ktpy creates for a session (labelled managed-by=ktpy), and kinds it modifies.
 CREATED_KINDS = (Kind.SERVICE, Kind.DEPLOYMENT, Kind.POD, Kind.SECRET)
@@ -50,3 +50,16 @@ def get_service(api: ClusterApi, namespace: str, name: str) -> JsonObject:
         return api.get(Kind.SERVICE, namespace, name)
     except NotFound:
         raise ServiceNotFound(name, namespace) from None
+
+
+def service_of_deployment(api: ClusterApi, namespace: str, name: str) -> str:
+    """The name of the one Service that selects Deployment ``name``'s pods."""
+    try:
+        deployment = api.get(Kind.DEPLOYMENT, namespace, name)
+    except NotFound:
+        raise UsageProblem(
+            f"deployment {name!r} not found in namespace {namespace!r}",
+            hint="List them with 'kubectl get deployments -n NAMESPACE'.",
+        ) from None
+    services = api.list_objects(Kind.SERVICE, namespace).items
+    return redirect.service_of_deployment(deployment, services)

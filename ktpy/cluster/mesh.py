@@ -149,10 +149,14 @@ def mesh_lock(mesh_id: str, owner: str, now: datetime) -> Lock:
     return Lock(mesh_id, owner, Role.MESH, now)
 
 
+def mesh_changes(service: str) -> tuple[FieldChange, ...]:
+    """What a mesh changes on the Service: its selector, to the router's pods."""
+    return (FieldChange(SELECTOR_PATH, router.router_selector(service)),)
+
+
 def meshed_service(service: Mapping[str, Any], lock: Lock) -> JsonObject:
     """The Service selecting the router, its selector and the lock recorded."""
-    name = str(service["metadata"]["name"])
-    changes = (FieldChange(SELECTOR_PATH, router.router_selector(name)),)
+    changes = mesh_changes(str(service["metadata"]["name"]))
     return modify.modified_body(service, changes, session_id=lock.session, lock=lock)
 
 

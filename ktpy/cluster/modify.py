@@ -7,6 +7,13 @@ as the change, so no crash can separate them. ``restored_body`` puts the
 originals back and removes every ktpy mark, whoever runs it: the session at
 exit, ``ktpy recover``, or ``ktpy clean`` on another machine.
 
+Each recorded field also keeps the value ktpy set (``set``). A restore puts the
+original back only where the field still holds ktpy's value: a field someone
+else changed meanwhile (a Helm upgrade, a GitOps controller that won) is left as
+they set it, and the restore names it and its writer (``managedFields``). A
+guard that puts ktpy's value back over someone's edit records their value as
+the field's new original (``adopt``), so the restore ends with what they wanted.
+
 Both functions return a new body that keeps ``metadata.resourceVersion``;
 sending it with a replace makes the write conditional (409 Conflict if
 someone changed the object in between), which is also what makes the
@@ -22,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from ktpy.cluster import labels
-from ktpy.cluster.bodies import JsonObject
+from ktpy.cluster.bodies import FIELD_MANAGER, JsonObject
 from ktpy.cluster.labels import Lock
 
 # Conditional writes re-read and try again on 409 this many times before giving up.
@@ -169,11 +176,7 @@ def modified_body(
     body: JsonObject = copy.deepcopy(dict(current))
     originals: list[dict[str, Any]] = []
     for change in changes:
-        before = field_value(body, change.path)
-        if before is ABSENT:
-            originals.append({"path": change.pointer, "absent": True})
-        else:
-            originals.append({"path": change.pointer, "value": copy.deepcopy(before)})
+        originals.append(_entry(change.pointer, field_value(body, change.path), change.value))
         _set(body, change.path, change.value)
     object_labels, annotations = _metadata_maps(body)
     object_labels[labels.MODIFIED_BY] = session_id
@@ -183,8 +186,29 @@ def modified_body(
     return body
 
 
-def recorded_originals(body: Mapping[str, Any]) -> list[FieldChange]:
-    """The original values stored on a modified object, as changes that restore them."""
+def _entry(pointer: str, original: Any, ktpy_value: Any, by: str = "") -> dict[str, Any]:
+    entry: dict[str, Any] = {"path": pointer}
+    if original is ABSENT:
+        entry["absent"] = True
+    else:
+        entry["value"] = copy.deepcopy(original)
+    entry["set"] = copy.deepcopy(ktpy_value)
+    if by:
+        entry["by"] = by
+    return entry
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """One field as recorded on a modified object."""
+
+    change: FieldChange  # the change that restores the original
+    ktpy_value: Any  # what ktpy set; ABSENT in records older than ``set``: always restored
+    by: str = ""  # who set the original meanwhile (a guard adopted their value)
+
+
+def recorded(body: Mapping[str, Any]) -> list[Recorded]:
+    """The fields recorded on a modified object (ValueError if unreadable)."""
     annotations = (body.get("metadata") or {}).get("annotations") or {}
     text = annotations.get(labels.ORIGINAL)
     if not text:
@@ -192,23 +216,84 @@ def recorded_originals(body: Mapping[str, Any]) -> list[FieldChange]:
     try:
         entries = json.loads(text)
         return [
-            FieldChange(
-                _pointer_path(entry["path"]),
-                ABSENT if entry.get("absent") else entry["value"],
+            Recorded(
+                FieldChange(
+                    _pointer_path(entry["path"]),
+                    ABSENT if entry.get("absent") else entry["value"],
+                ),
+                entry.get("set", ABSENT),
+                str(entry.get("by") or ""),
             )
             for entry in entries
         ]
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise ValueError(f"unreadable {labels.ORIGINAL} annotation: {text!r}") from exc
 
 
-def restored_body(current: Mapping[str, Any]) -> JsonObject:
-    """``current`` with the recorded originals put back and every ktpy mark removed."""
+def recorded_originals(body: Mapping[str, Any]) -> list[FieldChange]:
+    """The original values stored on a modified object, as changes that restore them."""
+    return [r.change for r in recorded(body)]
+
+
+def adopt(body: Mapping[str, Any], path: Sequence[str], value: Any, by: str) -> JsonObject:
+    """``body`` with the recorded original of ``path`` replaced by ``value``: someone
+    (``by``) set the field while ktpy held it, so a restore gives them their value."""
+    copied: JsonObject = copy.deepcopy(dict(body))
+    entries = [
+        _entry(r.change.pointer, _theirs(value, r.ktpy_value), r.ktpy_value, by or "someone else")
+        if r.change.path == tuple(path)
+        else _entry(r.change.pointer, r.change.value, r.ktpy_value, r.by)
+        for r in recorded(copied)
+    ]
+    _metadata_maps(copied)[1][labels.ORIGINAL] = json.dumps(entries, sort_keys=True)
+    return copied
+
+
+def _theirs(value: Any, ktpy_value: Any) -> Any:
+    """Their part of a value: a map merged into ktpy's (a merge patch of a selector)
+    keeps ktpy's entries, which are not theirs to get back."""
+    if isinstance(value, Mapping) and isinstance(ktpy_value, Mapping):
+        return {k: v for k, v in value.items() if ktpy_value.get(k) != v}
+    return value
+
+
+@dataclass(frozen=True)
+class LeftField:
+    """A field a restore did not put back: someone else set it meanwhile."""
+
+    pointer: str
+    by: str  # their field manager, "" if unknown
+    adopted: bool = False  # the restore gave them their value (a guard had adopted it)
+
+    def words(self, what: str) -> str:
+        who = self.by or "someone else"
+        if self.adopted:
+            return f"{self.pointer} of {what} is put back as {who} set it, not as it was before"
+        return f"{self.pointer} of {what} is left as {who} set it"
+
+
+@dataclass(frozen=True)
+class Restored:
+    body: JsonObject
+    left: tuple[LeftField, ...] = ()
+
+
+def restore_plan(current: Mapping[str, Any]) -> Restored:
+    """``current`` with every ktpy mark removed and the recorded originals put back
+    where the field still holds ktpy's value; the other fields are named in ``left``."""
     if not is_modified(current):
         raise NotModified("the object carries no ktpy change")
     body: JsonObject = copy.deepcopy(dict(current))
-    for change in recorded_originals(body):
+    left: list[LeftField] = []
+    for entry in recorded(body):
+        change = entry.change
+        ours = entry.ktpy_value is ABSENT or change.path == labels.LOCK_PATH  # the lock goes
+        if not ours and field_value(body, change.path) != entry.ktpy_value:
+            left.append(LeftField(change.pointer, field_writer(body, change.path)))
+            continue
         _set(body, change.path, change.value)
+        if entry.by:
+            left.append(LeftField(change.pointer, entry.by, adopted=True))
     object_labels, annotations = _metadata_maps(body)
     object_labels.pop(labels.MODIFIED_BY, None)
     annotations.pop(labels.ORIGINAL, None)
@@ -220,4 +305,39 @@ def restored_body(current: Mapping[str, Any]) -> JsonObject:
     for key in ("labels", "annotations"):
         if not meta[key]:
             del meta[key]
-    return body
+    return Restored(body, tuple(left))
+
+
+def restored_body(current: Mapping[str, Any]) -> JsonObject:
+    """``current`` with ktpy's changes undone and every ktpy mark removed (see
+    ``restore_plan``)."""
+    return restore_plan(current).body
+
+
+# --- who wrote a field --------------------------------------------------------------------
+
+
+def _owns(fields: Any, path: Sequence[str]) -> bool:
+    node = fields
+    for part in path:
+        if not isinstance(node, Mapping) or f"f:{part}" not in node:
+            return False
+        node = node[f"f:{part}"]
+    return True
+
+
+def field_writer(body: Mapping[str, Any], path: Sequence[str]) -> str:
+    """The field manager (from ``metadata.managedFields``) that last wrote the field at
+    ``path`` or anything under it, other than ktpy; "" if none is recorded."""
+    entries = (body.get("metadata") or {}).get("managedFields") or []
+    owners = [
+        e
+        for e in entries
+        if isinstance(e, Mapping)
+        and e.get("manager") != FIELD_MANAGER
+        and _owns(e.get("fieldsV1"), path)
+    ]
+    if not owners:
+        return ""
+    newest = max(owners, key=lambda e: str(e.get("time") or ""))
+    return str(newest.get("manager") or "")

@@ -10,7 +10,7 @@ in ``waits``; who may switch is decided by ``lock``.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from enum import StrEnum
 from typing import Any
 
@@ -23,7 +23,7 @@ from ktpy.cluster.api import (
 )
 from ktpy.cluster.bodies import JsonObject
 from ktpy.cluster.labels import Lock, Role
-from ktpy.cluster.modify import WRITE_ATTEMPTS, FieldChange
+from ktpy.cluster.modify import WRITE_ATTEMPTS, FieldChange, LeftField, Restored
 from ktpy.errors import (
     KtpyError,
     LockLost,
@@ -100,12 +100,21 @@ def scaled_deployment(deployment: Mapping[str, Any], session_id: str) -> JsonObj
     return modify.modified_body(deployment, scale_changes(), session_id=session_id)
 
 
-def restoration(body: Mapping[str, Any], session_id: str) -> JsonObject | None:
-    """The body that undoes this session's change, or None if the change is not ours
-    (any more): then it is not ours to touch."""
+def restoration(body: Mapping[str, Any], session_id: str) -> Restored | None:
+    """What undoes this session's change (the body, and the fields someone else set
+    meanwhile, left as they are), or None if the change is not ours (any more): then
+    it is not ours to touch."""
     if not modify.is_modified(body) or modify.modifier_session(body) != session_id:
         return None
-    return modify.restored_body(body)
+    return modify.restore_plan(body)
+
+
+def left_line(left: Sequence[LeftField], what: str) -> str | None:
+    """One line naming the fields a restore left as someone else set them."""
+    if not left:
+        return None
+    said = "; ".join(f.words(what) for f in left)
+    return f"{said[0].upper()}{said[1:]} (changed while ktpy held it)"
 
 
 def only_shadow(ready: frozenset[str], shadow: str) -> bool:
@@ -152,6 +161,26 @@ def backing_deployment(
     )
 
 
+def service_of_deployment(
+    deployment: Mapping[str, Any], services: Iterable[Mapping[str, Any]]
+) -> str:
+    """The one Service that selects ``deployment``'s pods (a target written
+    ``deploy/NAME``, as kt-connect takes it)."""
+    name = str((deployment.get("metadata") or {}).get("name", "?"))
+    found = sorted(
+        str(s["metadata"]["name"])
+        for s in services
+        if selector_of(s) and selects_pods_of(selector_of(s), deployment)
+    )
+    if len(found) == 1:
+        return found[0]
+    detail = f"several Services ({', '.join(found)})" if found else "no Service"
+    raise UsageProblem(
+        f"deployment {name!r}: {detail} select its pods",
+        hint="Name the Service itself: svc/NAME or NAME.",
+    )
+
+
 def template_labels(deployment: Mapping[str, Any]) -> dict[str, str]:
     """The labels a scale-mode shadow takes from the Deployment's pod template.
 
@@ -183,24 +212,25 @@ def restore(
     session_id: str | None,
     *,
     anyone: bool = False,
-) -> JsonObject | None:
+) -> Restored | None:
     """Put back the originals recorded on the object if ``session_id`` (or, with
-    ``anyone``, whoever) modified it. Returns the restored object; None if it was
-    not ours (any more), or is gone. Retries on 409."""
+    ``anyone``, whoever) modified it, where the fields still hold ktpy's values.
+    Returns the restored object and the fields left as someone else set them; None
+    if it was not ours (any more), or is gone. Retries on 409."""
     for _ in range(WRITE_ATTEMPTS):
         try:
             current = api.get(kind, namespace, name)
         except NotFound:
             return None
         if anyone:
-            body = modify.restored_body(current) if modify.is_modified(current) else None
+            plan = modify.restore_plan(current) if modify.is_modified(current) else None
         else:
             assert session_id is not None
-            body = restoration(current, session_id)
-        if body is None:
+            plan = restoration(current, session_id)
+        if plan is None:
             return None
         try:
-            return api.replace(kind, namespace, name, body)
+            return Restored(api.replace(kind, namespace, name, plan.body), plan.left)
         except Conflict:
             continue
     raise KtpyError(

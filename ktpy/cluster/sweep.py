@@ -250,7 +250,10 @@ def carry_out(api: ClusterApi, plan: CleanPlan, *, wait: bool = True) -> SweepRe
             report.problems.append(f"{ref}: {exc}")
             continue
         if restored is not None:
-            report.done.append(("restored", ref))
+            kept = ", ".join(
+                f"{f.pointer} as {f.by or 'someone else'} set it" for f in restored.left
+            )
+            report.done.append((f"restored (leaving {kept})" if kept else "restored", ref))
     for ref in plan.delete:
         try:
             api.delete(Kind(ref.kind), ref.namespace, ref.name, uid=ref.uid)

@@ -12,22 +12,37 @@ from ktpy import params
 from ktpy.cluster import inventory, sweep
 from ktpy.commands.context import make_api, settings_of
 from ktpy.durations import format_duration
-from ktpy.errors import KtpyError
+from ktpy.errors import KtpyError, UndoFailed
 from ktpy.host import recovery
 from ktpy.session import check_local_process
 
 
 @click.command()
 @click.option(
+    "--thresholdInMinus",
+    "threshold_minutes",
+    type=click.IntRange(min=1),
+    hidden=True,
+    help="kt-connect's spelling of --threshold, in minutes.",
+)
+@click.option(
     "--threshold",
     type=params.DURATION,
     default=None,
     help="A session whose heartbeat is older than this is stale.  [default: stale-after, 3m]",
 )
-@click.option("--dry-run", is_flag=True, help="Say what would be done; change nothing.")
+@click.option(
+    "--dry-run",
+    cls=params.AliasedOption,
+    hidden_aliases=("--dryRun",),
+    is_flag=True,
+    help="Say what would be done; change nothing.",
+)
 @click.option("-A", "--all-namespaces", is_flag=True, help="Clean every namespace.")
 @click.option(
     "--local",
+    cls=params.AliasedOption,
+    hidden_aliases=("--localOnly",),
     is_flag=True,
     help="Only undo this machine's changes (routes, TUN device, resolver) left by a "
     "crashed ktpy connect, from its journal. Needs the same rights as connect (sudo).",
@@ -35,6 +50,7 @@ from ktpy.session import check_local_process
 @click.pass_context
 def clean(
     ctx: click.Context,
+    threshold_minutes: int | None,
     threshold: timedelta | None,
     dry_run: bool,
     all_namespaces: bool,
@@ -50,6 +66,8 @@ def clean(
     if local:
         _clean_local(settings.journal_dir, dry_run)
         return
+    if threshold is None and threshold_minutes is not None:
+        threshold = timedelta(minutes=threshold_minutes)
     threshold = threshold or settings.stale_after
     sweep.check_threshold(threshold, settings.heartbeat_interval)
     api = make_api(settings)
@@ -103,7 +121,7 @@ def _clean_local(journal_dir: Path, dry_run: bool) -> None:
     for line in report.lines():
         click.echo(line)
     if not report.complete:
-        raise KtpyError(
+        raise UndoFailed(
             "some host changes could not be undone",
             hint=f"See the lines above; the journal stays in {journal_dir} for another try.",
         )

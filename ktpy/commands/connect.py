@@ -141,18 +141,24 @@ class Connect(lifecycle.SessionCommand):
 )
 @click.option(
     "--socks-port",
+    cls=params.AliasedOption,
+    hidden_aliases=("--proxyPort",),
     type=params.PORT,
     default=None,
     help="Port of the SOCKS5 proxy on 127.0.0.1 (both modes).  [default: 2223]",
 )
 @click.option(
     "--include-cidr",
+    cls=params.AliasedOption,
+    hidden_aliases=("--includeIps",),
     type=params.CIDR,
     multiple=True,
     help="Route this range too (repeatable).",
 )
 @click.option(
     "--exclude-cidr",
+    cls=params.AliasedOption,
+    hidden_aliases=("--excludeIps",),
     type=params.CIDR,
     multiple=True,
     help="Never route this range (repeatable).",

@@ -13,13 +13,14 @@ from pathlib import Path
 import click
 
 from ktpy import lifecycle, params
-from ktpy.cluster import names
+from ktpy.cluster import inventory, names
 from ktpy.cluster.api import ApiError, ClusterApi
 from ktpy.cluster.labels import Role
 from ktpy.cluster.redirect import Mode
+from ktpy.commands import completion
 from ktpy.commands.context import make_api, settings_of
 from ktpy.config import Settings
-from ktpy.errors import KtpyError, LockLost
+from ktpy.errors import KtpyError
 from ktpy.intercept import Intercept, Request, check_request, describe, warn_local_ports
 from ktpy.net.inbound import Inbound
 from ktpy.params import PortMapping
@@ -66,9 +67,9 @@ class Exchange(lifecycle.SessionCommand):
 
     def check(self, session: Session) -> None:
         # A lock lost while the laptop slept also takes the pod: say the better reason.
-        reason = self.intercept.lost_reason() if self.intercept else None
-        if reason is not None:
-            raise LockLost(f"{reason}; this session stops")
+        error = self.intercept.lost_error() if self.intercept else None
+        if error is not None:
+            raise error
         if session.lost.is_set():
             raise session.lost_error(session.lost_reason)
 
@@ -88,7 +89,9 @@ class Exchange(lifecycle.SessionCommand):
 
 
 @click.command()
-@click.argument("service", type=params.NAME)
+@click.argument(
+    "target", metavar="SERVICE", type=params.SERVICE_TARGET, shell_complete=completion.services
+)
 @click.option(
     "--expose",
     type=params.EXPOSE,
@@ -109,7 +112,7 @@ class Exchange(lifecycle.SessionCommand):
 @click.pass_context
 def exchange(
     ctx: click.Context,
-    service: str,
+    target: params.ServiceTarget,
     expose: tuple[PortMapping, ...] | None,
     mode: str,
     env_file: Path | None,
@@ -117,6 +120,10 @@ def exchange(
     keep: bool,
 ) -> None:
     """Send all of SERVICE's traffic to this machine until Ctrl-C.
+
+    \b
+    SERVICE is a name, svc/NAME, or deploy/NAME for the Service that selects
+    that Deployment's pods.
 
     \b
     --expose LOCAL:REMOTE[,LOCAL:REMOTE...], or a bare PORT for PORT:PORT.
@@ -136,6 +143,9 @@ def exchange(
     settings = settings_of(ctx)
     started = time.monotonic()
     api = make_api(settings)
+    service = target.name
+    if target.deployment:
+        service = inventory.service_of_deployment(api, settings.namespace, target.name)
     request = check_request(api, settings, service, expose or (), Mode(mode))
     warn_local_ports(request.forwards)
     written = write_environment(api, request.namespace, service, env_file, mount_dir)

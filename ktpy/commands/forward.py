@@ -18,6 +18,7 @@ from ktpy.cluster import names, service_target
 from ktpy.cluster.api import ClusterApi, Kind, NotFound
 from ktpy.cluster.labels import Role
 from ktpy.cluster.service_target import ServiceRoute
+from ktpy.commands import completion
 from ktpy.commands.context import make_api, settings_of
 from ktpy.errors import ServiceNotFound, UsageProblem
 from ktpy.net.forwarding import ForwardServer
@@ -137,6 +138,7 @@ class Forward(lifecycle.SessionCommand):
     required=True,
     metavar="SVC [LOCAL[:REMOTE]] [SVC2 [LOCAL[:REMOTE]]]...",
     callback=params.forward_targets_callback,
+    shell_complete=completion.services,
 )
 @click.pass_context
 def forward(ctx: click.Context, targets: tuple[params.ForwardTarget, ...]) -> None:

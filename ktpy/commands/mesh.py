@@ -16,6 +16,7 @@ from ktpy import lifecycle, params
 from ktpy.cluster import names
 from ktpy.cluster.api import ApiError, ClusterApi
 from ktpy.cluster.labels import Role
+from ktpy.commands import completion
 from ktpy.commands.context import make_api, settings_of
 from ktpy.config import Settings
 from ktpy.errors import KtpyError
@@ -83,6 +84,12 @@ class Mesh(lifecycle.SessionCommand):
             )
         return [*lines, ready_line(request.header)]
 
+    def check(self, session: Session) -> None:
+        error = self.member.lost_error() if self.member else None
+        if error is not None:
+            raise error
+        super().check(session)
+
     def stop(self, session: Session, hurried: Callable[[], bool]) -> list[str]:
         undone = remove_session_files(self.written)
         if self.member is None:
@@ -100,7 +107,7 @@ class Mesh(lifecycle.SessionCommand):
 
 
 @click.command()
-@click.argument("service", type=params.NAME)
+@click.argument("service", type=params.SERVICE, shell_complete=completion.services)
 @click.option(
     "--expose",
     type=params.EXPOSE,
@@ -111,6 +118,8 @@ class Mesh(lifecycle.SessionCommand):
 )
 @click.option(
     "--version-mark",
+    cls=params.AliasedOption,
+    hidden_aliases=("--versionMark",),
     type=params.VERSION_MARK,
     default=None,
     metavar="[KEY:]VALUE",

@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from ktpy import lifecycle, params
+from ktpy import lifecycle, params, progress
 from ktpy.cluster import labels, manifests, names, waits
 from ktpy.cluster.api import AlreadyExists, ApiError, ClusterApi, Kind, NotFound
 from ktpy.cluster.labels import Role
@@ -105,9 +105,10 @@ def wait_routed(api: ClusterApi, namespace: str, service: str, pod: str) -> bool
     """Wait (by watch) until the Service's endpoints list the shadow pod as ready, so
     the ready line is not printed before the cluster can route to it."""
     try:
-        return waits.wait_endpoints(
-            api, namespace, service, lambda ready: pod in ready, timeout=ROUTED_TIMEOUT
-        )
+        with progress.waiting(f"Adding {pod} to the endpoints of service {service}"):
+            return waits.wait_endpoints(
+                api, namespace, service, lambda ready: pod in ready, timeout=ROUTED_TIMEOUT
+            )
     except (ApiError, KtpyError):
         return False  # e.g. no right to list EndpointSlices: do not wait blind
 

@@ -10,6 +10,7 @@ from ktpy.cluster import inventory, labels, modify, redirect, sweep
 from ktpy.cluster.api import ClusterApi, Kind
 from ktpy.cluster.bodies import JsonObject
 from ktpy.cluster.lock import Decision
+from ktpy.commands import completion
 from ktpy.commands.context import make_api, settings_of
 from ktpy.session import judge_holder
 
@@ -23,7 +24,7 @@ def _modified_deployments(
 
 
 @click.command()
-@click.argument("service", type=params.NAME)
+@click.argument("service", type=params.SERVICE, shell_complete=completion.services)
 @click.option("--force", is_flag=True, help="Also when the session holding it still looks live.")
 @click.pass_context
 def recover(ctx: click.Context, service: str, force: bool) -> None:

@@ -39,19 +39,15 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from ktpy.errors import KtpyError
+from ktpy.errors import BadJournalEntry, JournalProblem, UndoFailed
 from ktpy.host import procs
 from ktpy.host.runner import Runner, run
-from ktpy.host.undo import BadJournalEntry, Undo, UndoFailed, undo_from_json, undo_to_json
+from ktpy.host.undo import Undo, undo_from_json, undo_to_json
 
 FORMAT = "ktpy-host"
 VERSION = 1
 SUFFIX = ".journal"
 _SESSION = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
-
-
-class JournalProblem(KtpyError):
-    default_hint = "See the journal directory named above; 'sudo ktpy clean --local' replays it."
 
 
 @dataclass(frozen=True)

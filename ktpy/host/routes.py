@@ -19,8 +19,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ktpy.errors import HostChangeFailed
 from ktpy.host.journal import Change, Journal
-from ktpy.host.runner import HostChangeFailed, Runner, check, run
+from ktpy.host.runner import Runner, check, run
 from ktpy.host.undo import RouteDelete
 from ktpy.params import IPAddress, IPNetwork
 

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from ktpy.errors import KtpyError
+from ktpy.errors import HostChangeFailed
 
 DEFAULT_TIMEOUT = 15.0
 
@@ -72,13 +72,6 @@ def run(argv: Sequence[str]) -> Completed:
     except subprocess.TimeoutExpired:
         return Completed(args, 124, "", f"timed out after {DEFAULT_TIMEOUT:g}s")
     return Completed(args, done.returncode, done.stdout, done.stderr)
-
-
-class HostChangeFailed(KtpyError):
-    default_hint = (
-        "ktpy undoes what it changed before it exits; if it was killed, "
-        "run 'sudo ktpy clean --local'."
-    )
 
 
 def check(done: Completed, what: str) -> Completed:

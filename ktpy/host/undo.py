@@ -20,17 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ktpy.errors import KtpyError
+from ktpy.errors import BadJournalEntry, UndoFailed
 from ktpy.host import resolvconf
 from ktpy.host.runner import Runner
-
-
-class UndoFailed(KtpyError):
-    default_hint = "The journal is kept; fix the cause and run 'sudo ktpy clean --local' again."
-
-
-class BadJournalEntry(KtpyError):
-    default_hint = "The journal was written by another ktpy version or damaged; it is kept."
 
 
 def _link_exists(runner: Runner, name: str) -> bool:

@@ -17,16 +17,26 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import paramiko
 
+from ktpy import progress
 from ktpy.cluster import names
-from ktpy.cluster.api import ApiError, ClusterApi, Kind, NotFound
+from ktpy.cluster.api import ApiError, ClusterApi, Kind, NotFound, for_user
 from ktpy.cluster.bodies import JsonObject
 from ktpy.cluster.manifests import SessionMeta
 from ktpy.config import Settings
-from ktpy.errors import KtpyError, SessionLost
+from ktpy.durations import format_duration
+from ktpy.errors import (
+    ApiServerError,
+    ApiThrottled,
+    ApiTimeout,
+    ClusterUnreachable,
+    KtpyError,
+    SessionLost,
+)
 from ktpy.logs import get_logger
 from ktpy.session.link import RemoteHandler, TunnelLink
 from ktpy.session.owner import check_local_process, judge_holder, local_owner_identity
@@ -46,6 +56,10 @@ __all__ = [
 ]
 
 
+# The heartbeat failures that end a session under their own exit code (others: 10).
+UNANSWERED = (ClusterUnreachable, ApiTimeout, ApiServerError, ApiThrottled)
+
+
 @dataclass
 class Timings:
     """Seconds from the session's start to each step, for the ready line and benchmarks."""
@@ -53,6 +67,21 @@ class Timings:
     pod_created: float = 0.0
     pod_ready: float = 0.0
     tunnel_up: float = 0.0
+
+
+def _unanswered(exc: Exception, stale_after: timedelta) -> tuple[str, type[KtpyError]]:
+    """Why a session stops whose heartbeat failed for ``stale_after``: from then on
+    any ``ktpy clean`` may take it for dead, so going on would be pretending."""
+    error = (
+        exc if isinstance(exc, KtpyError) else for_user(exc) if isinstance(exc, ApiError) else exc
+    )
+    kind = type(error) if isinstance(error, UNANSWERED) else ClusterUnreachable
+    reason = error.format_message() if isinstance(error, KtpyError) else str(error)
+    return (
+        f"no heartbeat for {format_duration(stale_after)} (stale-after), so the session's "
+        f"objects may be swept as dead: {reason}",
+        kind,
+    )
 
 
 class Session:
@@ -73,7 +102,7 @@ class Session:
         self.timings = Timings()
         self.lost = threading.Event()  # set when the session cannot go on (reason in lost_reason)
         self.lost_reason = ""
-        self.lost_error: type[SessionLost] = SessionLost  # what the command raises for it
+        self.lost_error: type[KtpyError] = SessionLost  # what the command raises for it
         self.objects = ShadowObjects(api, settings, spec, self.id, self.keys, self.log)
         self.link = TunnelLink(api, spec, self.keys, self.log, self.lost)
         self._stop = threading.Event()
@@ -95,7 +124,8 @@ class Session:
             self.objects.create()
             self.timings.pod_created = time.monotonic() - self._started
             timeout = self.settings.pod_start_timeout.total_seconds()
-            self.objects.wait_ready(timeout, self._stop.is_set)
+            with progress.waiting(f"Starting shadow pod {self.spec.pod_name}") as wait:
+                self.objects.wait_ready(timeout, self._stop.is_set, wait.update)
             self.timings.pod_ready = time.monotonic() - self._started
             self.link.connect()
             self.timings.tunnel_up = time.monotonic() - self._started
@@ -136,19 +166,26 @@ class Session:
 
     def _heartbeat(self) -> None:
         interval = self.settings.heartbeat_interval.total_seconds()
+        failing_since: float | None = None
         while not self._stop.wait(interval):
             try:
                 self.objects.refresh_heartbeat(self.api.server_time())
                 for hook in list(self.heartbeat_hooks):
                     hook()
+                failing_since = None
             except NotFound:
                 if self.objects.pod_gone():
                     self.lose(f"shadow pod {self.spec.pod_name} was deleted by someone else")
                     return
             except (ApiError, KtpyError) as exc:
                 self.log.warning("heartbeat failed; will retry", reason=str(exc))
+                now = time.monotonic()
+                failing_since = now if failing_since is None else failing_since
+                if now - failing_since >= self.settings.stale_after.total_seconds():
+                    self.lose(*_unanswered(exc, self.settings.stale_after))
+                    return
 
-    def lose(self, reason: str, error: type[SessionLost] = SessionLost) -> None:
+    def lose(self, reason: str, error: type[KtpyError] = SessionLost) -> None:
         """The session cannot go on (a part of it died): the command stops with reason,
         raising error."""
         self.lost_reason = reason

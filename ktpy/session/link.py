@@ -17,8 +17,15 @@ from collections.abc import Callable
 
 import paramiko
 
-from ktpy.cluster.api import ClusterApi
-from ktpy.errors import KtpyError, SessionLost, TunnelProtocolError
+from ktpy.cluster.api import ApiError, ClusterApi
+from ktpy.errors import (
+    KtpyError,
+    PortForwardRefused,
+    SessionLost,
+    SshAuthFailed,
+    SshHandshakeFailed,
+    TunnelProtocolError,
+)
 from ktpy.logs import Logger
 from ktpy.session.shadow import ShadowSpec
 from ktpy.tunnel import keys, portforward, ssh
@@ -33,7 +40,19 @@ CHECK_EVERY = 0.5
 FORWARD_ATTEMPTS = 10  # a remote forward's port may take a moment to be freed
 
 RemoteHandler = Callable[[paramiko.Channel, tuple[str, int], tuple[str, int]], None]
-Lose = Callable[[str, type[SessionLost]], None]
+Lose = Callable[[str, type[KtpyError]], None]
+
+
+def ssh_failure(exc: ssh.SshError, refused: str | None, target: portforward.Target) -> KtpyError:
+    """What an SSH connect through the port-forward failed on: the kubelet refused the
+    forward (its error channel says why), sshd refused the key, or nothing that speaks
+    SSH answered."""
+    pod = f"pod {target.pod} port {target.port}"
+    if refused:
+        return PortForwardRefused(f"the port-forward to {pod} was refused: {refused.strip()}")
+    if isinstance(exc.__cause__, paramiko.AuthenticationException):
+        return SshAuthFailed(f"the SSH server of {pod} refused this session's key: {exc}")
+    return SshHandshakeFailed(f"no SSH server answered through the port-forward to {pod}: {exc}")
 
 
 class TunnelLink:
@@ -56,10 +75,23 @@ class TunnelLink:
         self._remote_forwards: dict[int, RemoteHandler] = {}
 
     def connect(self, *, again: bool = False) -> None:
+        """Port-forward, then SSH; a failure is the KtpyError of its cause (the first
+        connect's error ends the command; a reconnect's is logged and tried again)."""
         target = portforward.Target(self.spec.namespace, self.spec.pod_name, self.spec.ssh_port)
-        stream = portforward.open_stream(self.api.open_websocket, target)
+        try:
+            stream = portforward.open_stream(self.api.open_websocket, target)
+        except portforward.PortForwardError as exc:
+            raise PortForwardRefused(str(exc)) from exc
+        except ApiError as exc:  # the upgrade answered 404 (pod gone), 5xx...
+            raise PortForwardRefused(
+                f"the API server refused the port-forward to pod {target.pod} "
+                f"(HTTP {exc.status}): {exc.message}"
+            ) from exc
         credentials = ssh.SshCredentials(self.keys.client.pkey(), self.keys.host.public)
-        transport = ssh.connect(stream, credentials, where=f"pod/{self.spec.pod_name}")
+        try:
+            transport = ssh.connect(stream, credentials, where=f"pod/{self.spec.pod_name}")
+        except ssh.SshError as exc:
+            raise ssh_failure(exc, stream.error, target) from exc
         try:
             if again and self._remote_forwards:
                 # The previous connection may still hold the ports in the pod.

@@ -12,6 +12,7 @@ from datetime import datetime
 from types import MappingProxyType
 from typing import Any
 
+from ktpy import progress
 from ktpy.cluster import labels, manifests
 from ktpy.cluster.api import (
     AlreadyExists,
@@ -166,8 +167,14 @@ class ShadowObjects:
             )
         self.log.info("shadow pod created", image=spec.image)
 
-    def wait_ready(self, timeout: float, stop: Callable[[], bool]) -> None:
-        """Watch (not poll) the pod until Ready; fail fast on what will not heal."""
+    def wait_ready(
+        self,
+        timeout: float,
+        stop: Callable[[], bool],
+        on_stage: Callable[[str], None] = lambda _stage: None,
+    ) -> None:
+        """Watch (not poll) the pod until Ready; fail fast on what will not heal.
+        ``on_stage`` hears where the pod is, in words, at each change."""
         spec = self.spec
         name = spec.pod_name
         for pods in follow(
@@ -183,6 +190,7 @@ class ShadowObjects:
                 raise PodStartFailed(f"shadow pod {name} was deleted while starting")
             if pod_is_ready(pod, spec.image):
                 return
+            on_stage(pod_stage(pod))
         if stop():
             raise SessionLost("stopped while the shadow pod was starting")
         raise PodStartTimeout(
@@ -239,8 +247,24 @@ class ShadowObjects:
             pods = [
                 (o.kind, o.namespace, o.name, o.uid) for o in self.created if o.kind is Kind.POD
             ]
-            wait_gone(self.api, pods)
+            names = ", ".join(name for _, _, name, _ in pods)
+            with progress.waiting(f"Deleting pod {names}"):
+                wait_gone(self.api, pods)
         self.created.clear()
+
+
+def pod_stage(pod: Mapping[str, Any]) -> str:
+    """Where a starting pod is, in words for a person watching it start."""
+    if not (pod.get("spec") or {}).get("nodeName"):
+        return "waiting for a node"
+    for container in (pod.get("status") or {}).get("containerStatuses") or ():
+        state = container.get("state") or {}
+        if "running" in state:
+            return "started, waiting until Ready"
+        reason = (state.get("waiting") or {}).get("reason")
+        if reason and reason != "ContainerCreating":
+            return str(reason)
+    return "pulling the image if needed, creating the container"
 
 
 def pod_is_ready(pod: Mapping[str, Any], image: str) -> bool:

@@ -168,3 +168,117 @@ def test_bad_namespace_flag_is_a_usage_error_before_anything_runs() -> None:
     assert result.exit_code == 2
     assert "'Bad_NS' is not a valid name" in result.stderr
     assert not seen
+
+
+@pytest.mark.usefixtures("with_probe")
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("-n", "demo-time", "probe"),
+        ("probe", "-n", "demo-time"),
+        ("probe", "--namespace=demo-time"),
+        ("-n", "other", "probe", "-n", "demo-time"),  # the last one given wins, as in kubectl
+    ],
+)
+def test_global_options_mean_the_same_before_or_after_the_command(args: tuple[str, ...]) -> None:
+    result = run(*args)
+    assert result.exit_code == 0, result.output
+    assert "namespace=demo-time" in result.stdout
+    assert seen[-1].source_of("namespace") == "flag --namespace"
+
+
+@pytest.mark.usefixtures("with_probe")
+def test_every_global_option_is_taken_after_the_command(tmp_path: Path) -> None:
+    kubeconfig = tmp_path / "elsewhere"
+    result = run(
+        "probe",
+        "--kubeconfig", str(kubeconfig),
+        "--context", "ctx-a",
+        "--image", "example.test/shadow:1",
+        "--debug",
+        "--log-format", "json",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    settings = seen[-1]
+    assert settings.kubeconfig == (kubeconfig,)
+    assert settings.context == "ctx-a"
+    assert settings.image == "example.test/shadow:1"
+    assert settings.debug
+    assert settings.log_format.value == "json"
+
+
+@pytest.mark.usefixtures("with_probe")
+def test_an_option_not_repeated_after_the_command_keeps_its_value() -> None:
+    result = run("--debug", "probe", "--fail", "ktpy")
+    assert "Traceback (most recent call last)" in result.stderr
+    assert seen[-1].debug
+
+
+@pytest.mark.usefixtures("with_probe")
+def test_kt_connects_short_spellings_are_hidden_aliases() -> None:
+    result = run("probe", "-i", "example.test/shadow:2", "-d", "--podCreationTimeout", "90")
+    assert result.exit_code == 0, result.output
+    assert seen[-1].image == "example.test/shadow:2"
+    assert seen[-1].debug
+    assert seen[-1].pod_start_timeout.total_seconds() == 90
+    help_text = run("probe", "--help").output
+    assert "podCreationTimeout" not in help_text
+    assert "--image" in help_text
+    assert "-i," not in help_text
+    assert "-d," not in help_text
+
+
+@pytest.mark.usefixtures("with_probe")
+def test_a_bad_namespace_after_the_command_is_a_usage_error_before_anything_runs() -> None:
+    result = run("probe", "-n", "Bad_NS")
+    assert result.exit_code == 2
+    assert "'Bad_NS' is not a valid name" in result.stderr
+    assert not seen
+
+
+@pytest.mark.parametrize(
+    ("command", "alias", "option"),
+    [
+        ("mesh", "--versionMark", "--version-mark"),
+        ("connect", "--includeIps", "--include-cidr"),
+        ("connect", "--excludeIps", "--exclude-cidr"),
+        ("connect", "--proxyPort", "--socks-port"),
+        ("clean", "--dryRun", "--dry-run"),
+        ("clean", "--localOnly", "--local"),
+    ],
+)
+def test_kt_connect_camel_case_flags_parse_but_stay_out_of_help(
+    command: str, alias: str, option: str
+) -> None:
+    cmd = cli.commands[command]
+    by_alias = next(p for p in cmd.params if alias in getattr(p, "hidden_aliases", ()))
+    assert option in by_alias.opts  # the same parameter: the same meaning
+    help_text = run(command, "--help").output
+    assert option in help_text
+    assert alias not in help_text
+
+
+def test_mesh_version_mark_alias_reaches_the_same_parameter() -> None:
+    cmd = cli.commands["mesh"]
+    ctx = cmd.make_context(
+        "mesh", ["nginx", "--expose", "3001:80", "--versionMark", "foobar", "-n", "demo-time"]
+    )
+    assert str(ctx.params["version_mark"].value) == "foobar"
+    assert ctx.params["service"] == "nginx"
+
+
+@pytest.mark.parametrize(
+    ("given", "name", "deployment"),
+    [("nginx", "nginx", False), ("svc/nginx", "nginx", False), ("service/nginx", "nginx", False),
+     ("deploy/nginx", "nginx", True), ("deployment/nginx", "nginx", True)],
+)  # fmt: skip
+def test_exchange_takes_kt_connects_target_forms(given: str, name: str, deployment: bool) -> None:
+    ctx = cli.commands["exchange"].make_context("exchange", [given, "--expose", "3001:80"])
+    target = ctx.params["target"]
+    assert (target.name, target.deployment) == (name, deployment)
+
+
+def test_clean_threshold_in_minutes_is_kt_connects_threshold() -> None:
+    ctx = cli.commands["clean"].make_context("clean", ["--thresholdInMinus", "5"])
+    assert ctx.params["threshold_minutes"] == 5
+    assert "--thresholdInMinus" not in run("clean", "--help").output

@@ -5,6 +5,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
+from ktpy import params
 from ktpy.params import (
     CIDR,
     DURATION,
@@ -286,3 +287,25 @@ def test_two_forwards_on_one_explicit_local_port_are_refused() -> None:
     with pytest.raises(ValueError, match="local port 8080 is given to two forwards"):
         parse_forward_targets(["a", "8080", "b", "8080:81"])
     assert len(parse_forward_targets(["a", "8080", "b", "8081"])) == 2
+
+
+class TestServiceTarget:
+    @pytest.mark.parametrize("text", ["nginx", "svc/nginx", "service/nginx", "services/nginx"])
+    def test_service_forms(self, text: str) -> None:
+        assert params.parse_service_target(text) == params.ServiceTarget("nginx")
+
+    @pytest.mark.parametrize("text", ["deploy/web", "deployment/web", "deployments/web"])
+    def test_deployment_forms_where_allowed(self, text: str) -> None:
+        assert params.parse_service_target(text, deployments=True) == params.ServiceTarget(
+            "web", deployment=True
+        )
+        with pytest.raises(ValueError, match=r"expected NAME, svc/NAME$"):
+            params.parse_service_target(text)
+
+    @pytest.mark.parametrize(
+        ("text", "message"),
+        [("pod/web", "expected NAME, svc/NAME or deploy/NAME"), ("svc/Web", "not a valid name")],
+    )
+    def test_bad_targets(self, text: str, message: str) -> None:
+        with pytest.raises(ValueError, match=message):
+            params.parse_service_target(text, deployments=True)

@@ -103,3 +103,18 @@ def test_a_shadow_name_taken_already_is_refused_in_one_line() -> None:
         objects.create()
     assert objects.created == []
     assert cluster.names(Kind.POD, "dev") == []
+
+
+def test_a_starting_pods_stage_in_words() -> None:
+    from ktpy.session.shadow import pod_stage
+
+    assert pod_stage({"spec": {}}) == "waiting for a node"
+    on_node: dict[str, Any] = {"spec": {"nodeName": "n"}, "status": {}}
+    assert pod_stage(on_node) == "pulling the image if needed, creating the container"
+    creating = {"waiting": {"reason": "ContainerCreating"}}
+    on_node["status"] = {"containerStatuses": [{"state": creating}]}
+    assert pod_stage(on_node) == "pulling the image if needed, creating the container"
+    on_node["status"] = {"containerStatuses": [{"state": {"waiting": {"reason": "Pulling"}}}]}
+    assert pod_stage(on_node) == "Pulling"
+    on_node["status"] = {"containerStatuses": [{"state": {"running": {}}}]}
+    assert pod_stage(on_node) == "started, waiting until Ready"

@@ -30,6 +30,7 @@ from ktpy.cluster.api.errors import (
     NotFound,
     ServerError,
     error_from_status,
+    for_user,
 )
 from ktpy.cluster.api.kinds import Kind, PatchType
 from ktpy.cluster.api.kubeconfig import PluginUser, run_plugin_as
@@ -55,6 +56,7 @@ __all__ = [
     "changes",
     "error_from_status",
     "follow",
+    "for_user",
     "parse_watch_line",
     "resource_path",
     "run_plugin_as",

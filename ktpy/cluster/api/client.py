@@ -16,11 +16,17 @@ import certifi
 import websocket
 import yaml
 
-from ktpy.cluster.api.errors import NotFound, ServerError, error_from_status, refused_access
+from ktpy.cluster.api.errors import (
+    NotFound,
+    ServerError,
+    error_from_status,
+    refused_access,
+    unreachable,
+)
 from ktpy.cluster.api.kinds import Kind, PatchType
 from ktpy.cluster.api.kubeconfig import PluginUser, load_kubeconfig
 from ktpy.cluster.api.protocol import ListResult, WatchEvent, WatchEventType
-from ktpy.cluster.bodies import JsonObject
+from ktpy.cluster.bodies import FIELD_MANAGER, JsonObject
 from ktpy.config import unreadable_kubeconfig
 from ktpy.errors import ClusterUnreachable, Forbidden
 from ktpy.logs import get_logger
@@ -28,6 +34,7 @@ from ktpy.logs import get_logger
 WATCH_READ_MARGIN_SECONDS = 10
 DEFAULT_TIMEOUT_SECONDS = 15.0
 CONNECT_TIMEOUT = 5.0
+MANAGER = ("fieldManager", FIELD_MANAGER)  # on every write: managedFields name ktpy
 
 log = get_logger("ktpy.api")
 
@@ -187,9 +194,7 @@ class KubernetesApi:
             # Credentials refreshed during a session: an exec plugin that failed now.
             raise ClusterUnreachable(f"cannot use the kubeconfig: {exc}") from exc
         except (HTTPError, OSError, ApiException) as exc:
-            raise ClusterUnreachable(
-                f"cannot reach the API server at {self.host}: {_reason(exc)}"
-            ) from exc
+            raise unreachable(self.host, exc) from exc
 
     def _call(
         self,
@@ -205,7 +210,7 @@ class KubernetesApi:
     ) -> tuple[JsonObject, str | None]:
         """A request with a JSON answer: (body, Date header); errors raised as typed."""
         response = self._send(method, path, query=query, body=body, content_type=content_type)
-        raw = response.read()
+        raw = self._read(response)
         date = response.headers.get("Date")
         log_call(verb, rbac_resource(kind), namespace if kind.namespaced else None, response.status)
         try:
@@ -226,9 +231,29 @@ class KubernetesApi:
 
     # --- ClusterApi -------------------------------------------------------------------------
 
+    def _read(self, response: Any) -> bytes:
+        from urllib3.exceptions import HTTPError
+
+        try:
+            return bytes(response.read())
+        except (HTTPError, OSError) as exc:  # the connection broke or stalled mid-answer
+            raise unreachable(self.host, exc) from exc
+
     def server_time(self) -> datetime:
         response = self._send("GET", "/version")
-        response.read()
+        raw = self._read(response)
+        if response.status >= 400:
+            try:
+                data = json.loads(raw)
+            except ValueError:
+                data = None
+            raise error_from_status(
+                response.status,
+                data if isinstance(data, dict) else None,
+                verb="get",
+                kind=Kind.NAMESPACE,
+                namespace=None,
+            )
         date = response.headers.get("Date")
         if not date:
             raise ServerError("the API server sent no Date header")
@@ -274,7 +299,7 @@ class KubernetesApi:
             kind=kind,
             namespace=namespace,
             body=dict(body),
-            query=[("dryRun", "All")] if dry_run else (),
+            query=[MANAGER, ("dryRun", "All")] if dry_run else [MANAGER],
         )
         return with_kind(kind, data)
 
@@ -286,6 +311,7 @@ class KubernetesApi:
             kind=kind,
             namespace=namespace,
             body=dict(body),
+            query=[MANAGER],
         )
         return with_kind(kind, data)
 
@@ -307,6 +333,7 @@ class KubernetesApi:
             namespace=namespace,
             body=body,
             content_type=patch_type.value,
+            query=[MANAGER],
         )
         return with_kind(kind, data)
 
@@ -446,16 +473,6 @@ class KubernetesApi:
         log_call("get", resource, namespace, 101)
         log_call("create", resource, namespace, 101)
         return socket_
-
-
-def _reason(exc: BaseException) -> str:
-    """Why a request failed, for people: urllib3 wraps the cause (MaxRetryError ->
-    ConnectTimeoutError(connection object, "Connection to ... timed out ..."))."""
-    cause: object = getattr(exc, "reason", None) or exc
-    args = getattr(cause, "args", ())
-    if isinstance(cause, BaseException) and args and isinstance(args[-1], str):
-        return args[-1]
-    return str(cause)
 
 
 def _websocket_resource(path: str) -> tuple[str | None, str]:

@@ -1,7 +1,10 @@
 """API answers a caller branches on (``ApiError``), typed from the HTTP status.
 
 What ends a command instead (RBAC refusal, Pod Security rejection, an
-unreachable or unauthenticated cluster) is a ``KtpyError`` with its exit code.
+unreachable or unauthenticated cluster, a request that timed out) is a
+``KtpyError`` with its exit code. An ``ApiError`` no caller handled becomes the
+user's error at the command's edge (``for_user``): 5xx and 429 (after the
+callers' own retries) have their exit codes too, never "a bug in ktpy".
 """
 
 from __future__ import annotations
@@ -12,6 +15,9 @@ from typing import Any
 
 from ktpy.cluster.api.kinds import Kind
 from ktpy.errors import (
+    ApiServerError,
+    ApiThrottled,
+    ApiTimeout,
     ClusterUnreachable,
     Forbidden,
     KtpyError,
@@ -116,3 +122,38 @@ def error_from_status(
     if status == 429 or status >= 500:
         return ServerError(message, reason=reason, status=status)
     return KtpyError(f"unexpected answer from the API server: HTTP {status}: {message}")
+
+
+def for_user(exc: ApiError) -> KtpyError:
+    """The one-line error (and exit code) of an API answer that ended a command."""
+    if isinstance(exc, ServerError) and exc.status == 429:
+        return ApiThrottled(f"the API server turned the request away (HTTP 429): {exc.message}")
+    if isinstance(exc, ServerError) and exc.status == 504:
+        return ApiTimeout(f"the API server timed out (HTTP 504): {exc.message}")
+    if isinstance(exc, ServerError):
+        return ApiServerError(f"the API server failed (HTTP {exc.status}): {exc.message}")
+    return KtpyError(
+        f"unexpected answer from the API server (HTTP {exc.status}): {exc.message}",
+        hint="Something changed the objects at the same time; run the command again.",
+    )
+
+
+def unreachable(host: str, exc: BaseException) -> KtpyError:
+    """A request that got no answer: timed out (ApiTimeout) or could not be sent or read
+    (ClusterUnreachable). ``exc`` is what urllib3 or the socket raised."""
+    from urllib3.exceptions import NewConnectionError
+    from urllib3.exceptions import TimeoutError as Urllib3Timeout
+
+    def timed_out(error: object) -> bool:
+        # urllib3 makes a refused connection a kind of ConnectTimeoutError: it is not one.
+        return isinstance(error, (TimeoutError, Urllib3Timeout)) and not isinstance(
+            error, NewConnectionError
+        )
+
+    reason = getattr(exc, "reason", None) or exc
+    # urllib3 wraps the cause with its connection object: say only the sentence.
+    args = getattr(reason, "args", ())
+    said = args[-1] if args and isinstance(args[-1], str) else str(reason)
+    if timed_out(exc) or timed_out(reason):
+        return ApiTimeout(f"the API server at {host} did not answer in time: {said}")
+    return ClusterUnreachable(f"cannot reach the API server at {host}: {said}")

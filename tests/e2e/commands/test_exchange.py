@@ -29,6 +29,7 @@ from tests.e2e.conftest import (
     local_server,
     run_ktpy,
 )
+from tests.e2e.testbed import config
 
 READY = "All looks good"
 FAST = {"KTPY_HEARTBEAT_INTERVAL": "2s", "KTPY_STALE_AFTER": "6s"}
@@ -527,7 +528,11 @@ def test_the_watch_puts_the_selector_back_and_the_session_stops_when_restored(
     try:
         session.wait_ready()
         ours = selector(bed, ns)
-        bed.kubectl("-n", ns, "patch", "service", "echo", "-p", '{"spec":{"selector":{"app":"x"}}}')
+        # Merged into ktpy's selector; put back, and its part ({app: echo}) is what the
+        # restore gives back.
+        bed.kubectl(
+            "-n", ns, "patch", "service", "echo", "-p", '{"spec":{"selector":{"app":"echo"}}}'
+        )
         deadline = time.monotonic() + 10
         while selector(bed, ns) != ours:
             assert time.monotonic() < deadline, "the selector was not put back"
@@ -546,6 +551,100 @@ def test_the_watch_puts_the_selector_back_and_the_session_stops_when_restored(
     finally:
         session.stop(signal.SIGKILL)
     assert service_text(bed, ns) == before
+    assert bed.ktpy_objects(ns) == []
+
+
+def set_selector(bed: Bed, namespace: str, value: dict[str, str], manager: str) -> list[str]:
+    """kubectl's argv that sets the echo Service's selector as field manager ``manager``."""
+    patch = json.dumps([{"op": "replace", "path": "/spec/selector", "value": value}])
+    return [
+        str(config.BIN_DIR / "kubectl"), f"--kubeconfig={bed.kubeconfig()}", "-n", namespace,
+        "patch", "service", "echo", "--type=json", "-p", patch, f"--field-manager={manager}",
+    ]  # fmt: skip
+
+
+def ktpy_marks(bed: Bed, namespace: str) -> list[str]:
+    meta = bed.get_json("-n", namespace, "service", "echo")["metadata"]
+    keys = [*(meta.get("labels") or {}), *(meta.get("annotations") or {})]
+    return [k for k in keys if k.startswith("ktpy.dev/")]
+
+
+def test_a_controller_that_keeps_reverting_the_selector_wins_within_the_bound(
+    bed: Bed, echo: str, laptop: Laptop
+) -> None:
+    """Argo CD's self-heal, played by a loop that puts the selector back every second
+    under its own field manager: ktpy re-asserts 3 times, then stops with one line
+    naming the writer, and leaves the Service as the controller wants it."""
+    ns = echo
+    session = exchange(laptop, ns, "--expose", "3001:80")
+    controller: subprocess.Popen[str] | None = None
+    try:
+        session.wait_ready()
+        argv = " ".join(
+            f"'{a}'" for a in set_selector(bed, ns, {"app": "echo"}, "argocd-controller")
+        )
+        controller = subprocess.Popen(
+            ["sh", "-c", f"while :; do {argv} >/dev/null; sleep 1; done"], text=True
+        )
+        started = time.monotonic()
+        code = session.proc.wait(40)
+        took = time.monotonic() - started
+    finally:
+        if controller is not None:
+            controller.kill()
+            controller.wait(10)
+        session.stop(signal.SIGKILL)
+    errors = session.all_errors()
+    print(f"\ncontroller fight: the session stopped {took:.1f}s after the loop began")
+    assert code == 23, errors
+    said = error_lines("\n".join(errors))
+    assert len(said) == 1, errors
+    assert said[0].startswith(
+        "Error: argocd-controller keeps setting /spec/selector of service 'echo' back"
+    ), said
+    assert "ktpy put its value back 3 times" in said[0]
+    assert any("Hint:" in line and "--mode scale" in line for line in errors), errors
+    assert any(
+        "/spec/selector of service echo is left as argocd-controller set it" in line
+        for line in errors
+    ), errors
+    # 3 re-assertions after pauses of 0.5, 1 and 2 s against a revert a second.
+    assert took < 20
+    assert selector(bed, ns) == {"app": "echo"}
+    assert ktpy_marks(bed, ns) == []
+    assert bed.ktpy_objects(ns) == []
+
+
+def test_a_selector_changed_once_mid_session_ends_as_they_set_it(
+    bed: Bed, echo: str, laptop: Laptop
+) -> None:
+    """A Helm upgrade during the exchange: ktpy keeps the session (its selector back once)
+    and at the end gives the Service the selector Helm set, not the stale original."""
+    ns = echo
+    session = exchange(laptop, ns, "--expose", "3001:80")
+    theirs = {"app": "echo", "tier": "v2"}
+    try:
+        session.wait_ready()
+        ours = selector(bed, ns)
+        changed = subprocess.run(
+            set_selector(bed, ns, theirs, "helm"), capture_output=True, text=True, timeout=30
+        )
+        assert changed.returncode == 0, changed.stderr
+        deadline = time.monotonic() + 10
+        while selector(bed, ns) != ours:
+            assert time.monotonic() < deadline, "the selector was not put back"
+            time.sleep(0.2)
+        assert session.proc.poll() is None
+    finally:
+        code = session.stop(signal.SIGINT)
+    errors = session.all_errors()
+    assert code == 130, errors
+    assert any(
+        "/spec/selector of service echo is put back as helm set it, not as it was before" in line
+        for line in errors
+    ), errors
+    assert selector(bed, ns) == theirs
+    assert ktpy_marks(bed, ns) == []
     assert bed.ktpy_objects(ns) == []
 
 

@@ -4,6 +4,8 @@ python -m tests.e2e.testbed up [--shadow-archive FILE]
 python -m tests.e2e.testbed down | status | env
 python -m tests.e2e.testbed laptop [-n N] -- CMD ...
 python -m tests.e2e.testbed restart apiserver|kubelet|kube-proxy|coredns
+python -m tests.e2e.testbed stop|start apiserver|kubelet|kube-proxy
+python -m tests.e2e.testbed demo [--laptop N]
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import os
 import sys
 from pathlib import Path
 
-from . import bed, config, hostnet
+from . import bed, config, demo, hostnet
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,10 +40,22 @@ def main(argv: list[str] | None = None) -> int:
         help="resolver flavour when the laptop is made: plain resolv.conf or systemd-resolved",
     )
     p_lap.add_argument("cmd", nargs=argparse.REMAINDER)
+    p_demo = sub.add_parser(
+        "demo", help="deploy nginx in namespace demo-time and walk ktpy's story from a laptop"
+    )
+    p_demo.add_argument(
+        "--laptop",
+        type=int,
+        default=int(os.environ.get("KTBED_LAPTOP", demo.DEFAULT_LAPTOP)),
+        help=f"laptop number  (default: $KTBED_LAPTOP, else {demo.DEFAULT_LAPTOP})",
+    )
     p_restart = sub.add_parser("restart", help="restart one component (fault tests)")
     p_restart.add_argument("component", choices=sorted(bed.RESTARTABLE))
+    for verb in ("stop", "start"):
+        p_verb = sub.add_parser(verb, help=f"{verb} one component (fault tests; see restart)")
+        p_verb.add_argument("component", choices=sorted(bed.RESTARTABLE))
     args = parser.parse_args(argv)
-    if args.command in ("up", "down", "restart"):
+    if args.command in ("up", "down", "restart", "stop", "start"):
         # Test runs side by side may all ask for the bed at once: one at a time.
         config.CACHE_DIR.mkdir(parents=True, exist_ok=True)
         lock = (config.CACHE_DIR / "bed.lock").open("w")
@@ -67,6 +81,15 @@ def main(argv: list[str] | None = None) -> int:
         os.execvpe(argv[0], argv, env)  # noqa: S606 - argv, no shell
     elif args.command == "restart":
         bed.restart(args.component)
+    elif args.command == "stop":
+        bed.stop(args.component)
+    elif args.command == "start":
+        bed.start(args.component)
+    elif args.command == "demo":
+        bed.require_root()
+        if not bed.is_up():
+            parser.error("the bed is not up: run 'python -m tests.e2e.testbed up' first")
+        return demo.main(args.laptop)
     return 0
 
 

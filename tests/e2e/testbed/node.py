@@ -408,6 +408,10 @@ def healthy(name: str) -> bool:
         return False
 
 
+def stop(name: str) -> None:
+    procs.stop(name)
+
+
 def restart(name: str) -> None:
     procs.stop(name)
     start(name)

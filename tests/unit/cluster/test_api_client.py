@@ -8,6 +8,7 @@ import hashlib
 import json
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -17,7 +18,9 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import pytest
+from click.testing import CliRunner
 
+from ktpy.cli import cli
 from ktpy.cluster.api import (
     AlreadyExists,
     Conflict,
@@ -28,10 +31,19 @@ from ktpy.cluster.api import (
     PatchType,
     ServerError,
     WatchEventType,
+    for_user,
     parse_watch_line,
     resource_path,
 )
-from ktpy.errors import ClusterUnreachable, Forbidden, PodSecurityRejected
+from ktpy.errors import (
+    ApiServerError,
+    ApiThrottled,
+    ApiTimeout,
+    ClusterUnreachable,
+    Forbidden,
+    KtpyError,
+    PodSecurityRejected,
+)
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -51,6 +63,7 @@ class Seen:
 class StandIn:
     answers: dict[tuple[str, str], Answer] = field(default_factory=dict)
     seen: list[Seen] = field(default_factory=list)
+    default: Answer | None = None  # for every request not in answers
     port: int = 0
 
 
@@ -89,7 +102,7 @@ def stand_in() -> Iterator[StandIn]:
                     json.loads(raw) if raw else None,
                 )
             )
-            answer = state.answers.get((self.command, parts.path))
+            answer = state.answers.get((self.command, parts.path), state.default)
             if answer is None:
                 answer = (404, status_body(404, "NotFound", f"{parts.path} not found"))
             if callable(answer):
@@ -358,6 +371,23 @@ class TestUnreachable:
         with pytest.raises(ClusterUnreachable, match="cannot reach the API server"):
             api.get(Kind.POD, "dev", "p")
 
+    def test_an_answer_cut_short_is_unreachable_not_a_bug(
+        self, api: KubernetesApi, stand_in: StandIn
+    ) -> None:
+        def cut(handler: BaseHTTPRequestHandler) -> None:
+            handler.send_response(200)
+            handler.send_header("Content-Type", "application/json")
+            handler.send_header("Content-Length", "1000")
+            handler.end_headers()
+            handler.wfile.write(b'{"metadata": {')
+            handler.wfile.flush()
+            handler.connection.shutdown(socket.SHUT_RDWR)  # the API server went away
+
+        stand_in.answers["GET", "/api/v1/namespaces/dev/pods/p"] = cut
+        with pytest.raises(ClusterUnreachable, match="cannot reach the API server") as caught:
+            api.get(Kind.POD, "dev", "p")
+        assert caught.value.exit_code == 10
+
     def test_bad_kubeconfig(self, tmp_path: Path) -> None:
         with pytest.raises(ClusterUnreachable, match="kubeconfig") as caught:
             KubernetesApi.from_kubeconfig([tmp_path / "missing"], context="nope")
@@ -401,3 +431,70 @@ class TestWebSocket:
         stand_in.answers["GET", path] = (403, status_body(403, "Forbidden", "no portforward"))
         with pytest.raises(Forbidden):
             api.open_websocket(path, ["v4.channel.k8s.io"])
+
+
+# --- each failure class a user can meet, and its exit code ---------------------------------
+
+
+class TestFailuresForUsers:
+    """The client's translation (and ``for_user`` at the command's edge) gives every
+    failure of the API its own exit code; none is "a bug in ktpy" (70)."""
+
+    @pytest.mark.parametrize(
+        ("status", "reason", "error", "code"),
+        [
+            (500, "InternalError", ApiServerError, 18),
+            (503, "ServiceUnavailable", ApiServerError, 18),
+            (429, "TooManyRequests", ApiThrottled, 19),
+            (504, "Timeout", ApiTimeout, 17),
+        ],
+    )
+    def test_5xx_and_429(
+        self,
+        api: KubernetesApi,
+        stand_in: StandIn,
+        status: int,
+        reason: str,
+        error: type[KtpyError],
+        code: int,
+    ) -> None:
+        stand_in.default = (status, status_body(status, reason, "etcdserver: leader changed"))
+        with pytest.raises(ServerError) as caught:  # callers may retry on it
+            api.get(Kind.POD, "dev", "p")
+        assert caught.value.status == status
+        user = for_user(caught.value)
+        assert type(user) is error
+        assert user.exit_code == code
+        assert "etcdserver: leader changed" in user.format_message()
+        assert user.hint
+
+    def test_a_request_that_gets_no_answer_in_time(self, stand_in: StandIn, tmp_path: Path) -> None:
+        def silent(handler: BaseHTTPRequestHandler) -> None:
+            time.sleep(1.5)
+
+        stand_in.default = silent
+        api = KubernetesApi.from_kubeconfig([kubeconfig(tmp_path, stand_in.port)], timeout=0.3)
+        with pytest.raises(ApiTimeout, match="did not answer in time") as caught:
+            api.get(Kind.POD, "dev", "p")
+        assert caught.value.exit_code == 17
+
+    def test_other_unhandled_answers_are_plain_errors(self) -> None:
+        user = for_user(Conflict("the object has been modified", reason="Conflict"))
+        assert type(user) is KtpyError
+        assert user.exit_code == 1
+        assert "HTTP 409" in user.format_message()
+
+    @pytest.mark.parametrize(("status", "code"), [(500, 18), (429, 19), (401, 10), (403, 11)])
+    def test_a_command_ends_with_the_code_of_the_api_failure(
+        self, stand_in: StandIn, tmp_path: Path, status: int, code: int
+    ) -> None:
+        stand_in.default = (status, status_body(status, "X", "no"))
+        config = tmp_path / "config.yaml"
+        config.write_text("")
+        result = CliRunner().invoke(
+            cli,
+            ["--kubeconfig", str(kubeconfig(tmp_path, stand_in.port)), "status"],
+            env={"KTPY_CONFIG": str(config)},
+        )
+        assert result.exit_code == code, result.output
+        assert "a bug in ktpy" not in result.output

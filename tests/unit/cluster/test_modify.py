@@ -27,7 +27,13 @@ def test_modification_changes_the_field_and_records_the_original() -> None:
     meta = changed["metadata"]
     assert meta["labels"][labels.MODIFIED_BY] == "s1"  # type: ignore[index]
     originals = json.loads(meta["annotations"][labels.ORIGINAL])  # type: ignore[index]
-    assert originals == [{"path": "/spec/selector", "value": {"app": "nginx", "tier": "web"}}]
+    assert originals == [
+        {
+            "path": "/spec/selector",
+            "value": {"app": "nginx", "tier": "web"},
+            "set": SHADOW_SELECTOR,  # a restore puts the original back only over this
+        }
+    ]
     assert Lock.decode(meta["annotations"][labels.LOCK]) == LOCK  # type: ignore[index]
     assert meta["resourceVersion"] == "41"  # type: ignore[index]
 
@@ -71,10 +77,49 @@ def test_replicas_come_back() -> None:
     assert modify.restored_body(changed)["spec"]["replicas"] == 3
 
 
-def test_someone_elses_edit_to_the_field_is_overwritten_by_the_original() -> None:
+def managed(manager: str, time: str, *path: str) -> dict[str, object]:
+    fields: dict[str, object] = {}
+    for part in reversed(path):
+        fields = {f"f:{part}": fields}
+    return {"manager": manager, "operation": "Update", "time": time, "fieldsV1": fields}
+
+
+def test_someone_elses_edit_to_the_field_is_left_as_they_set_it_and_named() -> None:
     changed = exchange(user_service())
     changed["spec"]["selector"] = {"someone": "else"}  # type: ignore[index]
+    changed["metadata"]["managedFields"] = [  # type: ignore[index]
+        managed("helm", "2026-11-27T12:00:00Z", "spec", "selector", "app"),
+        managed("ktpy", "2026-11-27T12:00:05Z", "spec", "selector", "ktpy.dev/role"),
+        managed("argocd-controller", "2026-11-27T12:00:09Z", "spec", "selector", "someone"),
+        managed("kubectl-edit", "2026-11-27T12:00:30Z", "metadata", "annotations"),
+    ]
+    restored = modify.restore_plan(changed)
+    assert restored.body["spec"]["selector"] == {"someone": "else"}
+    assert restored.left == (modify.LeftField("/spec/selector", "argocd-controller"),)
+    assert labels.ORIGINAL not in restored.body["metadata"].get("annotations", {})
+    assert labels.MODIFIED_BY not in restored.body["metadata"].get("labels", {})
+
+
+def test_a_record_without_ktpys_value_is_restored_whatever_the_field_holds() -> None:
+    """Records written before ktpy kept its own value: the original comes back."""
+    changed = exchange(user_service())
+    annotations = changed["metadata"]["annotations"]  # type: ignore[index]
+    entries = json.loads(annotations[labels.ORIGINAL])
+    annotations[labels.ORIGINAL] = json.dumps(
+        [{k: e[k] for k in ("path", "value")} for e in entries]
+    )
+    changed["spec"]["selector"] = {"someone": "else"}  # type: ignore[index]
+    assert modify.restore_plan(changed) == modify.Restored(modify.restored_body(changed), left=())
     assert modify.restored_body(changed)["spec"]["selector"] == {"app": "nginx"}
+
+
+def test_an_adopted_value_is_what_the_restore_gives_back_and_names() -> None:
+    changed = exchange(user_service())
+    adopted = modify.adopt(changed, ("spec", "selector"), {"app": "v2"}, "helm")
+    assert adopted["spec"]["selector"] == SHADOW_SELECTOR  # ktpy's value stays in place
+    restored = modify.restore_plan(adopted)
+    assert restored.body["spec"]["selector"] == {"app": "v2"}
+    assert restored.left == (modify.LeftField("/spec/selector", "helm", adopted=True),)
 
 
 def test_other_edits_survive_the_restore() -> None:

@@ -8,10 +8,11 @@ from typing import Any
 
 import pytest
 
-from ktpy.cluster import labels, modify, redirect, waits
+from ktpy.cluster import inventory, labels, modify, redirect, waits
 from ktpy.cluster import lock as locks
 from ktpy.cluster.api import Kind
 from ktpy.cluster.labels import Lock
+from ktpy.cluster.modify import Restored
 from ktpy.errors import (
     LockLost,
     UsageProblem,
@@ -36,7 +37,7 @@ def test_the_switch_replaces_the_selector_and_records_it_with_the_lock() -> None
     assert switched["spec"]["selector"] == {"ktpy.dev/role": "exchange", "ktpy.dev/session": "s1"}
     assert modify.lock_of(switched) == lock
     assert switched["metadata"]["resourceVersion"] == "41"  # the write is conditional
-    assert redirect.restoration(switched, "s1") == service
+    assert redirect.restoration(switched, "s1") == Restored(service)
 
 
 def test_a_restoration_only_undoes_our_own_change() -> None:
@@ -49,14 +50,14 @@ def test_scale_mode_locks_the_service_without_changing_it() -> None:
     locked = redirect.locked_service(service, locks.lock_for("s1", "alice@lap", NOW))
     assert locked["spec"] == service["spec"]
     assert modify.modifier_session(locked) == "s1"
-    assert redirect.restoration(locked, "s1") == service
+    assert redirect.restoration(locked, "s1") == Restored(service)
 
 
 def test_scale_mode_records_and_restores_the_replicas() -> None:
     deployment = {"kind": "Deployment", "metadata": {"name": "web"}, "spec": {"replicas": 3}}
     scaled = redirect.scaled_deployment(deployment, "s1")
     assert scaled["spec"]["replicas"] == 0
-    assert redirect.restoration(scaled, "s1") == deployment
+    assert redirect.restoration(scaled, "s1") == Restored(deployment)
 
 
 def test_switch_conditions() -> None:
@@ -92,6 +93,18 @@ def test_the_backing_deployment_is_the_one_whose_pods_the_service_selects() -> N
         redirect.backing_deployment(
             "nginx", {"app": "nginx"}, [web, deployment("a", {"app": "nginx"})]
         )
+
+
+def test_deploy_slash_name_stands_for_the_one_service_that_selects_its_pods() -> None:
+    web = deployment("web", {"app": "nginx", "pod-template-hash": "abc"})
+    nginx = user_service("nginx", {"app": "nginx"})
+    other = user_service("other", {"app": "other"})
+    headless_no_selector = user_service("external", {})
+    assert redirect.service_of_deployment(web, [other, nginx, headless_no_selector]) == "nginx"
+    with pytest.raises(UsageProblem, match="no Service select its pods"):
+        redirect.service_of_deployment(web, [other, headless_no_selector])
+    with pytest.raises(UsageProblem, match=r"several Services \(a, nginx\)"):
+        redirect.service_of_deployment(web, [nginx, user_service("a", {"app": "nginx"})])
 
 
 def test_the_shadow_takes_the_template_labels_but_never_the_hash_or_ktpys_keys() -> None:
@@ -153,7 +166,7 @@ def test_scale_mode_relocks_the_service_with_its_own_selector() -> None:
     relocked = redirect.relocked_service(redirect.switched_service(service, lock), lock)
     assert relocked["spec"]["selector"] == {"app": "nginx"}
     assert modify.lock_of(relocked) == lock
-    assert redirect.restoration(relocked, "s1") == service
+    assert redirect.restoration(relocked, "s1") == Restored(service)
 
 
 def test_restore_leaves_someone_elses_change_alone(cluster: FakeCluster) -> None:
@@ -181,3 +194,15 @@ def test_rewrite_changes_only_what_this_session_holds(cluster: FakeCluster) -> N
     assert modify.modifier_session(rewritten) == "s0000001"
     with pytest.raises(LockLost):
         redirect.rewrite(cluster, Kind.SERVICE, NS, "nginx", "s0000002", lambda current: current)
+
+
+def test_deploy_slash_name_is_resolved_against_the_cluster() -> None:
+    cluster = FakeCluster()
+    web = deployment("web", {"app": "nginx"})
+    web["metadata"]["namespace"] = "dev"
+    cluster.put(Kind.DEPLOYMENT, web)
+    cluster.put(Kind.SERVICE, user_service("nginx", {"app": "nginx"}))
+    cluster.put(Kind.SERVICE, user_service("other", {"app": "other"}))
+    assert inventory.service_of_deployment(cluster, "dev", "web") == "nginx"
+    with pytest.raises(UsageProblem, match="deployment 'api' not found in namespace 'dev'"):
+        inventory.service_of_deployment(cluster, "dev", "api")

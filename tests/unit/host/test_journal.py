@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from ktpy.host.journal import Change, Journal, JournalProblem, Owner, parse, read_header
+from ktpy.errors import JournalProblem
+from ktpy.host.journal import Change, Journal, Owner, parse, read_header
 from ktpy.host.undo import (
     BadJournalEntry,
     LinkDelete,

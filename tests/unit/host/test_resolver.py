@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from ktpy.errors import KtpyError
+from ktpy.errors import HostChangeFailed, KtpyError
 from ktpy.host.journal import Journal, Owner
 from ktpy.host.resolver import (
     ResolverChoice,
@@ -18,7 +18,7 @@ from ktpy.host.resolver import (
     set_domains,
     upstream_nameservers,
 )
-from ktpy.host.runner import Completed, HostChangeFailed
+from ktpy.host.runner import Completed
 from tests.unit.host.fakehost import FakeHost
 
 TUN = "ktpy-ab12cd34"

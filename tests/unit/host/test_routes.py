@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from ktpy.errors import HostChangeFailed
 from ktpy.host.journal import Journal, Owner
 from ktpy.host.routes import (
     HostRoute,
@@ -17,7 +18,7 @@ from ktpy.host.routes import (
     read_host_routes,
     split_around,
 )
-from ktpy.host.runner import Completed, HostChangeFailed
+from ktpy.host.runner import Completed
 from tests.unit.host.fakehost import FakeHost
 
 TUN = "ktpy-ab12cd34"

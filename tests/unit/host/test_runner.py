@@ -2,7 +2,8 @@ import sys
 
 import pytest
 
-from ktpy.host.runner import HostChangeFailed, check, run
+from ktpy.errors import HostChangeFailed
+from ktpy.host.runner import check, run
 
 
 def test_run_collects_output_and_exit_code() -> None:
