@@ -24,7 +24,7 @@ import yaml
 from tests.e2e.conftest import Bed, Laptop
 from tests.e2e.testbed import config
 
-USAGE, CONFIG, UNREACHABLE = 2, 3, 10
+USAGE, CONFIG, UNREACHABLE, TIMEOUT = 2, 3, 10, 17
 HUGE = "9" * 400
 LONG_NAME = "a" * 64
 
@@ -111,6 +111,9 @@ GLOBAL_CASES: list[tuple[str, list[str], int]] = [
     ("image-shell", ["--image", "shadow;rm -rf /", "status"], USAGE),
     ("image-upper", ["--image", "Ghcr.io/KTPY/Shadow", "status"], USAGE),
     ("log-format", ["--log-format", "xml", "status"], USAGE),
+    ("pod-timeout-huge", ["--podCreationTimeout", HUGE, "status"], USAGE),
+    ("image-alias-shell", ["-i", "a b", "status"], USAGE),
+    ("namespace-after-command", ["status", "-n", "Bad_NS"], USAGE),
 ]
 
 
@@ -211,7 +214,7 @@ def test_hostile_input_is_one_line_with_its_own_code_and_changes_nothing(
     results.append({"id": "api-dropped", "code": dropped.returncode,
                     "stderr": dropped_out[0][1], "crash": "", "host_changes": [],
                     "seconds": round(ended[0] - started, 2)})  # fmt: skip
-    expected["api-dropped"] = UNREACHABLE
+    expected["api-dropped"] = TIMEOUT
     # A kubeconfig its reader may not read (root reads every file: read as nobody).
     # Outside pytest's 0700 tree, which nobody could not even look into.
     shared = Path(tempfile.mkdtemp(prefix="ktpy-hostile-"))
