@@ -64,17 +64,22 @@ def check_minimal(
     assert not unused, f"{command}: rules of the Role never used: {sorted(unused)}"
 
 
-def beats(session: RunningKtpy, count: int = 2, timeout: float = 20) -> None:
-    """Wait until the shadow pod's heartbeat was written `count` times (one full beat
-    of every object, and the hooks after it, lies between two)."""
+def called(session: RunningKtpy, access: tuple[str, str], count: int = 1,
+           timeout: float = 20) -> None:  # fmt: skip
+    """Wait until the running command has made the call `access` `count` times."""
     deadline = time.monotonic() + timeout
     while True:
-        patched = [c for c in recorded_calls(list(session.errors))
-                   if c.access == ("patch", "pods")]  # fmt: skip
-        if len(patched) >= count:
+        made = [c for c in recorded_calls(list(session.errors)) if c.access == access]
+        if len(made) >= count:
             return
-        assert time.monotonic() < deadline, f"no heartbeat: {session.errors[-5:]}"
+        assert time.monotonic() < deadline, f"no {access}: {session.errors[-5:]}"
         time.sleep(0.1)
+
+
+def beats(session: RunningKtpy) -> None:
+    """Wait until the shadow pod's heartbeat was written twice (one full beat of every
+    object, and the hooks after it, lies between two)."""
+    called(session, ("patch", "pods"), 2)
 
 
 def run_session(
@@ -131,6 +136,39 @@ def test_connect_and_status_run_with_exactly_their_roles(
     with granted(bed, ns, "status"):
         check_minimal("status", run_once(laptop, ns, "status"))
     assert bed.ktpy_objects(ns) == []
+
+
+@pytest.mark.skipif(
+    not FULL, reason="binds a ClusterRole to dev for every namespace: KTPY_FAULT_MATRIX=full"
+)
+def test_with_the_cluster_role_connect_reads_the_real_ranges_and_no_more(
+    bed: Bed, namespace: str, laptop: Laptop
+) -> None:
+    ns = namespace
+    binding = f"dev-ktpy-connect-ranges-{ns}"
+    bed.kubectl("apply", "-f", str(RBAC_DIR / "connect-ranges.yaml"))
+    bed.kubectl("create", "clusterrolebinding", binding, "--clusterrole=ktpy-connect-ranges",
+                "--user=dev")  # fmt: skip
+    try:
+        with granted(bed, ns, "connect"):
+            effective(bed, ns, ("list", "nodes"))
+            session = run_ktpy(laptop, *DEBUG, "-n", ns, "connect", user="dev", env=FAST)
+            try:
+                lines = session.wait_ready(90)
+                called(session, ("watch", "namespaces"))
+            finally:
+                assert session.stop() == 130
+            calls = recorded_calls(session.all_errors())
+    finally:
+        bed.kubectl("delete", "clusterrolebinding", binding, "--wait=false")
+    assert not [line for line in lines if "connect-ranges" in line], lines
+    assert any("(from ServiceCIDR objects)" in line for line in lines), lines
+    assert any("(from the Nodes' spec.podCIDRs)" in line for line in lines), lines
+    assert not [c for c in calls if c.status == 403]
+    used = {c.access for c in calls}
+    # Every rule of the ClusterRole used; the Role's as before.
+    assert load_role("connect-ranges").rules <= used
+    assert used <= load_role("connect").rules | load_role("connect-ranges").rules
 
 
 @pytest.mark.skipif(
