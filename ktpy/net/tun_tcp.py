@@ -297,6 +297,9 @@ class TunStack:
     def _open_device(
         self, tun: int | str | TunDevice | PacketSocket, mtu: int | None, offload: bool
     ) -> None:
+        self.fd: int
+        self.name: str
+        self.mtu: int
         if isinstance(tun, PacketSocket):
             self.fd, self.name, self.mtu = tun.fd, tun.name, tun.mtu
             self.vnet_header, self.offload = 0, False
@@ -310,9 +313,9 @@ class TunStack:
             dev.mtu = mtu or TUN_MTU
             dev.up()
             self._device = dev
-            self.fd: int = dev.fileno()
-            self.name: str = dev.name
-            self.mtu: int = dev.mtu
+            self.fd = dev.fileno()
+            self.name = dev.name
+            self.mtu = dev.mtu
         elif isinstance(tun, int):
             self.fd = tun
             self.name = device_info(tun)[0]
