@@ -51,6 +51,7 @@ def needs_for(role: Role, ports: Iterable[tuple[int, str | None]] = ()) -> tuple
         )
     # exchange, mesh and preview pods (and the mesh router) are called on the
     # Service's ports; the router also calls the Service's own pods on them.
+    ports = tuple(ports)  # read twice below
     listed = tuple(Need("ingress", "TCP", port, name) for port, name in ports)
     if role is Role.ROUTER:
         listed += tuple(Need("egress", "TCP", port, name) for port, name in ports)

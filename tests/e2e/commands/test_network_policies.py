@@ -43,6 +43,19 @@ spec:
 """
 
 
+# A second Service on the echo pods, by port number (not the name "http"): one
+# Service per session, without another Deployment to wait for.
+ECHO_B = """
+apiVersion: v1
+kind: Service
+metadata: {name: echo-b}
+spec:
+  selector: {app: echo}
+  ports:
+  - {name: alt, port: 9090, targetPort: 9090}
+"""
+
+
 def warnings_of(session: RunningKtpy) -> list[str]:
     # The warnings come before the ready line, which wait_for has seen; stderr
     # is read by another thread: give it the moment the ready line took.
@@ -50,99 +63,90 @@ def warnings_of(session: RunningKtpy) -> list[str]:
     return [line for line in session.errors if WARNING in line]
 
 
-def stopped(session: RunningKtpy) -> None:
-    assert session.stop() == 130, session.errors[-5:]
+def stop_all(sessions: list[RunningKtpy]) -> None:
+    codes = [s.stop() for s in sessions]
+    assert codes == [130] * len(sessions), [s.errors[-5:] for s in sessions]
 
 
-def test_exchange_warns_of_a_default_deny_and_not_once_the_port_is_allowed(
+def test_each_command_warns_of_the_policies_that_block_its_pod(
     bed: Bed, echo: str, laptop: Laptop
 ) -> None:
-    bed.apply(DENY_INGRESS, echo)
+    ns = echo
+    bed.apply(ECHO_B, ns)
+    bed.apply(DENY_INGRESS, ns)
+    bed.apply(DENY_EGRESS, ns)
     local_server(laptop, 3001)
-    blocked = run_ktpy(laptop, "-n", echo, "exchange", "echo", "--expose", "3001:80")
-    try:
-        blocked.wait_for(READY, timeout=120)
-        lines = warnings_of(blocked)
-    finally:
-        stopped(blocked)
-    assert len(lines) == 1, blocked.errors
-    assert "NetworkPolicy default-deny select pod echo-kt-" in lines[0]
-    assert "allow no ingress to port 8080/TCP" in lines[0]
-    assert "Hint: allow them for pods labelled app.kubernetes.io/managed-by=ktpy" in lines[0]
-
-    # The same policy, and another that lets the named port in: nothing to say.
-    bed.apply(ALLOW_HTTP, echo)
-    allowed = run_ktpy(laptop, "-n", echo, "exchange", "echo", "--expose", "3001:80")
-    try:
-        allowed.wait_for(READY, timeout=120)
-        assert warnings_of(allowed) == [], allowed.errors
-    finally:
-        stopped(allowed)
-
-
-def test_connect_warns_of_egress_limited_to_dns(bed: Bed, namespace: str, laptop: Laptop) -> None:
-    bed.apply(DENY_EGRESS, namespace)
-    session = run_ktpy(
-        laptop, "-n", namespace, "connect", "--mode", "socks", "--socks-port", "2321"
-    )
-    try:
-        session.wait_ready(timeout=120)
-        lines = warnings_of(session)
-    finally:
-        stopped(session)
-    assert len(lines) == 1, session.errors
-    assert "NetworkPolicy dns-only select pod" in lines[0]
-    assert "allow no egress to any port/TCP" in lines[0]
-    assert "53" not in lines[0]  # DNS is allowed: not named
-
-
-def test_preview_and_mesh_warn_for_their_pods(bed: Bed, echo: str, laptop: Laptop) -> None:
-    bed.apply(DENY_INGRESS, echo)
-    local_server(laptop, 3001)
-    preview = run_ktpy(laptop, "-n", echo, "preview", "mine", "--expose", "3001:8080")
-    try:
-        preview.wait_for("Now you can access your local service", timeout=120)
-        lines = warnings_of(preview)
-    finally:
-        stopped(preview)
-    assert len(lines) == 1, preview.errors
-    assert "select pod mine-kt-" in lines[0]
-    assert "ingress to port 8080/TCP" in lines[0]
-
+    # Side by side: each session's pod meets the same two policies.
+    connect = run_ktpy(laptop, "-n", ns, "connect", "--mode", "socks", "--socks-port", "2321")
+    exchange = run_ktpy(laptop, "-n", ns, "exchange", "echo", "--expose", "3001:80")
+    preview = run_ktpy(laptop, "-n", ns, "preview", "mine", "--expose", "3001:8080")
     mesh = run_ktpy(
-        laptop, "-n", echo, "mesh", "echo", "--expose", "3001:80", "--version-mark", "v1"
+        laptop, "-n", ns, "mesh", "echo-b", "--expose", "3001:9090", "--version-mark", "v1"
     )
+    sessions = [connect, exchange, preview, mesh]
     try:
+        connect.wait_ready(timeout=180)
+        exchange.wait_for(READY, timeout=180)
+        preview.wait_for("Now you can access your local service", timeout=180)
         mesh.wait_for(MESH_READY, timeout=180)
-        lines = warnings_of(mesh)
+        said = {
+            name: warnings_of(s)
+            for name, s in zip(("connect", "exchange", "preview", "mesh"), sessions, strict=True)
+        }
     finally:
-        stopped(mesh)
-    # The shadow pod (called by the router) and the router (called by everyone).
-    assert len(lines) == 2, mesh.errors
-    assert any("ingress to port 8080/TCP" in line and "-kt-router" not in line for line in lines)
-    assert any("select pod echo-kt-router-" in line for line in lines), lines
+        stop_all(sessions)
+
+    # connect: egress only to DNS; the ingress policy is not its concern.
+    assert len(said["connect"]) == 1, said
+    assert "NetworkPolicy dns-only select pod" in said["connect"][0]
+    assert "allow no egress to any port/TCP" in said["connect"][0]
+    assert "53" not in said["connect"][0]  # DNS is allowed: not named
+
+    # exchange and preview: called on their ports, which nothing lets in.
+    assert len(said["exchange"]) == 1, said
+    line = said["exchange"][0]
+    assert "NetworkPolicy default-deny select pod echo-kt-" in line
+    assert "allow no ingress to port 8080/TCP" in line
+    assert "Hint: allow them for pods labelled app.kubernetes.io/managed-by=ktpy" in line
+    assert len(said["preview"]) == 1, said
+    assert "select pod mine-kt-" in said["preview"][0]
+    assert "ingress to port 8080/TCP" in said["preview"][0]
+
+    # mesh: its shadow (called by the router) and the router (called by everyone,
+    # calling the Service's pods), both directions blocked for the router.
+    assert len(said["mesh"]) == 2, said
+    shadow = [line for line in said["mesh"] if "echo-b-kt-router" not in line]
+    router = [line for line in said["mesh"] if "select pod echo-b-kt-router-" in line]
+    assert len(shadow) == 1, said["mesh"]
+    assert "ingress to port 9090/TCP" in shadow[0]
+    assert len(router) == 1, said["mesh"]
+    assert "ingress to port 9090/TCP, egress to port 9090/TCP" in router[0]
 
 
-def test_a_user_who_may_not_list_policies_hears_nothing_of_them(
+def test_silence_when_the_port_is_allowed_or_policies_may_not_be_listed(
     bed: Bed, echo: str, laptop: Laptop
 ) -> None:
-    bed.apply(DENY_INGRESS, echo)
-    bed.grant(echo, "dev")  # ktbed-developer: no networkpolicies
-    assert (
-        bed.kubectl(
-            "--as", "dev", "-n", echo, "auth", "can-i", "list", "networkpolicies", check=False
-        ).stdout.strip()
-        == "no"
+    ns = echo
+    bed.apply(ECHO_B, ns)
+    bed.apply(DENY_INGRESS, ns)
+    bed.apply(ALLOW_HTTP, ns)  # lets the port named http in: echo's, not echo-b's
+    bed.grant(ns, "dev")  # ktbed-developer: no networkpolicies
+    can_list = bed.kubectl(
+        "--as", "dev", "-n", ns, "auth", "can-i", "list", "networkpolicies", check=False
     )
+    assert can_list.stdout.strip() == "no"
     local_server(laptop, 3001)
-    session = run_ktpy(
-        laptop, "--debug", "-n", echo, "exchange", "echo", "--expose", "3001:80", user="dev"
+    allowed = run_ktpy(laptop, "-n", ns, "exchange", "echo", "--expose", "3001:80")
+    # echo-b's port is blocked, but this user cannot know: nothing guessed.
+    unlisted = run_ktpy(
+        laptop, "--debug", "-n", ns, "exchange", "echo-b", "--expose", "3001:9090", user="dev"
     )
     try:
-        session.wait_for(READY, timeout=120)
-        assert warnings_of(session) == [], session.errors
-        assert any("may not list NetworkPolicies" in line for line in session.errors), (
-            session.errors[-20:]
-        )
+        allowed.wait_for(READY, timeout=180)
+        unlisted.wait_for(READY, timeout=180)
+        assert warnings_of(allowed) == [], allowed.errors
+        assert warnings_of(unlisted) == [], unlisted.errors
+        debug = [line for line in unlisted.errors if "may not list NetworkPolicies" in line]
+        assert debug, unlisted.errors[-20:]
     finally:
-        stopped(session)
+        stop_all([allowed, unlisted])

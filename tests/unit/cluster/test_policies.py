@@ -147,7 +147,8 @@ def test_policy_types_default_as_the_api_server_fills_them() -> None:
 
 
 def test_the_router_needs_both_ways_on_the_target_ports() -> None:
-    assert [n.describe() for n in needs_for(Role.ROUTER, [(8080, None)])] == [
+    ports = ((port, None) for port in [8080])  # any iterable, read once
+    assert [n.describe() for n in needs_for(Role.ROUTER, ports)] == [
         "ingress to port 8080/TCP",
         "egress to port 8080/TCP",
     ]
