@@ -16,6 +16,7 @@ class Kind(StrEnum):
     SERVICE_CIDR = "ServiceCIDR"
     CONFIG_MAP = "ConfigMap"
     STATEFUL_SET = "StatefulSet"
+    NETWORK_POLICY = "NetworkPolicy"
 
     @property
     def api_version(self) -> str:
@@ -41,6 +42,7 @@ _API_VERSIONS = {
     Kind.STATEFUL_SET: "apps/v1",
     Kind.ENDPOINT_SLICE: "discovery.k8s.io/v1",
     Kind.SERVICE_CIDR: "networking.k8s.io/v1",
+    Kind.NETWORK_POLICY: "networking.k8s.io/v1",
 }
 _PLURALS = {
     Kind.POD: "pods",
@@ -53,6 +55,7 @@ _PLURALS = {
     Kind.STATEFUL_SET: "statefulsets",
     Kind.ENDPOINT_SLICE: "endpointslices",
     Kind.SERVICE_CIDR: "servicecidrs",
+    Kind.NETWORK_POLICY: "networkpolicies",
 }
 
 
