@@ -51,7 +51,7 @@ def global_options() -> list[click.Option]:
         params.AliasedOption(
             ["--image"],
             hidden_aliases=("-i",),
-            metavar="IMAGE",
+            type=params.IMAGE,
             expose_value=False,
             callback=remember,
             help=f"Shadow pod image.  [default: {DEFAULT_IMAGE}]",

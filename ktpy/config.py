@@ -34,7 +34,7 @@ from ktpy import __version__
 from ktpy.durations import parse_duration
 from ktpy.errors import ConfigProblem
 from ktpy.logs import LogFormat
-from ktpy.params import is_dns1123_label, parse_port_number
+from ktpy.params import is_dns1123_label, parse_image, parse_port_number
 
 DEFAULT_IMAGE = f"ghcr.io/ktpy/shadow:{__version__}"
 DEFAULT_HEARTBEAT_INTERVAL = timedelta(seconds=30)
@@ -175,6 +175,14 @@ class KubeconfigView:
     context_namespaces: Mapping[str, str | None]
 
 
+def unreadable_kubeconfig(path: object, exc: Exception) -> ConfigProblem:
+    """A kubeconfig that cannot be read or parsed, in one line (YAML errors span several)."""
+    return ConfigProblem(
+        f"cannot read kubeconfig {path}: {' '.join(str(exc).split())}",
+        hint="Check --kubeconfig/KUBECONFIG; 'kubectl config view' shows what kubectl reads.",
+    )
+
+
 def read_kubeconfig_view(paths: tuple[Path, ...]) -> KubeconfigView:
     """Merge as kubectl does: the first file that sets a value wins; missing files are skipped."""
     current: str | None = None
@@ -184,8 +192,8 @@ def read_kubeconfig_view(paths: tuple[Path, ...]) -> KubeconfigView:
             data = yaml.safe_load(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             continue
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigProblem(f"cannot read kubeconfig {path}: {exc}") from exc
+        except (OSError, UnicodeError, yaml.YAMLError) as exc:
+            raise unreadable_kubeconfig(path, exc) from exc
         if not isinstance(data, dict):
             continue
         if current is None and isinstance(data.get("current-context"), str):
@@ -271,7 +279,7 @@ _SPECS = (
     _Spec("kubeconfig", "KTPY_KUBECONFIG", "kubeconfig", _parse_text),
     _Spec("context", "KTPY_CONTEXT", "context", _parse_text),
     _Spec("namespace", "KTPY_NAMESPACE", "namespace", _parse_namespace),
-    _Spec("image", "KTPY_IMAGE", "image", _parse_text),
+    _Spec("image", "KTPY_IMAGE", "image", parse_image),
     _Spec("debug", "KTPY_DEBUG", "debug", _parse_bool),
     _Spec("log_format", "KTPY_LOG_FORMAT", "log-format", _parse_log_format),
     _Spec(

@@ -12,7 +12,13 @@ _UNITS = {
     "h": timedelta(hours=1),
     "d": timedelta(days=1),
 }
+# Beyond any sensible timeout, and far below what timedelta and the clocks can hold.
+MAX_DAYS = 365
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+
+
+def _shown(text: str, limit: int = 32) -> str:
+    return repr(text) if len(text) <= limit else f"{text[:limit]!r}... ({len(text)} characters)"
 
 
 def parse_duration(text: str) -> timedelta:
@@ -23,17 +29,27 @@ def parse_duration(text: str) -> timedelta:
     cleaned = text.strip().lower()
     if not cleaned:
         raise ValueError("empty duration")
-    if re.fullmatch(r"\d+(?:\.\d+)?", cleaned):
-        return timedelta(seconds=float(cleaned))
-    total = timedelta()
-    position = 0
-    for match in _PART.finditer(cleaned):
-        if match.start() != position:
-            break
-        total += float(match.group(1)) * _UNITS[match.group(2)]
-        position = match.end()
-    if position != len(cleaned) or position == 0:
-        raise ValueError(f"{text!r} is not a duration (examples: 30s, 3m, 1h30m, 500ms)")
+    try:
+        if re.fullmatch(r"\d+(?:\.\d+)?", cleaned):
+            total = timedelta(seconds=float(cleaned))
+        else:
+            total = timedelta()
+            position = 0
+            for match in _PART.finditer(cleaned):
+                if match.start() != position:
+                    break
+                total += float(match.group(1)) * _UNITS[match.group(2)]
+                position = match.end()
+            if position != len(cleaned) or position == 0:
+                raise ValueError(
+                    f"{_shown(text)} is not a duration (examples: 30s, 3m, 1h30m, 500ms)"
+                )
+    except OverflowError:
+        raise ValueError(
+            f"{_shown(text)} is too long a duration (at most {MAX_DAYS} days)"
+        ) from None
+    if total > timedelta(days=MAX_DAYS):
+        raise ValueError(f"{_shown(text)} is too long a duration (at most {MAX_DAYS} days)")
     return total
 
 

@@ -125,7 +125,8 @@ class ClusterUnreachable(KtpyError):
 class Forbidden(KtpyError):
     exit_code = 11
     default_hint = (
-        "Ask for the RBAC rights listed in docs/design.md, or check the namespace with -n."
+        "Ask for the Role of this command in docs/rbac/ (one per command), "
+        "or check the namespace with -n."
     )
 
     def __init__(self, verb: str, resource: str, namespace: str | None, detail: str = "") -> None:

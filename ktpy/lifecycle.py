@@ -142,6 +142,8 @@ def run(session: Session, command: SessionCommand, *, started: float) -> NoRetur
         lifecycle.running()
         try:
             click.echo(shadow_line(session))
+            for warning in session.warnings:
+                click.echo(f"Warning: {warning}", err=True)
             for line in command.ready_lines(session, time.monotonic() - started):
                 click.echo(line)
             lifecycle.wait(lambda: command.check(session))

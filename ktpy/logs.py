@@ -94,6 +94,8 @@ def configure(
     root.setLevel(level)
     for name in _QUIET_LIBRARIES:
         logging.getLogger(name).setLevel(logging.DEBUG if debug else logging.WARNING)
+    # urllib3 warns of each retry of a refused connection; ktpy's own error says it once.
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.DEBUG if debug else logging.ERROR)
 
     structlog.configure(
         processors=[

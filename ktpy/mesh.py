@@ -37,6 +37,7 @@ from ktpy.cluster import (
     mesh,
     modify,
     names,
+    policies,
     ports,
     redirect,
     router,
@@ -465,7 +466,7 @@ class MeshMember:
                 routes={},
             ),
         )
-        self.api.create(
+        deployment = self.api.create(
             Kind.DEPLOYMENT,
             request.namespace,
             router.router_deployment(
@@ -480,6 +481,12 @@ class MeshMember:
             ),
         )
         self.say(f"Mesh of service {request.service} made: router {self.names.deployment}")
+        template = deployment["spec"]["template"]["metadata"]
+        self.session.check_policies(
+            f"{self.names.deployment}-*",
+            template.get("labels") or {},
+            policies.needs_for(Role.ROUTER, ((p.target_port, p.target_name) for p in router_ports)),
+        )
         with progress.waiting(f"Starting the mesh router {self.names.deployment}"):
             ready = waits.wait_pods(
                 self.api,

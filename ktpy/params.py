@@ -36,9 +36,41 @@ VERSION_MARK_VALUE_MAX = 20
 _DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 
+def shown(text: str, limit: int = 64) -> str:
+    """A value quoted for an error line, cut so a huge one keeps the line short."""
+    return repr(text) if len(text) <= limit else f"{text[:limit]!r}... ({len(text)} characters)"
+
+
 def is_dns1123_label(text: str) -> bool:
     """A Kubernetes name such as a namespace's: lowercase alnum and inner '-', <= 63."""
     return len(text) <= 63 and bool(_DNS1123_LABEL.match(text))
+
+
+def is_dns1123_subdomain(text: str) -> bool:
+    """A Kubernetes object name such as a Deployment's or a pod's: dot-separated
+    labels, at most 253 characters."""
+    return 0 < len(text) <= 253 and all(_DNS1123_LABEL.match(part) for part in text.split("."))
+
+
+# An image reference as the container runtimes read it (distribution/reference).
+_DOMAIN_PART = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+_PATH_PART = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_IMAGE = re.compile(
+    rf"^(?:{_DOMAIN_PART}(?:\.{_DOMAIN_PART})*(?::[0-9]+)?/)?{_PATH_PART}(?:/{_PATH_PART})*"
+    r"(?::[\w][\w.-]{0,127})?"
+    r"(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?$",
+    re.ASCII,
+)
+
+
+def parse_image(text: str) -> str:
+    """An image reference such as ``registry.example.org:5000/ktpy/shadow:0.1.0``."""
+    if len(text) > 512 or not _IMAGE.match(text):
+        raise ValueError(
+            f"{text[:80]!r} is not an image reference such as "
+            "registry.example.org/ktpy/shadow:0.1.0 (lowercase repository, optional :tag)"
+        )
+    return text
 
 
 def is_port_name(text: str) -> bool:
@@ -47,11 +79,10 @@ def is_port_name(text: str) -> bool:
 
 def parse_port_number(text: str) -> int:
     if not text.isdigit():
-        raise ValueError(f"{text!r} is not a port number")
-    port = int(text)
-    if not 1 <= port <= 65535:
-        raise ValueError(f"port {port} is out of range 1-65535")
-    return port
+        raise ValueError(f"{shown(text)} is not a port number")
+    if len(text) > 5 or not 1 <= int(text) <= 65535:
+        raise ValueError(f"port {shown(text)} is out of range 1-65535")
+    return int(text)
 
 
 @dataclass(frozen=True)
@@ -87,7 +118,7 @@ def parse_expose(text: str) -> tuple[PortMapping, ...]:
             elif is_port_name(remote_text):
                 remote = remote_text
             else:
-                raise ValueError(f"{remote_text!r} is neither a port number nor a port name")
+                raise ValueError(f"{shown(remote_text)} is neither a port number nor a port name")
         else:
             local = parse_port_number(item)
             remote = local
@@ -122,20 +153,27 @@ def parse_version_mark(text: str) -> VersionMark:
     else:
         key, value = DEFAULT_VERSION_MARK_KEY, text
     if not VERSION_MARK_KEY.match(key) or len(key) > 63:
-        raise ValueError(f"key {key!r} must match ^[a-z][a-z0-9_-]*$ (at most 63 characters)")
+        raise ValueError(f"key {shown(key)} must match ^[a-z][a-z0-9_-]*$ (at most 63 characters)")
     if value == "":
         if ":" not in text:
             raise ValueError("empty version mark")
         return VersionMark(key, None)
     if not _VERSION_MARK_VALUE.match(value) or len(value) > VERSION_MARK_VALUE_MAX:
         raise ValueError(
-            f"value {value!r} must be lowercase letters, digits and inner '-', "
+            f"value {shown(value)} must be lowercase letters, digits and inner '-', "
             f"at most {VERSION_MARK_VALUE_MAX} characters"
         )
     return VersionMark(key, value)
 
 
 def parse_cidr(text: str) -> IPNetwork:
+    """Parse ``10.96.0.0/12``, ``fd00::/108``, or a single address as a host route."""
+    if len(text) > 64:
+        raise ValueError(f"{shown(text)} is not a CIDR such as 10.96.0.0/12")
+    return _parse_cidr(text)
+
+
+def _parse_cidr(text: str) -> IPNetwork:
     """Parse ``10.96.0.0/12``, ``fd00::/108``, or a single address as a host route."""
     try:
         return ipaddress.ip_network(text.strip(), strict=True)
@@ -162,7 +200,7 @@ class _ParserType(click.ParamType[T, Any]):
     ) -> T:
         try:
             return parser(value)
-        except ValueError as exc:
+        except (ValueError, OverflowError) as exc:
             self.fail(str(exc), param, ctx)
 
 
@@ -219,6 +257,41 @@ class DurationType(_ParserType[timedelta]):
         return result
 
 
+class ImageType(_ParserType[str]):
+    name = "IMAGE"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        return self._run(parse_image, str(value), param, ctx)
+
+
+def bounded_number(low: int, high: int) -> Callable[[str], int]:
+    """A parser of a whole number in low..high that never echoes a huge value whole."""
+
+    def parse(text: str) -> int:
+        cleaned = text.strip()
+        if (
+            not cleaned.isdigit()
+            or len(cleaned) > len(str(high))
+            or not low <= int(cleaned) <= high
+        ):
+            raise ValueError(f"{shown(cleaned)} is not a number in {low}-{high}")
+        return int(cleaned)
+
+    return parse
+
+
+class NumberType(_ParserType[int]):
+    name = "INTEGER"
+
+    def __init__(self, low: int, high: int) -> None:
+        self.parse = bounded_number(low, high)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        return self._run(self.parse, str(value), param, ctx)
+
+
 class PortType(_ParserType[int]):
     name = "PORT"
 
@@ -229,7 +302,7 @@ class PortType(_ParserType[int]):
 def parse_dns1123_label(text: str) -> str:
     if not is_dns1123_label(text):
         raise ValueError(
-            f"{text!r} is not a valid name: lowercase letters, digits and inner '-', "
+            f"{shown(text)} is not a valid name: lowercase letters, digits and inner '-', "
             "at most 63 characters"
         )
     return text
@@ -250,6 +323,7 @@ VERSION_MARK = VersionMarkType()
 CIDR = CidrType()
 DURATION = DurationType()
 PORT = PortType()
+IMAGE = ImageType()
 
 
 @dataclass(frozen=True)
@@ -277,7 +351,7 @@ def _parse_forward_ports(text: str) -> tuple[int | None, int | str | None]:
         return local, parse_port_number(remote_text)
     if is_port_name(remote_text):
         return local, remote_text
-    raise ValueError(f"{remote_text!r} is neither a port number nor a port name")
+    raise ValueError(f"{shown(remote_text)} is neither a port number nor a port name")
 
 
 def parse_forward_targets(tokens: tuple[str, ...] | list[str]) -> tuple[ForwardTarget, ...]:
@@ -303,11 +377,15 @@ def parse_forward_targets(tokens: tuple[str, ...] | list[str]) -> tuple[ForwardT
             continue
         service, dot, namespace = token.partition(".")
         if not is_dns1123_label(service) or (dot and not is_dns1123_label(namespace)):
-            raise ValueError(f"{token!r} is not a Service name (SVC or SVC.NAMESPACE)")
+            raise ValueError(f"{shown(token)} is not a Service name (SVC or SVC.NAMESPACE)")
         targets.append(ForwardTarget(service, namespace or None))
         ports_given = False
     if not targets:
         raise ValueError("name at least one Service")
+    given = [t.local for t in targets if t.local is not None]
+    for port in given:
+        if given.count(port) > 1:
+            raise ValueError(f"local port {port} is given to two forwards")
     return tuple(targets)
 
 

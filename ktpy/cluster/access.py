@@ -2,8 +2,9 @@
 lacks, asked of the API server itself (SelfSubjectAccessReview): RBAC, webhooks and
 any other authorizer answer as they would for the real request.
 
-``NEEDS`` is read from what the commands do (``ktpy doctor`` reports it); a right
-a command can do without (connect listing namespaces) is not in its list.
+``NEEDS`` mirrors the Roles of docs/rbac/ (a test holds them equal); a right a
+command can do without (connect listing namespaces, a rarely taken path) is not in
+its list.
 """
 
 from __future__ import annotations
@@ -26,51 +27,69 @@ class Right:
         return f"{self.verb} {what}" + (f".{self.group}" if self.group else "")
 
 
-def _rights(group: str, resource: str, *verbs: str, subresource: str = "") -> tuple[Right, ...]:
-    return tuple(Right(verb, resource, group, subresource) for verb in verbs)
+def _rights(*lines: str) -> tuple[Right, ...]:
+    """Rights written as RBAC reads: ``"create,delete pods"``, ``"list apps/deployments"``,
+    ``"create pods/portforward"``."""
+    found = []
+    for line in lines:
+        verbs, what = line.split()
+        first, _, rest = what.partition("/")
+        group = first if "." in first or first == "apps" else ""  # the core group has none
+        resource, _, subresource = (rest if group else what).partition("/")
+        found += [Right(verb, resource, group, subresource) for verb in verbs.split(",")]
+    return tuple(found)
 
 
-# Every session: its Secret and shadow pod, their heartbeat, Ready, the tunnel.
+# What a session needs: its Secret and shadow pod, their heartbeat, Ready, the tunnel,
+# and the NetworkPolicies that could keep callers from it.
 _SESSION = (
-    *_rights("", "pods", "create", "get", "list", "watch", "patch", "delete"),
-    *_rights("", "secrets", "create", "patch", "delete"),
-    Right("create", "pods", "", "portforward"),
-)
-_READ_SERVICES = _rights("", "services", "get", "list", "watch")
-_TAKE_SERVICE = (
-    *_READ_SERVICES,
-    *_rights("", "services", "update"),
-    *_rights("discovery.k8s.io", "endpointslices", "list", "watch"),
-)
-_SWEEP = (
-    *_rights("", "pods", "list", "delete"),
-    *_rights("", "secrets", "list", "delete"),
-    *_rights("", "services", "list", "update", "delete"),
-    *_rights("apps", "deployments", "list", "update", "delete"),
+    "create,delete,list,patch,watch pods",
+    "create,get pods/portforward",
+    "create,delete,patch secrets",
+    "list networking.k8s.io/networkpolicies",
 )
 
+# A normal run's rights per command: the rules of docs/rbac/<command>.yaml less the
+# ones it names as rarely used (tests/unit/cluster/test_access.py holds them equal),
+# so a user bound to the documented Role is never told a right is missing.
 NEEDS: dict[str, tuple[Right, ...]] = {
-    "connect": (*_SESSION, *_READ_SERVICES, Right("create", "services")),
-    "exchange": (*_SESSION, *_TAKE_SERVICE, *_rights("apps", "deployments", "get", "update")),
-    "mesh": (
+    "connect": _rights(*_SESSION, "list,watch services"),
+    "exchange": _rights(
         *_SESSION,
-        *_TAKE_SERVICE,
-        *_rights("", "services", "create", "delete"),
-        *_rights("", "secrets", "get", "update"),
-        *_rights("apps", "deployments", "create", "get", "update", "delete"),
+        "list secrets",
+        "get,list,update,watch services",
+        "list discovery.k8s.io/endpointslices",
+        "list apps/deployments",
     ),
-    "preview": (*_SESSION, *_rights("", "services", "create", "delete")),
-    "forward": (*_SESSION, *_rights("", "services", "get")),
-    "env": (
-        *_rights("", "pods", "get", "list"),
-        *_rights("", "configmaps", "get"),
-        *_rights("", "secrets", "get"),
-        *_rights("apps", "deployments", "get"),
+    "mesh": _rights(
+        *_SESSION,
+        "get,list,update secrets",
+        "create,delete,get,list,patch,update,watch services",
+        "list discovery.k8s.io/endpointslices",
+        "create,delete,list,patch apps/deployments",
     ),
-    "status": _rights("", "pods", "list"),
-    "clean": _SWEEP,
-    "recover": _SWEEP,
-    "doctor": _SESSION,
+    "preview": _rights(
+        *_SESSION,
+        "create,delete,get,patch services",
+        "list discovery.k8s.io/endpointslices",
+    ),
+    "forward": _rights(*_SESSION, "get services"),
+    "env": _rights("list pods", "list services", "get configmaps", "get apps/deployments"),
+    "status": _rights("list pods", "list secrets", "list services", "list apps/deployments"),
+    "clean": _rights(
+        "delete,list,watch pods",
+        "delete,list secrets",
+        "delete,get,list,update services",
+        "get,list,update apps/deployments",
+    ),
+    "recover": _rights(
+        "delete,list,watch pods",
+        "delete,list secrets",
+        "get,list,update services",
+        "list apps/deployments",
+    ),
+    # doctor's own session, its target Service and that Service's endpoints.
+    "doctor": _rights(*_SESSION, "get services", "list discovery.k8s.io/endpointslices"),
 }
 
 

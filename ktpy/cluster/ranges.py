@@ -28,6 +28,9 @@ _IMPOSSIBLE_CLUSTER_IP = "0.0.0.1"
 class Ranges:
     networks: tuple[IPNetwork, ...]
     source: str  # where they were read, for the user
+    # Read from what the namespace shows, because the cluster's own ranges were not
+    # readable (the ClusterRole of docs/rbac/connect-ranges.yaml is missing).
+    guessed: bool = False
 
 
 def networks(texts: Iterable[str]) -> tuple[IPNetwork, ...]:
@@ -86,6 +89,7 @@ def service_ranges(api: ClusterApi, namespace: str) -> Ranges:
         covering_networks(seen, 16),
         f"guessed from the Services of namespace {namespace} (reading the service range "
         "was not allowed)",
+        guessed=True,
     )
 
 
@@ -106,6 +110,7 @@ def pod_ranges(api: ClusterApi, namespace: str) -> Ranges:
     return Ranges(
         covering_networks(seen, 24),
         f"guessed from the pods of namespace {namespace} (listing Nodes was not allowed)",
+        guessed=True,
     )
 
 

@@ -171,10 +171,13 @@ class Connect(lifecycle.SessionCommand):
 )
 @click.option(
     "--dns-namespace",
+    type=params.NAME,
     multiple=True,
     help="Resolve svc.NS names for this namespace too, when you may not list namespaces.",
 )
-@click.option("--mtu", type=click.IntRange(1280, 65535), default=None, help="TUN device MTU.")
+@click.option(
+    "--mtu", type=params.NumberType(1280, 65535), default=None, help="TUN device MTU (1280-65535)."
+)
 @click.option("--print-pac", is_flag=True, help="Print a proxy auto-config file for browsers.")
 @click.option("--print-env", is_flag=True, help="Print proxy environment variables for shells.")
 @click.pass_context
@@ -210,6 +213,7 @@ def connect(
     started = time.monotonic()
     if mode == "tun2socks":
         connect_tun.preflight(settings)  # puts a killed session's host changes back first
+        connect_tun.check_include(include_cidr, force=force_routes)
     elif line := heal.notice(settings.journal_dir):
         click.echo(f"Note: {line}", err=True)
     api = make_api(settings)

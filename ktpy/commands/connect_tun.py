@@ -25,11 +25,19 @@ from ktpy.cluster import ranges
 from ktpy.cluster.api import ClusterApi, Kind
 from ktpy.cluster.name_watch import KnownNames
 from ktpy.config import TUN_MTU, Settings
-from ktpy.errors import AlreadyRunning, Forbidden, KtpyError, NeedsRoot, NoTunDevice
-from ktpy.host import heal, recovery
+from ktpy.errors import (
+    AlreadyRunning,
+    Forbidden,
+    KtpyError,
+    NeedsRoot,
+    NoTunDevice,
+    UsageProblem,
+)
+from ktpy.host import heal, recovery, routes
 from ktpy.host import network as host
 from ktpy.host.journal import Journal
 from ktpy.host.resolver import ResolvConfGuard, ResolvedGuard, ResolverGuard, ResolverKind
+from ktpy.host.runner import Runner, run
 from ktpy.logs import get_logger
 from ktpy.net.dns import ClusterNames, Collision
 from ktpy.net.dns_server import DnsServer, TcpExchange, tcp_exchange_over
@@ -60,6 +68,33 @@ def preflight(settings: Settings) -> None:
             "host changes of a killed ktpy connect could not be put back",
             hint="Fix what the line above names, then 'sudo ktpy clean --local'.",
         )
+
+
+def check_include(include: Iterable[IPNetwork], *, force: bool, runner: Runner = run) -> None:
+    """--include-cidr asks for a route ktpy would not make: refused before anything
+    changes, rather than skipped with a warning once the session is up."""
+    wanted = list(include)
+    for network in wanted:
+        if network.version != 4:
+            raise UsageProblem(
+                f"--include-cidr {network}: only IPv4 is carried through the TUN device",
+                hint="Leave IPv6 ranges out; 'ktpy forward' reaches an IPv6-only Service.",
+            )
+        if network.prefixlen == 0:
+            raise UsageProblem(
+                f"--include-cidr {network} would take every address of this machine",
+                hint="Name the ranges to reach (the cluster's own are routed already).",
+            )
+    if force or not wanted:
+        return
+    host_routes = routes.read_host_routes(runner)
+    for network in wanted:
+        found = routes.conflicts(network, host_routes)
+        if found:
+            raise UsageProblem(
+                f"--include-cidr {network} overlaps this machine's route {found[0].describe()}",
+                hint="Add --force-routes to route it anyway, or choose a narrower range.",
+            )
 
 
 def api_addresses(api_url: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...]:
@@ -127,6 +162,34 @@ def read_cluster(
         service, pods, domain, domain_source, namespaces, source, services,
         namespace_watch, service_watch,
     )  # fmt: skip
+
+
+RANGES_CLUSTER_ROLE = "docs/rbac/connect-ranges.yaml"
+
+
+def degraded_note(facts: ClusterFacts) -> str | None:
+    """One line when the cluster-wide reads were refused: what connect does without
+    them, and the ClusterRole that gives them."""
+    missing = [
+        what
+        for what, lacking in (
+            ("the service range", facts.service.guessed),
+            ("the pod range", facts.pods.guessed),
+            ("other namespaces' names", facts.namespace_watch is None),
+        )
+        if lacking
+    ]
+    if not missing:
+        return None
+    effects = []
+    if facts.service.guessed or facts.pods.guessed:
+        effects.append("the ranges are guessed from this namespace")
+    if facts.namespace_watch is None:
+        effects.append("other namespaces resolve only with --dns-namespace")
+    return (
+        f"Note: without the ClusterRole ktpy-connect-ranges ({RANGES_CLUSTER_ROLE}) "
+        f"{', '.join(missing)} could not be read: {'; '.join(effects)}"
+    )
 
 
 def report_collision(collision: Collision) -> None:
@@ -241,6 +304,8 @@ class TunConnection:
             f"everything else to {', '.join(survey.upstreams) or 'the original resolvers'}",
         ]
         self.lines += [f"Warning: {w}" for w in resolver.warnings]
+        if note := degraded_note(facts):
+            self.lines.append(note)
 
     def _watch_names(
         self,

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import click
 
-from ktpy.cluster.workload_env import Environment, EnvProblem, read_environment
+from ktpy import params
+from ktpy.cluster.workload_env import Environment, EnvProblem, parse_target, read_environment
 from ktpy.commands.context import make_api, settings_of
 from ktpy.errors import UsageProblem, WorkloadUnreadable
 from ktpy.workload_files import (
@@ -32,9 +33,31 @@ def read(ctx: click.Context, target: str, container: str | None) -> Environment:
         raise WorkloadUnreadable(str(exc)) from None
 
 
+def _target(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """TARGET checked before any request: a kind ktpy reads and an object name."""
+    try:
+        _, name = parse_target(value)
+    except EnvProblem as exc:
+        raise click.BadParameter(str(exc), ctx, param) from None
+    if not params.is_dns1123_subdomain(name):
+        raise click.BadParameter(
+            f"{name!r} is not an object name: lowercase letters, digits, '-' and '.', "
+            "at most 253 characters",
+            ctx,
+            param,
+        )
+    return value
+
+
+def _container(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is not None and not params.is_dns1123_label(value):
+        raise click.BadParameter(f"{value!r} is not a container name", ctx, param)
+    return value
+
+
 @click.command()
-@click.argument("target")
-@click.option("-c", "--container", help="The container.  [default: the first]")
+@click.argument("target", callback=_target)
+@click.option("-c", "--container", callback=_container, help="The container.  [default: the first]")
 @click.option(
     "--env-file", type=click.Path(dir_okay=False, path_type=Path), help="Write the variables here."
 )

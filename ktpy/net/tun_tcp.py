@@ -106,6 +106,17 @@ class TunDevice(Protocol):
     def fileno(self) -> int: ...
 
 
+@dataclasses.dataclass(frozen=True)
+class PacketSocket:
+    """A message-preserving socket (``SOCK_SEQPACKET``) carrying one IP packet
+    per message, in place of a TUN device: plain framing, no offloads. The
+    fuzz tests drive the stack's real packet loop through one."""
+
+    fd: int
+    mtu: int
+    name: str = "packets"
+
+
 def open_failure_for(exc: OSError) -> OpenFailure:
     """How the kernel client learns why its target could not be opened."""
     if isinstance(exc, ConnectionRefusedError):
@@ -243,7 +254,7 @@ class TunStack:
 
     def __init__(
         self,
-        tun: int | str | TunDevice,
+        tun: int | str | TunDevice | PacketSocket,
         open_flow: FlowOpener,
         *,
         mtu: int | None = None,
@@ -254,7 +265,7 @@ class TunStack:
     ) -> None:
         """tun: a device name (made here, up, with offloads unless offload is
         False, closed by stop()), or an open TUN fd or TunTapDevice (IFF_TUN |
-        IFF_NO_PI, plus IFF_VNET_HDR for offloads), left open. mtu: the
+        IFF_NO_PI, plus IFF_VNET_HDR for offloads) or a PacketSocket, left open. mtu: the
         device's, when it cannot be read here (a device in another network
         namespace)."""
         self._device: object | None = None  # a TunTapDevice we made and must close
@@ -283,7 +294,17 @@ class TunStack:
         self.error: str | None = None  # why the packet loop died, if it did
         self._loop_thread = threading.Thread(target=self._loop, name="tun-loop", daemon=True)
 
-    def _open_device(self, tun: int | str | TunDevice, mtu: int | None, offload: bool) -> None:
+    def _open_device(
+        self, tun: int | str | TunDevice | PacketSocket, mtu: int | None, offload: bool
+    ) -> None:
+        self.fd: int
+        self.name: str
+        self.mtu: int
+        if isinstance(tun, PacketSocket):
+            self.fd, self.name, self.mtu = tun.fd, tun.name, tun.mtu
+            self.vnet_header, self.offload = 0, False
+            self._partial_header = self._plain_header = b""
+            return
         if isinstance(tun, str):
             import pytun  # only needed when we make the device
 
@@ -292,9 +313,9 @@ class TunStack:
             dev.mtu = mtu or TUN_MTU
             dev.up()
             self._device = dev
-            self.fd: int = dev.fileno()
-            self.name: str = dev.name
-            self.mtu: int = dev.mtu
+            self.fd = dev.fileno()
+            self.name = dev.name
+            self.mtu = dev.mtu
         elif isinstance(tun, int):
             self.fd = tun
             self.name = device_info(tun)[0]

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -23,7 +23,7 @@ from typing import Any
 import paramiko
 
 from ktpy import progress
-from ktpy.cluster import names
+from ktpy.cluster import names, policies
 from ktpy.cluster.api import ApiError, ClusterApi, Kind, NotFound, for_user
 from ktpy.cluster.bodies import JsonObject
 from ktpy.cluster.manifests import SessionMeta
@@ -34,6 +34,7 @@ from ktpy.errors import (
     ApiThrottled,
     ApiTimeout,
     ClusterUnreachable,
+    Forbidden,
     KtpyError,
     SessionLost,
 )
@@ -110,6 +111,8 @@ class Session:
         self._started = time.monotonic()
         # Called with the API server's now after each heartbeat (a mesh member's mark).
         self.heartbeat_hooks: list[Callable[[], None]] = []
+        # One line each, for the user once the session is up (NetworkPolicies).
+        self.warnings: list[str] = []
 
     @property
     def created(self) -> list[Created]:
@@ -123,6 +126,12 @@ class Session:
         try:
             self.objects.create()
             self.timings.pod_created = time.monotonic() - self._started
+            ports = ((p.port, p.name) for p in self.spec.ports)
+            self.check_policies(
+                self.spec.pod_name,
+                self.objects.pod_labels,
+                policies.needs_for(self.spec.role, ports),
+            )
             timeout = self.settings.pod_start_timeout.total_seconds()
             with progress.waiting(f"Starting shadow pod {self.spec.pod_name}") as wait:
                 self.objects.wait_ready(timeout, self._stop.is_set, wait.update)
@@ -145,6 +154,23 @@ class Session:
     def adopt(self, kind: Kind, body: Mapping[str, Any]) -> JsonObject:
         """Create an object beside the shadow pod that lives and dies with the session."""
         return self.objects.adopt(kind, body)
+
+    def check_policies(
+        self, pod: str, labels: Mapping[str, str], needs: Iterable[policies.Need]
+    ) -> None:
+        """Warn (in ``warnings``) if the namespace's NetworkPolicies block what the pod
+        needs. Policies this user may not list are not guessed at: a debug line only."""
+        try:
+            listed = self.api.list_objects(Kind.NETWORK_POLICY, self.spec.namespace).items
+        except Forbidden:
+            self.log.debug("may not list NetworkPolicies; their effect is not checked")
+            return
+        except ApiError as exc:
+            self.log.debug("NetworkPolicies not checked", reason=str(exc))
+            return
+        found = policies.blocked(listed, labels, needs)
+        if found is not None:
+            self.warnings.append(policies.warning(pod, found))
 
     # --- tunnel -----------------------------------------------------------------------------
 

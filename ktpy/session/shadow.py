@@ -93,6 +93,7 @@ class ShadowObjects:
         # Objects of others whose heartbeat this session refreshes while it lives (a
         # mesh's router and stuntman), never deleted by it.
         self.shared: list[tuple[Kind, str, str]] = []
+        self.pod_labels: dict[str, str] = {}  # the shadow pod's, once created
 
     def meta(self, now: datetime) -> manifests.SessionMeta:
         """What every object of this session carries."""
@@ -157,6 +158,7 @@ class ShadowObjects:
             )
         )
         created = self.adopt(Kind.POD, pod)
+        self.pod_labels = dict(created["metadata"].get("labels") or {})
         # The Secret goes with its pod even if ktpy never gets to delete it.
         with contextlib.suppress(ApiError):
             self.api.patch(

@@ -254,7 +254,7 @@ class TestBadValues:
             ({"KTPY_NAMESPACE": "Bad_NS"}, "not a valid namespace"),
             ({"KTPY_LOG_FORMAT": "xml"}, "console, json"),
             ({"KTPY_DEBUG": "maybe"}, "not a boolean"),
-            ({"KTPY_IMAGE": "  "}, "empty value"),
+            ({"KTPY_IMAGE": "  "}, "is not an image reference"),
         ],
     )
     def test_bad_environment_values_name_their_source(

@@ -49,3 +49,10 @@ def test_format_then_parse_round_trips_whole_units() -> None:
     for seconds in (1, 59, 60, 61, 3599, 3600, 7260):
         value = timedelta(seconds=seconds)
         assert parse_duration(format_duration(value)) == value
+
+
+@pytest.mark.parametrize("text", ["9" * 400 + "h", "1e400", "366d", "9" * 30])
+def test_a_huge_duration_is_refused_in_a_short_line(text: str) -> None:
+    with pytest.raises(ValueError, match=r"too long|not a duration") as caught:
+        parse_duration(text)
+    assert len(str(caught.value)) < 120

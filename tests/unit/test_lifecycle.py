@@ -18,7 +18,7 @@ from ktpy.session import Created, Session
 
 
 class FakeSession:
-    """What the skeleton uses of a Session: start, close, lost, spec, id."""
+    """What the skeleton uses of a Session: start, close, lost, spec, id, warnings."""
 
     def __init__(self, calls: list[str], fail_start: bool = False) -> None:
         self.calls = calls
@@ -28,6 +28,7 @@ class FakeSession:
         self.lost_error = SessionLost
         self.id = "ab12cd34"
         self.spec = type("Spec", (), {"pod_name": "web-kt-abcde", "namespace": "dev"})()
+        self.warnings: list[str] = []
 
     def start(self) -> None:
         self.calls.append("session.start")

@@ -249,6 +249,46 @@ class TestForwardTargets:
         assert "ForwardTarget(service='web'" in CliRunner().invoke(cmd, ["web"]).output
 
 
+@pytest.mark.parametrize(
+    ("text", "valid"),
+    [
+        ("ghcr.io/ktpy/shadow:0.1.0", True),
+        ("localhost:5000/team/shadow", True),
+        ("shadow@sha256:" + "0" * 64, True),
+        ("Ghcr.io/KTPY/shadow", False),
+        ("shadow;rm -rf /", False),
+        ("shadow:", False),
+        ("", False),
+        ("a" * 600, False),
+    ],
+)
+def test_parse_image(text: str, valid: bool) -> None:
+    from ktpy.params import parse_image
+
+    if valid:
+        assert parse_image(text) == text
+    else:
+        with pytest.raises(ValueError, match="not an image reference"):
+            parse_image(text)
+
+
+def test_huge_values_are_cut_in_the_message() -> None:
+    from ktpy.params import bounded_number, parse_port_number
+
+    for parse in (parse_port_number, bounded_number(1280, 65535)):
+        with pytest.raises(ValueError, match="characters") as caught:
+            parse("9" * 500)
+        assert len(str(caught.value)) < 120
+
+
+def test_two_forwards_on_one_explicit_local_port_are_refused() -> None:
+    from ktpy.params import parse_forward_targets
+
+    with pytest.raises(ValueError, match="local port 8080 is given to two forwards"):
+        parse_forward_targets(["a", "8080", "b", "8080:81"])
+    assert len(parse_forward_targets(["a", "8080", "b", "8081"])) == 2
+
+
 class TestServiceTarget:
     @pytest.mark.parametrize("text", ["nginx", "svc/nginx", "service/nginx", "services/nginx"])
     def test_service_forms(self, text: str) -> None:

@@ -14,18 +14,43 @@ from urllib.parse import quote
 
 import certifi
 import websocket
+import yaml
 
-from ktpy.cluster.api.errors import NotFound, ServerError, error_from_status, unreachable
+from ktpy.cluster.api.errors import (
+    NotFound,
+    ServerError,
+    error_from_status,
+    refused_access,
+    unreachable,
+)
 from ktpy.cluster.api.kinds import Kind, PatchType
 from ktpy.cluster.api.kubeconfig import PluginUser, load_kubeconfig
 from ktpy.cluster.api.protocol import ListResult, WatchEvent, WatchEventType
 from ktpy.cluster.bodies import FIELD_MANAGER, JsonObject
-from ktpy.errors import ClusterUnreachable
+from ktpy.config import unreadable_kubeconfig
+from ktpy.errors import ClusterUnreachable, Forbidden
+from ktpy.logs import get_logger
 
 WATCH_READ_MARGIN_SECONDS = 10
 DEFAULT_TIMEOUT_SECONDS = 15.0
 CONNECT_TIMEOUT = 5.0
 MANAGER = ("fieldManager", FIELD_MANAGER)  # on every write: managedFields name ktpy
+
+log = get_logger("ktpy.api")
+
+
+def rbac_resource(kind: Kind, subresource: str | None = None) -> str:
+    """How RBAC names what a request touches: ``group/plural[/subresource]``, the core
+    group written as no group (``services``, ``apps/deployments``, ``pods/portforward``)."""
+    group = kind.api_version.rpartition("/")[0]
+    plural = f"{kind.plural}/{subresource}" if subresource else kind.plural
+    return f"{group}/{plural}" if group else plural
+
+
+def log_call(verb: str, resource: str, namespace: str | None, status: int) -> None:
+    """One debug line per API request, as RBAC sees it (the record that docs/rbac's
+    Roles are checked against)."""
+    log.debug("api call", verb=verb, resource=resource, namespace=namespace or "", status=status)
 
 
 def resource_path(
@@ -110,10 +135,17 @@ class KubernetesApi:
             # reported in seconds, and ktpy's own loops retry where that makes sense.
             configuration.retries = 1
             client = kube_client.ApiClient(configuration)
+        except (OSError, UnicodeError, yaml.YAMLError) as exc:
+            where = os.pathsep.join(str(p) for p in paths)
+            raise unreadable_kubeconfig(getattr(exc, "filename", None) or where, exc) from exc
         except kube_config.ConfigException as exc:
+            plugin = "exec credential plugin" in str(exc)
             raise ClusterUnreachable(
                 f"cannot use the kubeconfig: {exc}",
-                hint="Check --kubeconfig/KUBECONFIG and --context; 'kubectl config view' helps.",
+                hint="'kubectl get ns' with the same kubeconfig runs the same plugin and shows "
+                "what it says (a login to renew?)."
+                if plugin
+                else "Check --kubeconfig/KUBECONFIG and --context; 'kubectl config view' helps.",
             ) from exc
         return cls(client, timeout=timeout)
 
@@ -135,6 +167,7 @@ class KubernetesApi:
     ) -> Any:
         """Send a request; the raw response (streaming, not yet read)."""
         from kubernetes.client.exceptions import ApiException
+        from kubernetes.config import ConfigException
         from urllib3.exceptions import HTTPError
 
         headers = {"Accept": "application/json", "Content-Type": content_type}
@@ -157,6 +190,9 @@ class KubernetesApi:
                 if timeout is not None
                 else (CONNECT_TIMEOUT, self._timeout),
             )
+        except ConfigException as exc:
+            # Credentials refreshed during a session: an exec plugin that failed now.
+            raise ClusterUnreachable(f"cannot use the kubeconfig: {exc}") from exc
         except (HTTPError, OSError, ApiException) as exc:
             raise unreachable(self.host, exc) from exc
 
@@ -176,6 +212,7 @@ class KubernetesApi:
         response = self._send(method, path, query=query, body=body, content_type=content_type)
         raw = self._read(response)
         date = response.headers.get("Date")
+        log_call(verb, rbac_resource(kind), namespace if kind.namespaced else None, response.status)
         try:
             data = json.loads(raw) if raw else {}
         except ValueError:
@@ -362,6 +399,9 @@ class KubernetesApi:
             timeout=(self._timeout, timeout_seconds + WATCH_READ_MARGIN_SECONDS),
         )
         raw = response.response
+        log_call(
+            "watch", rbac_resource(kind), namespace if kind.namespaced else None, response.status
+        )
         try:
             if response.status >= 400:
                 text = raw.read()
@@ -406,15 +446,42 @@ class KubernetesApi:
             url = "wss://" + url[len("https://") :]
         elif url.startswith("http://"):
             url = "ws://" + url[len("http://") :]
+        # RBAC checks a WebSocket upgrade as `get`, then `create`, on the subresource.
+        namespace, resource = _websocket_resource(path)
         try:
             socket_ = _connect_websocket(configuration, url, headers)
         except websocket.WebSocketBadStatusException as exc:
+            log_call("create", resource, namespace, exc.status_code)
+            try:
+                body = json.loads(exc.resp_body or b"")
+            except ValueError:
+                body = None
+            if exc.status_code == 403:
+                message = str((body or {}).get("message") or "") if isinstance(body, dict) else ""
+                verb, refused = refused_access(message, "create", resource)
+                detail = "" if (verb, refused) != ("create", resource) else message
+                raise Forbidden(verb, refused, namespace, detail) from exc
             raise error_from_status(
-                exc.status_code, None, verb="create", kind=Kind.POD, namespace=None
+                exc.status_code,
+                body if isinstance(body, dict) else None,
+                verb="create",
+                kind=Kind.POD,
+                namespace=namespace,
             ) from exc
         except (OSError, websocket.WebSocketException) as exc:
             raise ClusterUnreachable(f"cannot open {path} on {self.host}: {exc}") from exc
+        log_call("get", resource, namespace, 101)
+        log_call("create", resource, namespace, 101)
         return socket_
+
+
+def _websocket_resource(path: str) -> tuple[str | None, str]:
+    """(namespace, RBAC resource) of a subresource path such as
+    ``/api/v1/namespaces/NS/pods/NAME/portforward?ports=2222``."""
+    parts = path.split("?", 1)[0].strip("/").split("/")
+    if len(parts) == 7 and parts[:3] == ["api", "v1", "namespaces"]:
+        return parts[3], f"{parts[4]}/{parts[6]}"
+    return None, path
 
 
 def _connect_websocket(

@@ -9,6 +9,7 @@ callers' own retries) have their exit codes too, never "a bug in ktpy".
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -67,6 +68,21 @@ class ServerError(ApiError):
     status = 500
 
 
+# The authorizer's refusal: 'User "dev" cannot list resource "pods" in API group ""'.
+_REFUSAL = re.compile(r'cannot (\S+) resource "([^"]+)"(?: in API group "([^"]*)")?')
+
+
+def refused_access(message: str, verb: str, resource: str) -> tuple[str, str]:
+    """The verb and resource RBAC refused, as the API server names them (a websocket
+    port-forward is refused ``create`` on ``pods/portforward``, not ``get`` on pods);
+    the caller's own guess when the message does not say."""
+    match = _REFUSAL.search(message)
+    if match is None:
+        return verb, resource
+    refused_verb, refused_resource, group = match.groups()
+    return refused_verb, f"{group}/{refused_resource}" if group else refused_resource
+
+
 def error_from_status(
     status: int,
     body: Mapping[str, Any] | None,
@@ -87,7 +103,12 @@ def error_from_status(
     if status == 403:
         if "PodSecurity" in message:
             return PodSecurityRejected(f"pod rejected by Pod Security admission: {message}")
-        return Forbidden(verb, kind.plural, namespace, message)
+        group = kind.api_version.rpartition("/")[0]
+        guess = f"{group}/{kind.plural}" if group else kind.plural
+        refused_verb, resource = refused_access(message, verb, guess)
+        # The server's message only repeats what the line names when it could be read.
+        detail = "" if _REFUSAL.search(message) else message
+        return Forbidden(refused_verb, resource, namespace, detail)
     if status == 404:
         return NotFound(message, reason=reason)
     if status == 409:
@@ -130,6 +151,9 @@ def unreachable(host: str, exc: BaseException) -> KtpyError:
         )
 
     reason = getattr(exc, "reason", None) or exc
+    # urllib3 wraps the cause with its connection object: say only the sentence.
+    args = getattr(reason, "args", ())
+    said = args[-1] if args and isinstance(args[-1], str) else str(reason)
     if timed_out(exc) or timed_out(reason):
-        return ApiTimeout(f"the API server at {host} did not answer in time: {reason}")
-    return ClusterUnreachable(f"cannot reach the API server at {host}: {reason}")
+        return ApiTimeout(f"the API server at {host} did not answer in time: {said}")
+    return ClusterUnreachable(f"cannot reach the API server at {host}: {said}")

@@ -17,6 +17,7 @@ class Kind(StrEnum):
     CONFIG_MAP = "ConfigMap"
     STATEFUL_SET = "StatefulSet"
     SELF_SUBJECT_ACCESS_REVIEW = "SelfSubjectAccessReview"
+    NETWORK_POLICY = "NetworkPolicy"
 
     @property
     def api_version(self) -> str:
@@ -48,6 +49,7 @@ _API_VERSIONS = {
     Kind.ENDPOINT_SLICE: "discovery.k8s.io/v1",
     Kind.SERVICE_CIDR: "networking.k8s.io/v1",
     Kind.SELF_SUBJECT_ACCESS_REVIEW: "authorization.k8s.io/v1",
+    Kind.NETWORK_POLICY: "networking.k8s.io/v1",
 }
 _PLURALS = {
     Kind.POD: "pods",
@@ -61,6 +63,7 @@ _PLURALS = {
     Kind.ENDPOINT_SLICE: "endpointslices",
     Kind.SERVICE_CIDR: "servicecidrs",
     Kind.SELF_SUBJECT_ACCESS_REVIEW: "selfsubjectaccessreviews",
+    Kind.NETWORK_POLICY: "networkpolicies",
 }
 
 

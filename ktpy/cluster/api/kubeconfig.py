@@ -3,10 +3,18 @@ person behind sudo rather than as root."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+# An exec credential plugin that neither answers nor fails in this time is stopped:
+# ktpy must not hang on a plugin waiting for a login nobody will make.
+PLUGIN_TIMEOUT_SECONDS = 30.0
+# timeout(1)'s exit status when it stopped the command.
+_TIMED_OUT = 124
 
 
 @dataclass(frozen=True)
@@ -47,13 +55,60 @@ def run_plugin_as(user_entry: dict[str, Any], who: PluginUser) -> None:
     plugin["env"] = env
 
 
+def bound_plugin(user_entry: dict[str, Any], seconds: float) -> None:
+    """Rewrite a kubeconfig user's exec plugin in place to be stopped after `seconds`
+    (by coreutils' timeout; --foreground keeps an interactive plugin's terminal)."""
+    plugin = (user_entry.get("user") or {}).get("exec")
+    if not plugin or not plugin.get("command"):
+        return
+    plugin["args"] = [
+        "--foreground",
+        "--kill-after=2",
+        f"{seconds:g}",
+        plugin["command"],
+        *(plugin.get("args") or []),
+    ]
+    plugin["command"] = "timeout"
+
+
+def plugin_failure(command: str, logged: list[str], seconds: float) -> str:
+    """What went wrong with an exec plugin, from what the client library logged."""
+    if any(f"process returned {_TIMED_OUT}" in line for line in logged):
+        return f"the exec credential plugin {command!r} did not answer within {seconds:g}s"
+    reason = "; ".join(logged) or "it gave no credentials"
+    return f"the exec credential plugin {command!r} failed: {reason}"
+
+
+@contextlib.contextmanager
+def _library_errors() -> Iterator[list[str]]:
+    """The client library logs a failed exec plugin (on the root logger) and goes on
+    without credentials; collect those lines instead of letting them through."""
+    collected: list[str] = []
+
+    def keep(record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR and record.getMessage().startswith("exec:"):
+            collected.append(record.getMessage())
+            return False
+        return True
+
+    root = logging.getLogger()
+    root.addFilter(keep)
+    try:
+        yield collected
+    finally:
+        root.removeFilter(keep)
+
+
 def load_kubeconfig(
     paths: Sequence[str | os.PathLike[str]],
     context: str | None,
     configuration: Any,
     plugins_as: PluginUser | None,
+    plugin_timeout: float | None = None,
 ) -> None:
-    """What kubernetes.config.load_kube_config does, with exec plugins rewritten."""
+    """What kubernetes.config.load_kube_config does, with exec plugins rewritten
+    (bounded by ``plugin_timeout``, default PLUGIN_TIMEOUT_SECONDS)."""
+    seconds = PLUGIN_TIMEOUT_SECONDS if plugin_timeout is None else plugin_timeout
     from kubernetes.config import kube_config
     from kubernetes.config.config_exception import ConfigException
 
@@ -62,10 +117,30 @@ def load_kubeconfig(
     )
     if merged.config is None:
         raise ConfigException("Invalid kube-config file. No configuration found.")
-    if plugins_as is not None:
-        for node in merged.config.value.get("users") or []:
-            run_plugin_as(getattr(node, "value", node), plugins_as)
-    loader = kube_config.KubeConfigLoader(  # type: ignore[no-untyped-call]
+    commands: dict[str, str] = {}  # user name -> its plugin's own command, for messages
+    for node in merged.config.value.get("users") or []:
+        entry = getattr(node, "value", node)
+        plugin = (entry.get("user") or {}).get("exec") or {}
+        commands[str(entry.get("name"))] = str(plugin.get("command"))
+        if plugins_as is not None:
+            run_plugin_as(entry, plugins_as)
+        bound_plugin(entry, seconds)
+
+    class Loader(kube_config.KubeConfigLoader):
+        def _load_from_exec_plugin(self) -> bool | None:
+            found: Any = self._user
+            if found is None or "exec" not in found:
+                return None
+            with _library_errors() as logged:
+                loaded = super()._load_from_exec_plugin()  # type: ignore[no-untyped-call]
+            if not loaded:
+                current: Any = self._current_context
+                user = str(current["context"]["user"])
+                command = commands.get(user, "?")
+                raise ConfigException(plugin_failure(command, logged, seconds))
+            return True
+
+    loader = Loader(  # type: ignore[no-untyped-call]
         config_dict=merged.config, active_context=context, config_base_path=None
     )
     loader.load_and_set(configuration)  # type: ignore[no-untyped-call]

@@ -129,12 +129,16 @@ class Load:
     summary: dict[str, Any] | None = None
 
     @classmethod
-    def start(cls, bed: Bed, namespace: str, url: str, rate: int, seconds: int) -> Load:
+    def start(
+        cls, bed: Bed, namespace: str, url: str, rate: int, seconds: int, header: str = ""
+    ) -> Load:
+        """header: k=v, sent with every request."""
         proc = subprocess.Popen(
             [
                 *_kubectl(bed), "-n", namespace, "exec", "client", "--",
                 "ktbed-echo", "load", "--url", url, "--rate", str(rate),
                 "--duration", f"{seconds}s", "--timeout", "2s",
+                *(["--header", header] if header else []),
             ],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip

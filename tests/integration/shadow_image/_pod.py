@@ -14,6 +14,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -28,13 +29,15 @@ from . import _netns
 from ._servers import DnsServer
 
 UID = GID = 10001
+_BECOME = Path(__file__).with_name("_become.py")
 SECRET_PATH = "etc/ktpy/secret"  # inside the rootfs
 
 # Runs as root inside the pod's fresh mount namespace; $1 rootfs, $2 workdir,
-# the rest is the command to run chrooted. The entrypoint runs as PID 1 of
-# a PID namespace nested in one whose PID 1 is the root-run unshare: that
-# one keeps the parent-death signal (setpriv's uid change clears it for the
-# entrypoint), so if pytest is killed the whole pod still goes with it.
+# the rest is the command that becomes the container (_become.py: chroot,
+# uid, capabilities, exec). The entrypoint runs as PID 1 of a PID namespace
+# nested in one whose PID 1 is the root-run unshare: that one keeps the
+# parent-death signal (the uid change clears it for the entrypoint), so if
+# pytest is killed the whole pod still goes with it.
 _LAUNCH = r"""
 set -e
 root=$1 work=$2
@@ -50,7 +53,7 @@ done
 mount --bind "$work/resolv.conf" "$root/etc/resolv.conf"
 mount --bind "$work/secret" "$root/etc/ktpy/secret"
 mount -o remount,bind,ro "$root/etc/ktpy/secret"
-exec unshare --pid --fork --kill-child --mount-proc="$root/proc" -- chroot "$root" "$@"
+exec unshare --pid --fork --kill-child --mount-proc="$root/proc" -- "$@"
 """
 
 
@@ -279,11 +282,10 @@ def start(
             "ip", "netns", "exec", ns.name,
             "unshare", "--mount", "--pid", "--fork", "--kill-child", "--propagation", "private",
             "--", "sh", "-c", _LAUNCH, "sh", str(rootfs), str(workdir),
-            "setpriv", f"--reuid={user}", f"--regid={GID}", f"--groups={GID}",  # fsGroup
-            "--no-new-privs", "--bounding-set=-all", "--inh-caps=-all",
-            "--", "env", "-i", "-C", cfg.get("WorkingDir") or "/",
+            sys.executable, str(_BECOME), str(rootfs), user, str(GID),
+            cfg.get("WorkingDir") or "/",
             *(f"{k}={v}" for k, v in full_env.items()),
-            *cfg.get("Entrypoint", []), *(cfg.get("Cmd") or []),
+            "--", *cfg.get("Entrypoint", []), *(cfg.get("Cmd") or []),
         ]  # fmt: skip
         proc = _launch(argv, workdir)
         pod = ShadowPod(

@@ -18,7 +18,7 @@ from tests.integration.support import unavailable
 
 from . import _image, _netns, _pod
 
-TOOLS = ("buildah", "ip", "unshare", "chroot", "setpriv")
+TOOLS = ("buildah", "ip", "unshare", "mount")
 
 
 def _unavailable(reason: str) -> None:

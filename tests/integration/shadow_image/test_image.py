@@ -18,7 +18,8 @@ DOCKERFILE = _image.IMAGE_DIR / "Dockerfile"
 def test_dockerfile_base_is_pinned_to_bookworm_slim_never_latest() -> None:
     text = DOCKERFILE.read_text()
     assert "latest" not in text.lower()
-    assert re.findall(r"^FROM\s+(\S+)", text, re.MULTILINE) == ["${BASE_IMAGE}"]
+    # Debian installs the packages; the image itself starts empty.
+    assert re.findall(r"^FROM\s+(\S+)", text, re.MULTILINE) == ["${BASE_IMAGE}", "scratch"]
     assert re.findall(r"^ARG\s+BASE_IMAGE=(\S+)", text, re.MULTILINE) == [
         "docker.io/library/debian:bookworm-slim"
     ]
@@ -82,3 +83,21 @@ def test_no_debug_bloat(built: _image.BuiltImage, tool: str) -> None:
 def test_daemons_present(built: _image.BuiltImage) -> None:
     assert (built.rootfs / "usr/sbin/sshd").exists()
     assert (built.rootfs / "usr/sbin/dnsmasq").exists()
+    assert (built.rootfs / "usr/sbin/haproxy").exists()
+
+
+@pytest.mark.parametrize(
+    "path", ["usr/bin/apt", "usr/bin/dpkg", "var/lib/dpkg", "usr/bin/perl", "usr/bin/dash"]
+)
+def test_no_package_tooling_or_second_shell(built: _image.BuiltImage, path: str) -> None:
+    """A minimal root: bash is the only shell, and nothing can install more."""
+    assert not (built.rootfs / path).exists()
+    assert (built.rootfs / "usr/bin/sh").readlink() == Path("bash")
+
+
+MAX_UNPACKED = 40_000_000  # issue 17's target: at most 40 MB uncompressed
+
+
+def test_image_is_at_most_40_mb_unpacked(built: _image.BuiltImage) -> None:
+    sizes = [p.lstat().st_size for p in built.rootfs.rglob("*") if p.is_file()]
+    assert sum(sizes) <= MAX_UNPACKED, f"{sum(sizes) / 1e6:.1f} MB unpacked"

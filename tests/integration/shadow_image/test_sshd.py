@@ -28,6 +28,7 @@ from ktpy.tunnel import ssh
 from . import _netns, _pod
 from ._pod import ShadowPod
 from ._servers import TcpServer
+from .conftest import StartPod
 
 pytestmark = [pytest.mark.integration, pytest.mark.root]
 
@@ -365,3 +366,23 @@ def test_a_refused_port_is_told_from_an_unreachable_network(pod: ShadowPod) -> N
         assert unreachable.value.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH)
     finally:
         t.close()
+
+
+def test_ktpys_commands_in_the_pod_run_with_the_images_tools(start_pod: StartPod) -> None:
+    """ktpy runs commands in the pod through kt's login shell (the cluster domain
+    from resolv.conf, drop_other_connections): the minimal root's bash and
+    busybox applets must carry them."""
+    pod = start_pod()
+    mine, other = _pod.login(pod), _pod.login(pod)
+    try:
+        resolv = ssh.run_command(mine, "cat /etc/resolv.conf")
+        assert "search default.svc.cluster.local" in resolv
+        assert ssh.drop_other_connections(mine) >= 1
+        deadline = time.monotonic() + 10
+        while other.is_active() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not other.is_active()
+        assert ssh.run_command(mine, "id -u").strip() == "10001"  # its own survived
+    finally:
+        mine.close()
+        other.close()

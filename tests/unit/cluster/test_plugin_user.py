@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ktpy.cluster.api import PluginUser, run_plugin_as
+from ktpy.cluster.api.kubeconfig import bound_plugin, plugin_failure
 
 ALICE = PluginUser(name="alice", uid=1000, gid=1000, home="/home/alice")
 
@@ -37,3 +38,20 @@ def test_users_without_a_plugin_are_left_alone() -> None:
     entry: dict[str, Any] = {"user": {"token": "abc"}}
     run_plugin_as(entry, ALICE)
     assert entry == {"user": {"token": "abc"}}
+
+
+def test_every_plugin_is_bounded_in_time() -> None:
+    entry: dict[str, Any] = {"user": {"exec": {"command": "kubelogin", "args": ["get-token"]}}}
+    bound_plugin(entry, 30)
+    plugin = entry["user"]["exec"]
+    assert plugin["command"] == "timeout"
+    assert plugin["args"] == ["--foreground", "--kill-after=2", "30", "kubelogin", "get-token"]
+
+
+def test_a_plugin_failure_or_timeout_is_said_naming_the_plugin() -> None:
+    assert plugin_failure("kubelogin", ["exec: process returned 124"], 30) == (
+        "the exec credential plugin 'kubelogin' did not answer within 30s"
+    )
+    assert plugin_failure("aws", ["exec: process returned 1. expired"], 30) == (
+        "the exec credential plugin 'aws' failed: exec: process returned 1. expired"
+    )

@@ -1,6 +1,21 @@
+import json
+from collections.abc import Sequence
 from ipaddress import ip_address, ip_network
+from typing import cast
 
-from ktpy.commands.connect_tun import api_addresses, chosen_ranges
+import pytest
+
+from ktpy.cluster.name_watch import KnownNames
+from ktpy.cluster.ranges import Ranges
+from ktpy.commands.connect_tun import (
+    ClusterFacts,
+    api_addresses,
+    check_include,
+    chosen_ranges,
+    degraded_note,
+)
+from ktpy.errors import UsageProblem
+from ktpy.host.runner import Completed, Runner
 
 
 def test_include_adds_and_exclude_cuts_ranges() -> None:
@@ -26,3 +41,57 @@ def test_duplicates_are_routed_once() -> None:
 def test_api_address_from_an_ip_url() -> None:
     assert api_addresses("https://10.250.0.1:6443") == (ip_address("10.250.0.1"),)
     assert api_addresses("https://[fd00::1]:6443") == (ip_address("fd00::1"),)
+
+
+def _routes_runner(v4: str) -> Runner:
+    def runner(argv: Sequence[str]) -> Completed:
+        return Completed(tuple(argv), 0, v4 if "-4" in argv else "[]", "")
+
+    return runner
+
+
+LAPTOP_ROUTES = json.dumps(
+    [
+        {"dst": "default", "gateway": "10.251.3.1", "dev": "eth0"},
+        {"dst": "10.251.3.0/24", "dev": "eth0", "protocol": "kernel"},
+    ]
+)
+
+
+@pytest.mark.parametrize(
+    ("cidr", "message"),
+    [
+        ("fd00::/108", "only IPv4"),
+        ("0.0.0.0/0", "every address"),
+        ("10.251.0.0/16", "overlaps this machine's route 10.251.3.0/24 dev eth0"),
+    ],
+)
+def test_an_include_cidr_ktpy_would_not_route_is_refused(cidr: str, message: str) -> None:
+    with pytest.raises(UsageProblem, match=message):
+        check_include([ip_network(cidr)], force=False, runner=_routes_runner(LAPTOP_ROUTES))
+
+
+def test_an_include_cidr_clear_of_the_laptops_routes_or_forced_passes() -> None:
+    runner = _routes_runner(LAPTOP_ROUTES)
+    check_include([ip_network("172.30.0.0/24")], force=False, runner=runner)
+    check_include([ip_network("10.251.0.0/16")], force=True, runner=runner)
+
+
+def _facts(*, service_guessed: bool, pods_guessed: bool, namespaces: bool) -> ClusterFacts:
+    service = Ranges((ip_network("10.96.0.0/16"),), "x", guessed=service_guessed)
+    pods = Ranges((ip_network("10.244.0.0/24"),), "y", guessed=pods_guessed)
+    watch = cast(KnownNames, object()) if namespaces else None
+    return ClusterFacts(
+        service, pods, "cluster.local", "z", frozenset(), "", frozenset(), watch,
+        cast(KnownNames, object()),
+    )  # fmt: skip
+
+
+def test_without_the_cluster_role_connect_says_so_in_one_line() -> None:
+    full = _facts(service_guessed=False, pods_guessed=False, namespaces=True)
+    assert degraded_note(full) is None
+    note = degraded_note(_facts(service_guessed=True, pods_guessed=True, namespaces=False))
+    assert note is not None
+    assert "\n" not in note
+    assert "docs/rbac/connect-ranges.yaml" in note
+    assert "the service range, the pod range, other namespaces' names" in note
