@@ -47,6 +47,7 @@ code  class                       meaning
 51    UndoFailed                  a change to this machine could not be undone
 52    JournalProblem              the journal of host changes cannot be used
 53    BadJournalEntry             an entry of the journal cannot be read
+60    ProblemFound                ktpy doctor found a problem (it names it)
 70    InternalError               a bug in ktpy
 130   Interrupted                 Ctrl-C (SIGINT)
 143   Terminated                  SIGTERM
@@ -65,6 +66,8 @@ import click
 from ktpy.durations import format_duration
 
 DEFAULT_IMAGE_REPOSITORY = "ghcr.io/ktpy/shadow"
+# Where a user reads how to get the shadow image into their cluster.
+IMAGE_DOC = "docs/shadow-image.md#getting-it-into-your-cluster"
 
 
 class KtpyError(click.ClickException):
@@ -261,13 +264,14 @@ class ImageUnavailable(KtpyError):
         self.image = image
         if image.startswith(DEFAULT_IMAGE_REPOSITORY + ":"):
             self.hint = (
-                "Build it from shadow-image/ (docker, podman or buildah build -t "
-                f"{image} shadow-image), push it to a registry the cluster can pull from, "
-                "and pass --image or set KTPY_IMAGE if you tagged it differently."
+                f"{image} is not published: build it with shadow-image/build.sh, push it to a "
+                "registry the cluster can pull from, and name it once in the config file "
+                f"('image: REF') or with --image; see {IMAGE_DOC}."
             )
         else:
             self.hint = (
-                "Check the image name and tag, and that the cluster can pull from that registry."
+                "Check the image name and tag, and that the cluster can pull from that "
+                f"registry; see {IMAGE_DOC}."
             )
 
 
@@ -358,6 +362,13 @@ class JournalProblem(KtpyError):
 class BadJournalEntry(KtpyError):
     exit_code = 53
     default_hint = "The journal was written by another ktpy version or damaged; it is kept."
+
+
+class ProblemFound(KtpyError):
+    """``ktpy doctor`` found a problem; the message names it, the hint what to do."""
+
+    exit_code = 60
+    default_hint = "See docs/troubleshooting.md."
 
 
 class InternalError(KtpyError):

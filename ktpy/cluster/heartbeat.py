@@ -34,7 +34,14 @@ DEFAULT_INTERVAL = timedelta(seconds=30)
 DEFAULT_STALE_AFTER = timedelta(minutes=3)
 
 # A session's main role is that of its shadow pod; routers and stuntmen serve it.
-_SESSION_ROLES = (Role.CONNECT, Role.EXCHANGE, Role.MESH, Role.PREVIEW, Role.FORWARD)
+_SESSION_ROLES = (
+    Role.CONNECT,
+    Role.EXCHANGE,
+    Role.MESH,
+    Role.PREVIEW,
+    Role.FORWARD,
+    Role.DOCTOR,
+)
 
 
 class Liveness(StrEnum):

@@ -68,6 +68,7 @@ class Role(StrEnum):
     FORWARD = "forward"
     ROUTER = "router"
     STUNTMAN = "stuntman"
+    DOCTOR = "doctor"
 
 
 def is_label_value(text: str) -> bool:

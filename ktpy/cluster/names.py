@@ -95,6 +95,10 @@ def forward_shadow_name(rng: RandomSource = SYSTEM_RANDOM) -> str:
     return f"kt-forward-shadow-{random_suffix(rng)}"
 
 
+def doctor_shadow_name(rng: RandomSource = SYSTEM_RANDOM) -> str:
+    return f"kt-doctor-shadow-{random_suffix(rng)}"
+
+
 def exchange_shadow_name(target: str, rng: RandomSource = SYSTEM_RANDOM) -> str:
     """``target`` is a Service name (selector mode) or a Deployment name (scale mode)."""
     return fit(target, f"-kt-exchange-{random_suffix(rng)}")

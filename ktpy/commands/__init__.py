@@ -1,4 +1,5 @@
-"""One module per command (connect, exchange, mesh, preview, forward, clean, recover, status).
+"""One module per command (connect, exchange, mesh, preview, forward, status, env, clean,
+recover, doctor).
 
 Commands wire the session, the cluster, tunnel, net and host modules together;
 they hold no protocol logic of their own. A command is listed in ``COMMANDS``,
@@ -11,6 +12,7 @@ import click
 
 from ktpy.commands.clean import clean
 from ktpy.commands.connect import connect
+from ktpy.commands.doctor import doctor
 from ktpy.commands.env import env
 from ktpy.commands.exchange import exchange
 from ktpy.commands.forward import forward
@@ -29,4 +31,5 @@ COMMANDS: tuple[click.Command, ...] = (
     env,
     clean,
     recover,
+    doctor,
 )

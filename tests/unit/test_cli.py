@@ -65,7 +65,8 @@ def test_help_shows_kubectls_global_options_and_only_working_commands() -> None:
     listed = result.output.split("Commands:", 1)[1].split()
     # Only commands proven end to end are listed.
     assert [word for word in listed if word in KNOWN_COMMANDS] == [
-        "clean", "connect", "env", "exchange", "forward", "mesh", "preview", "recover", "status",
+        "clean", "connect", "doctor", "env", "exchange", "forward", "mesh", "preview", "recover",
+        "status",
     ]  # fmt: skip
     assert f"ghcr.io/ktpy/shadow:{__version__}" in result.output
 

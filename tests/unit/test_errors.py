@@ -8,6 +8,7 @@ import pytest
 
 from ktpy import errors
 from ktpy.errors import (
+    IMAGE_DOC,
     AlreadyExchanged,
     Forbidden,
     HungUp,
@@ -77,10 +78,12 @@ def test_already_exchanged_names_owner_and_age() -> None:
 def test_image_unavailable_for_the_default_image_says_how_to_build_it() -> None:
     error = ImageUnavailable("ghcr.io/ktpy/shadow:0.1.0", "ErrImagePull")
     assert "ghcr.io/ktpy/shadow:0.1.0" in str(error)
-    assert "shadow-image" in error.hint
+    assert "shadow-image/build.sh" in error.hint
     assert "--image" in error.hint
+    assert IMAGE_DOC in error.hint
     other = ImageUnavailable("example.org/mine:1", "ImagePullBackOff")
-    assert "shadow-image" not in other.hint
+    assert "build.sh" not in other.hint
+    assert IMAGE_DOC in other.hint
 
 
 def test_messages_name_what_went_wrong() -> None:

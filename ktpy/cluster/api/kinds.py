@@ -16,6 +16,7 @@ class Kind(StrEnum):
     SERVICE_CIDR = "ServiceCIDR"
     CONFIG_MAP = "ConfigMap"
     STATEFUL_SET = "StatefulSet"
+    SELF_SUBJECT_ACCESS_REVIEW = "SelfSubjectAccessReview"
     NETWORK_POLICY = "NetworkPolicy"
 
     @property
@@ -28,7 +29,12 @@ class Kind(StrEnum):
 
     @property
     def namespaced(self) -> bool:
-        return self not in (Kind.NAMESPACE, Kind.NODE, Kind.SERVICE_CIDR)
+        return self not in (
+            Kind.NAMESPACE,
+            Kind.NODE,
+            Kind.SERVICE_CIDR,
+            Kind.SELF_SUBJECT_ACCESS_REVIEW,
+        )
 
 
 _API_VERSIONS = {
@@ -42,6 +48,7 @@ _API_VERSIONS = {
     Kind.STATEFUL_SET: "apps/v1",
     Kind.ENDPOINT_SLICE: "discovery.k8s.io/v1",
     Kind.SERVICE_CIDR: "networking.k8s.io/v1",
+    Kind.SELF_SUBJECT_ACCESS_REVIEW: "authorization.k8s.io/v1",
     Kind.NETWORK_POLICY: "networking.k8s.io/v1",
 }
 _PLURALS = {
@@ -55,6 +62,7 @@ _PLURALS = {
     Kind.STATEFUL_SET: "statefulsets",
     Kind.ENDPOINT_SLICE: "endpointslices",
     Kind.SERVICE_CIDR: "servicecidrs",
+    Kind.SELF_SUBJECT_ACCESS_REVIEW: "selfsubjectaccessreviews",
     Kind.NETWORK_POLICY: "networkpolicies",
 }
 
