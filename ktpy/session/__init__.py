@@ -160,6 +160,9 @@ class Session:
     ) -> None:
         """Warn (in ``warnings``) if the namespace's NetworkPolicies block what the pod
         needs. Policies this user may not list are not guessed at: a debug line only."""
+        needs = tuple(needs)
+        if not needs:
+            return  # a pod nobody calls and that calls nobody (doctor's): nothing to ask
         try:
             listed = self.api.list_objects(Kind.NETWORK_POLICY, self.spec.namespace).items
         except Forbidden:
