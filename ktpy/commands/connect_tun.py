@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import shutil
 import socket
 import threading
 from collections.abc import Iterable
@@ -38,6 +39,16 @@ from ktpy.params import IPNetwork
 from ktpy.session import Session
 
 TUN_DEVICE = Path("/dev/net/tun")
+TUN_STATS_FILE = "tun-stats.json"  # the stack's counters, rewritten every second
+
+
+def session_run_dir(runtime_dir: Path, session: str) -> Path:
+    """``<runtime dir>/<session>``, made 0700: files only this session's processes use."""
+    runtime_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
+    path = runtime_dir / session
+    path.mkdir(mode=0o700)
+    return path
+
 
 log = get_logger("ktpy.connect")
 
@@ -154,6 +165,7 @@ class TunConnection:
     _routing: threading.Lock = field(default_factory=threading.Lock)
     _torn_down: bool = False
     guard: ResolverGuard | None = None
+    run_dir: Path | None = None  # this session's runtime files (the stack's stats)
 
     def up(
         self,
@@ -170,7 +182,11 @@ class TunConnection:
     ) -> None:
         ns = settings.namespace
         facts = read_cluster(api, session, ns, dns_namespaces)
-        wanted = chosen_ranges((*facts.service.networks, *facts.pods.networks), include, exclude)
+        chosen = chosen_ranges((*facts.service.networks, *facts.pods.networks), include, exclude)
+        # The stack carries IPv4 only: an IPv6 range routed into it would take
+        # connections it cannot answer, so it is left to the host's own routes.
+        wanted = tuple(net for net in chosen if net.version == 4)
+        unrouted_v6 = [net for net in chosen if net.version == 6]
         request = host.HostRequest(
             session=session.id,
             ranges=wanted,
@@ -189,9 +205,10 @@ class TunConnection:
             namespace=ns,
             namespaces=facts.namespaces,
             services=facts.services,
-            cidrs=wanted,
+            cidrs=chosen,
             search=survey.search,
         )
+        self.run_dir = session_run_dir(settings.runtime_dir, session.id)
         self.journal = Journal.create(settings.journal_dir, session.id)
         self.network = host.open_network(self.journal, survey, mtu=request.mtu, offload=True)
         # The stack runs in a process of its own and reaches the cluster through
@@ -200,6 +217,8 @@ class TunConnection:
             self.network.tun.fileno(),
             socks_address,
             mtu=request.mtu,
+            max_buffered=settings.tun_buffer,
+            stats_file=self.run_dir / TUN_STATS_FILE,
             session=session.id,
             debug=settings.debug,
             log_format=settings.log_format,
@@ -233,6 +252,11 @@ class TunConnection:
             f"Routed through {survey.tun_name}: {', '.join(map(str, self.network.routed))}",
         ]
         self.lines += [f"Not routed: {warning}" for warning in survey.warnings()]
+        if unrouted_v6:
+            self.lines.append(
+                f"Not routed: {', '.join(map(str, unrouted_v6))}: the TUN stack carries IPv4"
+                " only (IPv6 addresses work through the SOCKS5 proxy)"
+            )
         self.lines += [
             f"Cluster domain {facts.domain} (from {facts.domain_source}); "
             f"namespaces {facts.namespaces_source}",
@@ -306,4 +330,6 @@ class TunConnection:
             self.dns.stop()
         if self.exchange is not None:
             self.exchange.close()
+        if self.run_dir is not None:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
         return problems

@@ -13,7 +13,10 @@ Parent side::
     ...
     proc.stop()
 
-Child side: ``python -m ktpy.net.tun_process --fd N --socks HOST:PORT --mtu M``.
+Child side: ``python -m ktpy.net.tun_process --fd N --socks HOST:PORT --mtu M``
+(``--max-buffered`` bounds what the stack holds for all flows together;
+``--stats-file`` gets the stack's counters as JSON every second, for --debug
+and the tests that measure the bound).
 The child runs in a session of its own (a Ctrl-C at the terminal reaches only
 the parent, which tears down in order) and exits when its stdin closes: when
 the parent stops it, or dies (kill -9). So it never outlives the parent and
@@ -25,6 +28,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import json
 import os
 import select
 import socket
@@ -32,12 +36,14 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable
+from pathlib import Path
 
 import socks
 
 from ktpy.logs import LogFormat, configure, get_logger
 from ktpy.net.relay import Flow, FlowOpener, SocketFlow
 from ktpy.net.socks5 import ReplyCode
+from ktpy.net.tcp import TcpConfig
 from ktpy.net.tun_tcp import TunStack
 
 log = get_logger("ktpy.tun")
@@ -100,18 +106,38 @@ def socks_opener(proxy_host: str, proxy_port: int, timeout: float = OPEN_TIMEOUT
     return open_flow
 
 
-def serve(fd: int, open_flow: FlowOpener, mtu: int, stop_fd: int) -> int:
+def write_stats(path: Path, stats: dict[str, int]) -> None:
+    """Replace path with the stats as one JSON object (a reader never sees half)."""
+    part = path.with_name(path.name + ".part")
+    part.write_text(json.dumps(stats) + "\n", encoding="utf-8")
+    part.replace(path)
+
+
+def serve(
+    fd: int,
+    open_flow: FlowOpener,
+    mtu: int,
+    stop_fd: int,
+    *,
+    config: TcpConfig | None = None,
+    stats_file: Path | None = None,
+) -> int:
     """Run the stack on fd until stop_fd reaches EOF; 0, or 1 if the packet loop died."""
-    stack = TunStack(fd, open_flow, mtu=mtu).start()
+    stack = TunStack(fd, open_flow, mtu=mtu, config=config).start()
     try:
         print(READY, flush=True)
         while stack.error is None:
             readable, _, _ = select.select([stop_fd], [], [], 1.0)
+            if stats_file is not None:
+                write_stats(stats_file, stack.stats)
             if readable and not os.read(stop_fd, 4096):
                 break
     finally:
         stack.stop()
         log.debug("tun stack stats", **stack.stats)
+        if stats_file is not None:
+            with contextlib.suppress(OSError):
+                write_stats(stats_file, stack.stats)
     if stack.error:
         log.error("the TUN stack stopped", reason=stack.error)
         return 1
@@ -123,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fd", type=int, required=True)
     parser.add_argument("--socks", required=True, help="HOST:PORT of the SOCKS5 proxy")
     parser.add_argument("--mtu", type=int, required=True)
+    parser.add_argument("--max-buffered", type=int, default=TcpConfig.max_buffered)
+    parser.add_argument("--stats-file", type=Path, default=None)
     parser.add_argument("--session", default="")
     parser.add_argument("--debug", action="store_true")
     parser.add_argument("--log-format", default=LogFormat.CONSOLE.value)
@@ -134,7 +162,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     host, _, port = args.socks.rpartition(":")
     try:
-        return serve(args.fd, socks_opener(host, int(port)), args.mtu, sys.stdin.fileno())
+        return serve(
+            args.fd,
+            socks_opener(host, int(port)),
+            args.mtu,
+            sys.stdin.fileno(),
+            config=TcpConfig(max_buffered=args.max_buffered),
+            stats_file=args.stats_file,
+        )
     except OSError as exc:
         reason = str(exc)  # one line, as every ktpy error: no traceback without --debug
     log.error("the TUN stack could not start", reason=reason)
@@ -153,6 +188,8 @@ class TunProcess:
         socks_address: tuple[str, int],
         *,
         mtu: int,
+        max_buffered: int = TcpConfig.max_buffered,
+        stats_file: Path | None = None,
         session: str = "",
         debug: bool = False,
         log_format: LogFormat = LogFormat.CONSOLE,
@@ -161,6 +198,8 @@ class TunProcess:
         self.tun_fd = tun_fd
         self.socks_address = socks_address
         self.mtu = mtu
+        self.max_buffered = max_buffered
+        self.stats_file = stats_file
         self.session = session
         self.debug = debug
         self.log_format = log_format
@@ -181,6 +220,8 @@ class TunProcess:
             f"--fd={self.tun_fd}",
             f"--socks={host}:{port}",
             f"--mtu={self.mtu}",
+            f"--max-buffered={self.max_buffered}",
+            *([f"--stats-file={self.stats_file}"] if self.stats_file else []),
             f"--session={self.session}",
             f"--log-format={self.log_format.value}",
             *(["--debug"] if self.debug else []),

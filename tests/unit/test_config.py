@@ -255,6 +255,8 @@ class TestBadValues:
             ({"KTPY_LOG_FORMAT": "xml"}, "console, json"),
             ({"KTPY_DEBUG": "maybe"}, "not a boolean"),
             ({"KTPY_IMAGE": "  "}, "empty value"),
+            ({"KTPY_TUN_BUFFER": "lots"}, "not a size"),
+            ({"KTPY_TUN_BUFFER": "512KiB"}, "outside 1MiB..4GiB"),
         ],
     )
     def test_bad_environment_values_name_their_source(
@@ -290,6 +292,14 @@ class TestBadValues:
         settings = resolve_settings({}, environ={}, invoker=user(tmp_path), hostname="h")
         assert settings.debug is True
         assert settings.socks_port == 1081
+
+    def test_the_tun_buffer_is_64_mib_unless_configured(self, tmp_path: Path) -> None:
+        settings = resolve_settings({}, environ={}, invoker=user(tmp_path), hostname="h")
+        assert settings.tun_buffer == 64 << 20
+        environ = {"KTPY_TUN_BUFFER": "8MiB"}
+        settings = resolve_settings({}, environ=environ, invoker=user(tmp_path), hostname="h")
+        assert settings.tun_buffer == 8 << 20
+        assert settings.source_of("tun_buffer") == "environment KTPY_TUN_BUFFER"
 
     def test_empty_config_file_is_fine(self, tmp_path: Path) -> None:
         write(tmp_path / ".config/ktpy/config.yaml", "")
