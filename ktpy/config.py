@@ -70,6 +70,23 @@ class Invoker:
 
 PasswdLookup = Callable[[str], pwd.struct_passwd]
 PasswdLookupByUid = Callable[[int], pwd.struct_passwd]
+UNPRIVILEGED_USER = "nobody"
+
+
+def unprivileged_identity(
+    invoker: Invoker, by_name: PasswdLookup = pwd.getpwnam
+) -> tuple[int, int] | None:
+    """(uid, gid) for the code that parses network input when ktpy runs as root: the
+    invoking user under sudo, else ``nobody``; None when ktpy is not root at all."""
+    if not invoker.is_root:
+        return None
+    if invoker.via_sudo:
+        return invoker.uid, invoker.gid
+    try:
+        entry = by_name(UNPRIVILEGED_USER)
+    except KeyError:
+        return 65534, 65534  # nobody/nogroup on every Linux distribution
+    return entry.pw_uid, entry.pw_gid
 
 
 def detect_invoker(

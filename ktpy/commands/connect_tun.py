@@ -25,7 +25,7 @@ import click
 from ktpy.cluster import ranges
 from ktpy.cluster.api import ClusterApi, Kind
 from ktpy.cluster.name_watch import KnownNames
-from ktpy.config import TUN_MTU, Settings
+from ktpy.config import TUN_MTU, Settings, unprivileged_identity
 from ktpy.errors import AlreadyRunning, Forbidden, KtpyError, NeedsRoot, NoTunDevice
 from ktpy.host import heal, recovery
 from ktpy.host import network as host
@@ -34,6 +34,8 @@ from ktpy.host.resolver import ResolvConfGuard, ResolvedGuard, ResolverGuard, Re
 from ktpy.logs import get_logger
 from ktpy.net.dns import ClusterNames, Collision
 from ktpy.net.dns_server import DnsServer, TcpExchange, tcp_exchange_over
+from ktpy.net.listener import unix_listener
+from ktpy.net.socks_server import SocksServer
 from ktpy.net.tun_process import TunProcess
 from ktpy.params import IPNetwork
 from ktpy.session import Session
@@ -42,11 +44,17 @@ TUN_DEVICE = Path("/dev/net/tun")
 TUN_STATS_FILE = "tun-stats.json"  # the stack's counters, rewritten every second
 
 
-def session_run_dir(runtime_dir: Path, session: str) -> Path:
-    """``<runtime dir>/<session>``, made 0700: files only this session's processes use."""
+SOCKS_SOCKET = "socks.sock"  # the TUN stack's way into the tunnel
+
+
+def session_run_dir(runtime_dir: Path, session: str, owner: tuple[int, int] | None) -> Path:
+    """``<runtime dir>/<session>``, made 0700 and owned by ``owner`` (uid, gid): files
+    only this session's processes use, the TUN stack's SOCKS5 socket among them."""
     runtime_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
     path = runtime_dir / session
     path.mkdir(mode=0o700)
+    if owner is not None:
+        os.chown(path, *owner)
     return path
 
 
@@ -166,6 +174,7 @@ class TunConnection:
     _torn_down: bool = False
     guard: ResolverGuard | None = None
     run_dir: Path | None = None  # this session's runtime files (the stack's stats)
+    socks: SocksServer | None = None  # the stack's own SOCKS5 proxy, on a unix socket
 
     def up(
         self,
@@ -178,7 +187,6 @@ class TunConnection:
         dns_namespaces: Iterable[str],
         force_routes: bool,
         mtu: int | None,
-        socks_address: tuple[str, int],
     ) -> None:
         ns = settings.namespace
         facts = read_cluster(api, session, ns, dns_namespaces)
@@ -208,14 +216,21 @@ class TunConnection:
             cidrs=chosen,
             search=survey.search,
         )
-        self.run_dir = session_run_dir(settings.runtime_dir, session.id)
+        # The stack parses what every local program sends into the device: it runs
+        # as the invoking user (nobody for plain root) and reaches the tunnel through
+        # a unix socket only that user may open.
+        stack_user = unprivileged_identity(settings.invoker)
+        self.run_dir = session_run_dir(settings.runtime_dir, session.id, stack_user)
+        self.socks = SocksServer(
+            session.open_flow, listener=unix_listener(self.run_dir / SOCKS_SOCKET, stack_user)
+        ).start()
         self.journal = Journal.create(settings.journal_dir, session.id)
         self.network = host.open_network(self.journal, survey, mtu=request.mtu, offload=True)
         # The stack runs in a process of its own and reaches the cluster through
         # this process's SOCKS5 proxy (why: ktpy/net/tun_process.py).
         self.stack = TunProcess(
             self.network.tun.fileno(),
-            socks_address,
+            self.socks.socket_path,
             mtu=request.mtu,
             max_buffered=settings.tun_buffer,
             stats_file=self.run_dir / TUN_STATS_FILE,
@@ -223,6 +238,7 @@ class TunConnection:
             debug=settings.debug,
             log_format=settings.log_format,
             on_exit=session.lose,
+            user=stack_user,
         ).start()
         self.exchange = tcp_exchange_over(session.open_flow, "127.0.0.1", session.spec.dns_port)
         self.dns = DnsServer(
@@ -320,6 +336,8 @@ class TunConnection:
         # server last: it answers until the resolver no longer points at it.
         if self.stack is not None:
             self.stack.stop()
+        if self.socks is not None:
+            self.socks.stop()
         if self.journal is not None:
             report = host.tear_down(self.journal, self.network)
             problems += report.failures

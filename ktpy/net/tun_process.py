@@ -41,7 +41,7 @@ from pathlib import Path
 import socks
 
 from ktpy.logs import LogFormat, configure, get_logger
-from ktpy.net.relay import Flow, FlowOpener, SocketFlow
+from ktpy.net.relay import Flow, FlowOpener, SocketFlow, recv_exact
 from ktpy.net.socks5 import ReplyCode
 from ktpy.net.tcp import TcpConfig
 from ktpy.net.tun_tcp import TunStack
@@ -113,6 +113,59 @@ def write_stats(path: Path, stats: dict[str, int]) -> None:
     part.replace(path)
 
 
+def _socks_connect(sock: socket.socket, host: str, port: int) -> int:
+    """A SOCKS5 CONNECT to IPv4 host:port, without authentication; the reply code."""
+    sock.sendall(b"\x05\x01\x00")  # no authentication: the socket's mode is it
+    if recv_exact(sock.recv, 2) != b"\x05\x00":
+        return ReplyCode.NOT_ALLOWED
+    address = socket.inet_aton(host)  # the stack opens flows to IPv4 addresses only
+    sock.sendall(b"\x05\x01\x00\x01" + address + port.to_bytes(2, "big"))
+    return recv_exact(sock.recv, 10)[1]  # ktpy's proxy answers with an IPv4 address
+
+
+def unix_socks_opener(path: str, timeout: float = OPEN_TIMEOUT) -> FlowOpener:
+    """open_flow for the stack: a SOCKS5 CONNECT through the parent's proxy on a unix
+    socket (0600 in a 0700 directory: no other local user can open a flow)."""
+
+    def open_flow(host: str, port: int) -> Flow:
+        target = f"{host}:{port}"
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        try:
+            sock.connect(path)
+            code = _socks_connect(sock, host, port)
+        except (OSError, EOFError) as exc:
+            sock.close()
+            raise OSError(errno.ECONNABORTED, f"{target}: SOCKS5 proxy: {exc}") from exc
+        if code != ReplyCode.SUCCEEDED:
+            sock.close()
+            raise error_for_reply(code, target)
+        sock.settimeout(None)
+        return SocketFlow(sock)
+
+    return open_flow
+
+
+def opener_for(socks: str) -> FlowOpener:
+    """``/path`` (a unix socket) or ``HOST:PORT``."""
+    if socks.startswith("/"):
+        return unix_socks_opener(socks)
+    host, _, port = socks.rpartition(":")
+    return socks_opener(host, int(port))
+
+
+def drop_privileges(uid: int, gid: int) -> None:
+    """Become uid:gid for good (no supplementary groups, no way back), before the
+    first packet is read. Done here rather than by exec'ing as that user: the
+    interpreter may sit where only root can reach it (a pyenv under /root), and
+    everything the stack needs is imported by now."""
+    os.setgroups([])
+    os.setresgid(gid, gid, gid)
+    os.setresuid(uid, uid, uid)
+    if os.getresuid() != (uid, uid, uid):
+        raise OSError(errno.EPERM, f"could not become uid {uid}")
+
+
 def serve(
     fd: int,
     open_flow: FlowOpener,
@@ -147,10 +200,13 @@ def serve(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ktpy.net.tun_process")
     parser.add_argument("--fd", type=int, required=True)
-    parser.add_argument("--socks", required=True, help="HOST:PORT of the SOCKS5 proxy")
+    parser.add_argument(
+        "--socks", required=True, help="the SOCKS5 proxy: a unix socket's path, or HOST:PORT"
+    )
     parser.add_argument("--mtu", type=int, required=True)
     parser.add_argument("--max-buffered", type=int, default=TcpConfig.max_buffered)
     parser.add_argument("--stats-file", type=Path, default=None)
+    parser.add_argument("--user", default=None, help="UID:GID to run as, once started")
     parser.add_argument("--session", default="")
     parser.add_argument("--debug", action="store_true")
     parser.add_argument("--log-format", default=LogFormat.CONSOLE.value)
@@ -160,11 +216,13 @@ def main(argv: list[str] | None = None) -> int:
         debug=args.debug,
         context={"session": args.session} if args.session else None,
     )
-    host, _, port = args.socks.rpartition(":")
+    if args.user:
+        uid, _, gid = args.user.partition(":")
+        drop_privileges(int(uid), int(gid))
     try:
         return serve(
             args.fd,
-            socks_opener(host, int(port)),
+            opener_for(args.socks),
             args.mtu,
             sys.stdin.fileno(),
             config=TcpConfig(max_buffered=args.max_buffered),
@@ -185,7 +243,7 @@ class TunProcess:
     def __init__(
         self,
         tun_fd: int,
-        socks_address: tuple[str, int],
+        socks_address: tuple[str, int] | Path,
         *,
         mtu: int,
         max_buffered: int = TcpConfig.max_buffered,
@@ -194,8 +252,13 @@ class TunProcess:
         debug: bool = False,
         log_format: LogFormat = LogFormat.CONSOLE,
         on_exit: Callable[[str], None] | None = None,
+        user: tuple[int, int] | None = None,
     ) -> None:
+        """socks_address: HOST:PORT or a unix socket's path. user: (uid, gid) the child
+        runs as (it parses what every local program sends into the device; the open
+        TUN fd is all it needs of root)."""
         self.tun_fd = tun_fd
+        self.user = user
         self.socks_address = socks_address
         self.mtu = mtu
         self.max_buffered = max_buffered
@@ -212,18 +275,22 @@ class TunProcess:
         return self._proc.pid if self._proc is not None else None
 
     def start(self, timeout: float = START_TIMEOUT) -> TunProcess:
-        host, port = self.socks_address
+        if isinstance(self.socks_address, Path):
+            socks = str(self.socks_address)
+        else:
+            socks = f"{self.socks_address[0]}:{self.socks_address[1]}"
         argv = [
             sys.executable,
             "-m",
             "ktpy.net.tun_process",
             f"--fd={self.tun_fd}",
-            f"--socks={host}:{port}",
+            f"--socks={socks}",
             f"--mtu={self.mtu}",
             f"--max-buffered={self.max_buffered}",
             *([f"--stats-file={self.stats_file}"] if self.stats_file else []),
             f"--session={self.session}",
             f"--log-format={self.log_format.value}",
+            *([f"--user={self.user[0]}:{self.user[1]}"] if self.user else []),
             *(["--debug"] if self.debug else []),
         ]
         self._proc = subprocess.Popen(

@@ -4,6 +4,7 @@ API server and the bed resolver (issue 4's acceptance)."""
 from __future__ import annotations
 
 import json
+import pwd
 import re
 import signal
 import subprocess
@@ -375,6 +376,55 @@ def test_a_thousand_flows_behind_a_slow_reader_stay_within_the_buffer_bound(
         assert stats["max_buffered"] == bound
         assert stats["committed_peak"] <= bound
         assert stats["pool_waits"] > 0  # flows did wait for the pool: the bound was reached
+    finally:
+        assert session.stop(signal.SIGINT) == 130
+
+
+AS_OTHER_USER = """
+import os, pwd, socket, sys
+other = pwd.getpwnam("nobody")
+os.setgroups([])
+os.setresgid(other.pw_gid, other.pw_gid, other.pw_gid)
+os.setresuid(other.pw_uid, other.pw_uid, other.pw_uid)
+s = socket.socket(socket.AF_UNIX)
+try:
+    s.connect(sys.argv[1])
+    print("connected")
+except OSError as exc:
+    print(type(exc).__name__)
+"""
+
+
+def test_the_tun_stack_runs_as_the_invoking_user_and_its_proxy_is_theirs_alone(
+    bed: Bed, echo: str, laptop: Laptop
+) -> None:
+    """Least privilege (issue 13): under sudo the TUN stack, which parses what every
+    local program sends into the device, runs as SUDO_USER; its way into the tunnel
+    is a unix socket no other local user may open; no SOCKS port opens unasked."""
+    ns = echo
+    dev = pwd.getpwnam("ktbed-dev")
+    session = run_ktpy(laptop, "-n", ns, "connect", env={"SUDO_USER": "ktbed-dev"})
+    session.wait_ready(90)
+    try:
+        assert not [line for line in session.output if "SOCKS5 proxy on" in line]
+        owners = {line.split(" -m ", 1)[1].split()[0]: uid
+                  for _, uid, line in laptop.process_table(" -m ktpy")}  # fmt: skip
+        print(f"ktpy processes by uid: {owners}")
+        assert owners["ktpy.net.tun_process"] == dev.pw_uid
+        assert _get(laptop, f"http://echo.{ns}/")["pod"]  # through the stack, as that user
+
+        channel = f"/run/ktpy/{session_id(session)}/socks.sock"
+        other = laptop.run(sys.executable, "-c", AS_OTHER_USER, channel).stdout.split()
+        assert other == ["PermissionError"]
+        refused = laptop.run(
+            sys.executable, "-c",
+            "import socket\n"
+            "try:\n"
+            "    socket.create_connection(('127.0.0.1', 2223), timeout=5); print('open')\n"
+            "except ConnectionRefusedError:\n"
+            "    print('refused')\n",
+        ).stdout.split()  # fmt: skip
+        assert refused == ["refused"]
     finally:
         assert session.stop(signal.SIGINT) == 130
 

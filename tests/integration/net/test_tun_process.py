@@ -7,10 +7,13 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import pwd
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -18,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from ktpy.net.listener import unix_listener
 from ktpy.net.socks_server import SocksServer
 from ktpy.net.tun_process import TunProcess
 from tests.integration.support import wait_for
@@ -73,6 +77,58 @@ def test_a_large_download_is_byte_exact(env: TunEnv, socks: SocksServer) -> None
         assert (received, digest.hexdigest()) == server.results[0]
     finally:
         proc.stop()
+
+
+def _status_uid(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return int(next(line for line in status if line.startswith("Uid:")).split()[1])
+
+
+@pytest.fixture
+def private_dir() -> Iterator[Path]:
+    """A 0700 directory nobody owns, where nobody can reach it (pytest's tmp_path is
+    under root's 0700 directory)."""
+    path = Path(tempfile.mkdtemp(prefix="ktpy-it-"))
+    nobody = pwd.getpwnam("nobody")
+    os.chown(path, nobody.pw_uid, nobody.pw_gid)
+    yield path
+    shutil.rmtree(path)
+
+
+def test_as_another_user_through_a_unix_socket_only_that_user_may_open(
+    env: TunEnv, private_dir: Path
+) -> None:
+    """The child drops to the user it is given before it reads a packet; its proxy is
+    a 0600 unix socket of that user's, in a 0700 directory: refused to anyone else."""
+    nobody = pwd.getpwnam("nobody")
+    owner = (nobody.pw_uid, nobody.pw_gid)
+    path = private_dir / "socks.sock"
+    socks = SocksServer(env.open_flow, listener=unix_listener(path, owner)).start()
+    server = env.server(te.pong)
+    proc = TunProcess(env.device.fileno(), path, mtu=env.mtu, user=owner).start()
+    try:
+        assert proc.pid is not None
+        assert _status_uid(proc.pid) == nobody.pw_uid
+        with env.connect(server.port) as client:
+            client.sendall(b"ping\n")
+            assert client.recv(100) == b"pong ping\n"
+        assert socks.connections == 1
+        other = subprocess.run(
+            [sys.executable, "-c",
+             "import os, socket, sys\n"
+             "os.setgroups([]); os.setresgid(1, 1, 1); os.setresuid(1, 1, 1)  # daemon\n"
+             "s = socket.socket(socket.AF_UNIX)\n"
+             "try:\n"
+             "    s.connect(sys.argv[1]); print('connected')\n"
+             "except OSError as exc:\n"
+             "    print(type(exc).__name__)\n",
+             str(path)],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        assert other.stdout.split() == ["PermissionError"]
+    finally:
+        proc.stop()
+        socks.stop()
 
 
 def test_refused_and_unreachable_targets_answer_at_once(env: TunEnv, socks: SocksServer) -> None:
