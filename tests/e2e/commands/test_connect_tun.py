@@ -4,6 +4,7 @@ API server and the bed resolver (issue 4's acceptance)."""
 from __future__ import annotations
 
 import json
+import os
 import pwd
 import re
 import signal
@@ -400,15 +401,17 @@ def test_the_tun_stack_runs_as_the_invoking_user_and_its_proxy_is_theirs_alone(
 ) -> None:
     """Least privilege (issue 13): under sudo the TUN stack, which parses what every
     local program sends into the device, runs as SUDO_USER; its way into the tunnel
-    is a unix socket no other local user may open; no SOCKS port opens unasked."""
+    is a unix socket no other local user may open; no SOCKS port opens unasked; a
+    kill -9 of that unprivileged process makes root's part undo everything."""
     ns = echo
     dev = pwd.getpwnam("ktbed-dev")
+    before = _snapshot(laptop)
     session = run_ktpy(laptop, "-n", ns, "connect", env={"SUDO_USER": "ktbed-dev"})
     session.wait_ready(90)
     try:
         assert not [line for line in session.output if "SOCKS5 proxy on" in line]
-        owners = {line.split(" -m ", 1)[1].split()[0]: uid
-                  for _, uid, line in laptop.process_table(" -m ktpy")}  # fmt: skip
+        table = laptop.process_table(" -m ktpy")
+        owners = {line.split(" -m ", 1)[1].split()[0]: uid for _, uid, line in table}
         print(f"ktpy processes by uid: {owners}")
         assert owners["ktpy.net.tun_process"] == dev.pw_uid
         assert _get(laptop, f"http://echo.{ns}/")["pod"]  # through the stack, as that user
@@ -425,8 +428,16 @@ def test_the_tun_stack_runs_as_the_invoking_user_and_its_proxy_is_theirs_alone(
             "    print('refused')\n",
         ).stdout.split()  # fmt: skip
         assert refused == ["refused"]
+
+        stack_pid = next(pid for pid, _, line in table if "ktpy.net.tun_process" in line)
+        os.kill(stack_pid, signal.SIGKILL)
+        assert session.proc.wait(60) == 40  # SessionLost, with everything undone
     finally:
-        assert session.stop(signal.SIGINT) == 130
+        if session.proc.poll() is None:
+            session.stop(signal.SIGINT)
+    assert any("TUN stack process ended on its own" in line for line in session.all_errors())
+    assert _snapshot(laptop) == before
+    assert laptop.processes("ktpy") == []
 
 
 def _rss_kib(pid: int) -> int:
