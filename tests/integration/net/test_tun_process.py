@@ -131,11 +131,18 @@ def test_as_another_user_through_a_unix_socket_only_that_user_may_open(
         socks.stop()
 
 
-def test_refused_and_unreachable_targets_answer_at_once(env: TunEnv, socks: SocksServer) -> None:
+@pytest.mark.parametrize("transport", ["tcp", "unix"])
+def test_refused_and_unreachable_targets_answer_at_once(
+    env: TunEnv, socks: SocksServer, private_dir: Path, transport: str
+) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         closed = int(s.getsockname()[1])
-    proc = TunProcess(env.device.fileno(), socks.address, mtu=env.mtu).start()
+    address: tuple[str, int] | Path = socks.address
+    if transport == "unix":  # the unix socket's client is ktpy's own, not pysocks
+        unix = SocksServer(env.open_flow, listener=unix_listener(private_dir / "s.sock")).start()
+        address = unix.socket_path
+    proc = TunProcess(env.device.fileno(), address, mtu=env.mtu).start()
     try:
         started = time.monotonic()
         with pytest.raises(ConnectionRefusedError):
@@ -146,6 +153,8 @@ def test_refused_and_unreachable_targets_answer_at_once(env: TunEnv, socks: Sock
         assert time.monotonic() - started < 3
     finally:
         proc.stop()
+        if transport == "unix":
+            unix.stop()
 
 
 def test_stop_resets_open_flows_and_ends_the_child(env: TunEnv, socks: SocksServer) -> None:
