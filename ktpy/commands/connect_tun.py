@@ -33,10 +33,10 @@ from ktpy.host.journal import Journal
 from ktpy.host.resolver import ResolvConfGuard, ResolvedGuard, ResolverGuard, ResolverKind
 from ktpy.logs import get_logger
 from ktpy.net.dns import ClusterNames, Collision
-from ktpy.net.dns_server import DnsServer, TcpExchange, tcp_exchange_over
+from ktpy.net.dns_server import DnsServer
 from ktpy.net.listener import unix_listener
 from ktpy.net.socks_server import SocksServer
-from ktpy.net.tun_process import TunProcess
+from ktpy.net.tun_process import DnsSpec, TunProcess
 from ktpy.params import IPNetwork
 from ktpy.session import Session
 
@@ -164,9 +164,7 @@ class TunConnection:
 
     journal: Journal | None = None
     network: host.Network | None = None
-    stack: TunProcess | None = None
-    dns: DnsServer | None = None
-    exchange: TcpExchange | None = None
+    stack: TunProcess | None = None  # the TUN stack and the DNS server, unprivileged
     watches: list[KnownNames] = field(default_factory=list)
     lines: list[str] = field(default_factory=list)
     # Routing domains follow the namespaces (systemd-resolved) until teardown begins.
@@ -226,9 +224,14 @@ class TunConnection:
         ).start()
         self.journal = Journal.create(settings.journal_dir, session.id)
         self.network = host.open_network(self.journal, survey, mtu=request.mtu, offload=True)
-        # The stack runs in a process of its own and reaches the cluster through
-        # this process's SOCKS5 proxy (why: ktpy/net/tun_process.py).
-        self.stack = TunProcess(
+        # Port 53 needs root: bound here, served by the unprivileged child alone (this
+        # process closes its copies once the child has them).
+        udp, tcp = DnsServer.bind_listeners(str(survey.tun_address), 53)
+        dns = DnsSpec(names, survey.upstreams, ("127.0.0.1", session.spec.dns_port), udp, tcp)
+        # The stack and the DNS server run in a process of their own, unprivileged, and
+        # reach the cluster through this process's SOCKS5 proxy (why:
+        # ktpy/net/tun_process.py).
+        stack = TunProcess(
             self.network.tun.fileno(),
             self.socks.socket_path,
             mtu=request.mtu,
@@ -239,16 +242,14 @@ class TunConnection:
             log_format=settings.log_format,
             on_exit=session.lose,
             user=stack_user,
-        ).start()
-        self.exchange = tcp_exchange_over(session.open_flow, "127.0.0.1", session.spec.dns_port)
-        self.dns = DnsServer(
-            names,
-            self.exchange,
-            survey.upstreams,
-            host=str(survey.tun_address),
-            port=53,
+            dns=dns,
             on_collision=report_collision,
-        ).start()
+        )
+        try:
+            self.stack = stack.start()
+        finally:
+            udp.close()
+            tcp.close()
         resolver = host.point_resolver(self.journal, survey, request)
         say = lambda line: click.echo(line, err=True)  # noqa: E731
         server = [str(survey.tun_address)]
@@ -292,7 +293,7 @@ class TunConnection:
     ) -> None:
         """Namespaces and the connect namespace's Services, as they come and go; with
         systemd-resolved, a namespace is also a routing domain of the TUN link."""
-        dns = self.dns
+        dns = self.stack
         assert dns is not None
         fixed = frozenset([ns, *given])
 
@@ -335,19 +336,17 @@ class TunConnection:
         # The stack first: it reads the device the journal is about to delete. The DNS
         # server last: it answers until the resolver no longer points at it.
         if self.stack is not None:
-            self.stack.stop()
-        if self.socks is not None:
-            self.socks.stop()
+            self.stack.stop_stack()
         if self.journal is not None:
             report = host.tear_down(self.journal, self.network)
             problems += report.failures
             self.journal.close()
         elif self.network is not None:
             self.network.tun.close()
-        if self.dns is not None:
-            self.dns.stop()
-        if self.exchange is not None:
-            self.exchange.close()
+        if self.stack is not None:
+            self.stack.stop()
+        if self.socks is not None:
+            self.socks.stop()
         if self.run_dir is not None:
             shutil.rmtree(self.run_dir, ignore_errors=True)
         return problems

@@ -396,6 +396,20 @@ except OSError as exc:
 """
 
 
+DNS_LISTENER_UIDS = """
+import re, subprocess
+for proto in ("u", "t"):
+    shown = subprocess.run(["ss", "-Hln" + proto + "p", "sport = :53"],
+                           capture_output=True, text=True, check=True).stdout
+    for line in shown.splitlines():
+        if " 169.254.0." in line:
+            for pid in re.findall(r"pid=(\\d+)", line):
+                status = open(f"/proc/{pid}/status").read().splitlines()
+                uid = next(l.split()[1] for l in status if l.startswith("Uid:"))
+                print({"u": "udp", "t": "tcp"}[proto] + ":" + uid)
+"""
+
+
 def test_the_tun_stack_runs_as_the_invoking_user_and_its_proxy_is_theirs_alone(
     bed: Bed, echo: str, laptop: Laptop
 ) -> None:
@@ -415,6 +429,10 @@ def test_the_tun_stack_runs_as_the_invoking_user_and_its_proxy_is_theirs_alone(
         print(f"ktpy processes by uid: {owners}")
         assert owners["ktpy.net.tun_process"] == dev.pw_uid
         assert _get(laptop, f"http://echo.{ns}/")["pod"]  # through the stack, as that user
+        # The DNS server's listeners (UDP and TCP port 53 on the TUN address, bound by
+        # root) belong to that user's process alone.
+        listeners = laptop.run(sys.executable, "-c", DNS_LISTENER_UIDS).stdout.split()
+        assert listeners == [f"udp:{dev.pw_uid}", f"tcp:{dev.pw_uid}"]
 
         channel = f"/run/ktpy/{session_id(session)}/socks.sock"
         other = laptop.run(sys.executable, "-c", AS_OTHER_USER, channel).stdout.split()

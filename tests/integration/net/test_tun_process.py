@@ -20,14 +20,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from dnslib import QTYPE, DNSRecord
 
+from ktpy.net.dns_server import DnsServer
 from ktpy.net.listener import unix_listener
 from ktpy.net.socks_server import SocksServer
-from ktpy.net.tun_process import TunProcess
+from ktpy.net.tun_process import DnsSpec, TunProcess
 from tests.integration.support import wait_for
 
 from . import _tun_env as te
+from . import test_dns_server
 from ._tun_env import UNREACHABLE, TunEnv
+from .test_dns_server import CLUSTER_HOSTS, NAMES, Dnsmasq, Upstream, open_socket_flow
 
 pytestmark = [pytest.mark.integration, pytest.mark.root, pytest.mark.timeout(120)]
 
@@ -218,3 +222,67 @@ def test_a_child_that_dies_is_reported(env: TunEnv, socks: SocksServer) -> None:
     assert "ended on its own" in reasons[0]
     proc.stop()
     assert len(reasons) == 1
+
+
+@pytest.fixture
+def cluster_dns(tmp_path: Path) -> Iterator[Dnsmasq]:
+    """test_dns_server's dnsmasq, standing in for the shadow pod's."""
+    if test_dns_server.DNSMASQ is None:
+        test_dns_server._unavailable("dnsmasq is not installed (Debian: dnsmasq-base)")
+    proc = Dnsmasq(tmp_path)
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+def laptop_dns() -> Iterator[Upstream]:
+    server = Upstream()
+    yield server
+    server.stop()
+
+
+def test_the_dns_server_runs_unprivileged_in_the_child_and_outlives_the_stack(
+    env: TunEnv, cluster_dns: Dnsmasq, laptop_dns: Upstream, private_dir: Path
+) -> None:
+    """connect's DNS server in the child: on listeners bound here, as nobody, asking
+    the cluster's dnsmasq through the unix-socket proxy; it learns namespaces from
+    the parent's lines and answers on after stop_stack (until the resolver is back)."""
+    nobody = pwd.getpwnam("nobody")
+    owner = (nobody.pw_uid, nobody.pw_gid)
+    socks = SocksServer(
+        open_socket_flow, listener=unix_listener(private_dir / "s.sock", owner)
+    ).start()
+    udp, tcp = DnsServer.bind_listeners("127.0.0.1", 0)
+    address = udp.getsockname()
+    dnsmasq, upstream = cluster_dns, laptop_dns
+    spec = DnsSpec(NAMES, (f"127.0.0.1:{upstream.port}",), ("127.0.0.1", dnsmasq.port), udp, tcp)
+    proc = TunProcess(
+        env.device.fileno(), socks.socket_path, mtu=env.mtu, user=owner, dns=spec
+    ).start()
+    udp.close()
+    tcp.close()
+
+    def ask(name: str) -> list[str]:
+        raw = DNSRecord.question(name).send(*address, timeout=3.0)
+        return [str(rr.rdata) for rr in DNSRecord.parse(raw).rr if rr.rtype == QTYPE.A]
+
+    try:
+        assert proc.pid is not None
+        assert _status_uid(proc.pid) == nobody.pw_uid
+        assert ask("echo.team.svc.cluster.local") == [CLUSTER_HOSTS["echo.team.svc.cluster.local"]]
+        ask("web-0.nginx")  # `nginx` is no namespace yet: the laptop's name
+        assert upstream.resolver.seen("web-0.nginx") == 1
+        proc.set_known(namespaces={"team", "nginx"})
+        deadline = time.monotonic() + 5  # the line reaches the child within moments
+        while True:
+            ask("web-0.nginx")
+            try:
+                dnsmasq.wait_seen("web-0.nginx.svc.cluster.local", timeout=0.2)
+                break
+            except AssertionError:
+                assert time.monotonic() < deadline, "the child never learnt namespace nginx"
+        proc.stop_stack()
+        assert ask("echo.team.svc.cluster.local") == [CLUSTER_HOSTS["echo.team.svc.cluster.local"]]
+    finally:
+        proc.stop()
+        socks.stop()
