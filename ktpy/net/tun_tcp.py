@@ -31,7 +31,9 @@ computed, and takes ours the same way. Python then never sums a payload and
 pays its per-packet cost once per 64 KiB instead of once per MTU. Memory per flow is bounded
 both ways by the TcpConfig buffers: a slow client closes its window and the
 reader stops reading the Flow; a slow Flow keeps deliveries unconsumed and the
-stack closes the client's window.
+stack closes the client's window. All flows together stay within
+``TcpConfig.max_buffered``: a reader first waits until its Flow has bytes, then
+reserves the read in the stack's pool (``reserve_send``) and reads no more.
 
 Only IPv4 TCP is carried; IPv6 and UDP packets are read and dropped (DNS is
 served elsewhere).
