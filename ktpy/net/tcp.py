@@ -569,8 +569,11 @@ class TcpStack:
         threshold = min(self.config.mss, self.config.initial_window // 2)
         self._feeding = True
         try:
-            while self._starved_rx and self._budget_rx - self._committed_rx >= threshold:
-                conn, f = next(iter(self._starved_rx.items()))
+            for conn, f in list(self._starved_rx.items()):
+                if self._budget_rx - self._committed_rx < threshold:
+                    break
+                if f.state is State.SYN_RECEIVED and self._by_conn.get(conn) is f:
+                    continue  # keeps its place: served once the client's ACK establishes it
                 del self._starved_rx[conn]
                 if f.state in _RECEIVING and not f.fin_received and self._by_conn.get(conn) is f:
                     before = self._advertised(f)

@@ -765,6 +765,19 @@ def test_all_flows_together_commit_no_more_than_the_pool() -> None:
     assert pb.stack.stats.pool_waits == 2
 
 
+def test_a_flow_still_in_its_handshake_keeps_its_place_for_the_pool() -> None:
+    pb = book(receive_buffer=4 * MSS, initial_window=4096, max_buffered=16384)
+    one, two, three = (pb.client(sport=40000 + n, wscale=None) for n in range(3))
+    handshake(pb, one, 1)
+    handshake(pb, two, 2)
+    pb >> three.syn() << three.connect(3)
+    pb >> FlowOpened(3) << Seg("S.", window=0, to=three)  # the pool is taken
+    # Room comes while flow 3 waits for the client's ACK: nothing to update yet...
+    pb >> two.rst() << CloseFlow(2, True, "reset by the client")
+    # ... and its window opens as soon as it is established.
+    assert pb >> three.ack() << Seg(".", ack=1, window=4096, to=three)
+
+
 def test_a_read_waits_for_the_pool_and_resumes_when_it_frees() -> None:
     pb, c = established(send_buffer=32768, max_buffered=16384, initial_window=4096)
     pb >> c.ack(window=0)
