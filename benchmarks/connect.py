@@ -173,7 +173,10 @@ def main() -> None:
         cluster_ip = kubectl("-n", NAMESPACE, "get", "service", "echo", "-o",
                              "jsonpath={.spec.clusterIP}")  # fmt: skip
 
-        connect = laptop.popen(sys.executable, "-m", "ktpy", "-n", NAMESPACE, "connect")
+        # TUN mode opens the SOCKS5 port only when asked; the benchmark measures both.
+        connect = laptop.popen(
+            sys.executable, "-m", "ktpy", "-n", NAMESPACE, "connect", "--socks-port", "2223"
+        )
         try:
             summary = measure_all(laptop, connect, pod, cluster_ip, size, args)
         finally:

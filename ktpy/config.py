@@ -34,7 +34,7 @@ from ktpy import __version__
 from ktpy.durations import parse_duration
 from ktpy.errors import ConfigProblem
 from ktpy.logs import LogFormat
-from ktpy.params import is_dns1123_label, parse_image, parse_port_number
+from ktpy.params import is_dns1123_label, parse_byte_size, parse_image, parse_port_number
 
 DEFAULT_IMAGE = f"ghcr.io/ktpy/shadow:{__version__}"
 DEFAULT_HEARTBEAT_INTERVAL = timedelta(seconds=30)
@@ -47,6 +47,9 @@ DEFAULT_SOCKS_PORT = 2223
 # 65535, the largest IPv4 packet.
 TUN_MTU = 65000
 DEFAULT_POD_START_TIMEOUT = timedelta(seconds=60)
+# What the TUN stack may hold for all flows together (ktpy.net.tcp's pool).
+DEFAULT_TUN_BUFFER = 64 << 20
+TUN_BUFFER_RANGE = (1 << 20, 4 << 30)
 ROOT_JOURNAL_DIR = Path("/var/lib/ktpy/journal")
 ROOT_RUNTIME_DIR = Path("/run/ktpy")
 
@@ -67,6 +70,23 @@ class Invoker:
 
 PasswdLookup = Callable[[str], pwd.struct_passwd]
 PasswdLookupByUid = Callable[[int], pwd.struct_passwd]
+UNPRIVILEGED_USER = "nobody"
+
+
+def unprivileged_identity(
+    invoker: Invoker, by_name: PasswdLookup = pwd.getpwnam
+) -> tuple[int, int] | None:
+    """(uid, gid) for the code that parses network input when ktpy runs as root: the
+    invoking user under sudo, else ``nobody``; None when ktpy is not root at all."""
+    if not invoker.is_root:
+        return None
+    if invoker.via_sudo:
+        return invoker.uid, invoker.gid
+    try:
+        entry = by_name(UNPRIVILEGED_USER)
+    except KeyError:
+        return 65534, 65534  # nobody/nogroup on every Linux distribution
+    return entry.pw_uid, entry.pw_gid
 
 
 def detect_invoker(
@@ -221,6 +241,7 @@ class Settings:
     stale_after: timedelta
     socks_port: int
     pod_start_timeout: timedelta
+    tun_buffer: int
     owner: str
     invoker: Invoker
     config_file: Path
@@ -261,6 +282,14 @@ def _parse_namespace(text: str) -> str:
     return text
 
 
+def _parse_tun_buffer(text: str) -> int:
+    size = parse_byte_size(text)
+    low, high = TUN_BUFFER_RANGE
+    if not low <= size <= high:
+        raise ValueError(f"{text!r} is outside 1MiB..4GiB")
+    return size
+
+
 def _parse_text(text: str) -> str:
     if not text.strip():
         raise ValueError("empty value")
@@ -296,6 +325,7 @@ _SPECS = (
         "pod-start-timeout",
         _parse_positive_duration,
     ),
+    _Spec("tun_buffer", "KTPY_TUN_BUFFER", "tun-buffer", _parse_tun_buffer),
 )
 _CONFIG_KEYS = frozenset(spec.key for spec in _SPECS)
 ENVIRONMENT_VARIABLES = (*(spec.env for spec in _SPECS), "KTPY_CONFIG")
@@ -376,6 +406,7 @@ def resolve_settings(
         stale_after=stale_after,
         socks_port=values.get("socks_port", DEFAULT_SOCKS_PORT),
         pod_start_timeout=values.get("pod_start_timeout", DEFAULT_POD_START_TIMEOUT),
+        tun_buffer=values.get("tun_buffer", DEFAULT_TUN_BUFFER),
         owner=f"{invoker.user}@{hostname}",
         invoker=invoker,
         config_file=config_path,

@@ -85,6 +85,18 @@ def parse_port_number(text: str) -> int:
     return int(text)
 
 
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mib": 1 << 20}
+_SIZE_UNITS |= {"g": 1 << 30, "gib": 1 << 30}
+
+
+def parse_byte_size(text: str) -> int:
+    """``64MiB``, ``512KiB``, ``1G`` (binary units; K/M/G mean the same) or bare bytes."""
+    match = re.fullmatch(r"\s*(\d+)\s*([a-zA-Z]*)\s*", text)
+    if not match or match.group(2).lower() not in _SIZE_UNITS:
+        raise ValueError(f"{text!r} is not a size (e.g. 64MiB, 512KiB, or bytes)")
+    return int(match.group(1)) * _SIZE_UNITS[match.group(2).lower()]
+
+
 @dataclass(frozen=True)
 class PortMapping:
     """One ``LOCAL:REMOTE`` pair of ``--expose``.

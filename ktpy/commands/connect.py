@@ -14,7 +14,7 @@ from ktpy.cluster.api import ClusterApi
 from ktpy.cluster.labels import Role
 from ktpy.commands import connect_tun
 from ktpy.commands.context import make_api, settings_of
-from ktpy.config import Settings
+from ktpy.config import BUILT_IN, Settings
 from ktpy.errors import UsageProblem
 from ktpy.host import heal
 from ktpy.net.socks_server import SocksServer
@@ -69,12 +69,14 @@ class Connect(lifecycle.SessionCommand):
         self,
         api: ClusterApi,
         settings: Settings,
-        socks_port: int,
+        socks_port: int | None,
         tun: TunOptions | None,
         *,
         print_pac: bool,
         print_env: bool,
     ) -> None:
+        """socks_port: None in TUN mode when no port was asked for (the TUN stack has a
+        SOCKS5 proxy of its own that no other program can reach)."""
         self.api = api
         self.settings = settings
         self.socks_port = socks_port
@@ -85,11 +87,12 @@ class Connect(lifecycle.SessionCommand):
         self.server: SocksServer | None = None
 
     def bind(self, session: Session) -> None:
-        self.server = _listen(session, self.socks_port)
+        if self.socks_port is not None:
+            self.server = _listen(session, self.socks_port)
 
     def start(self, session: Session) -> None:
-        assert self.server is not None
-        self.server.start()
+        if self.server is not None:
+            self.server.start()
         options = self.tun_options
         if options is not None:
             self.tun.up(
@@ -101,17 +104,17 @@ class Connect(lifecycle.SessionCommand):
                 dns_namespaces=options.dns_namespaces,
                 force_routes=options.force_routes,
                 mtu=options.mtu,
-                socks_address=self.server.address,
             )
 
     def ready_lines(self, session: Session, elapsed: float) -> list[str]:
-        assert self.server is not None
-        host, bound = self.server.address
-        lines = [*self.tun.lines, f"SOCKS5 proxy on {host}:{bound}"]
-        if self.print_pac:
-            lines.append(pac_file(host, bound))
-        if self.print_env:
-            lines.append(proxy_environment(host, bound))
+        lines = [*self.tun.lines]
+        if self.server is not None:
+            host, bound = self.server.address
+            lines.append(f"SOCKS5 proxy on {host}:{bound}")
+            if self.print_pac:
+                lines.append(pac_file(host, bound))
+            if self.print_env:
+                lines.append(proxy_environment(host, bound))
         timings = session.timings
         lines.append(
             f"Ready in {elapsed:.1f}s (pod Ready after "
@@ -145,7 +148,8 @@ class Connect(lifecycle.SessionCommand):
     hidden_aliases=("--proxyPort",),
     type=params.PORT,
     default=None,
-    help="Port of the SOCKS5 proxy on 127.0.0.1 (both modes).  [default: 2223]",
+    help="Port of the SOCKS5 proxy on 127.0.0.1. socks mode: [default: 2223]; "
+    "tun2socks mode: only when given (or set as socks-port).",
 )
 @click.option(
     "--include-cidr",
@@ -209,7 +213,15 @@ def connect(
     Windows are not supported yet.
     """
     settings = settings_of(ctx)
-    port = socks_port or settings.socks_port
+    port: int | None = socks_port or settings.socks_port
+    asked = socks_port is not None or settings.source_of("socks_port") != BUILT_IN
+    if mode == "tun2socks" and not asked:
+        port = None  # no proxy for other programs unless asked for
+        if print_pac or print_env:
+            raise UsageProblem(
+                "--print-pac and --print-env need a SOCKS5 port in tun2socks mode",
+                hint="Add --socks-port 2223.",
+            )
     started = time.monotonic()
     if mode == "tun2socks":
         connect_tun.preflight(settings)  # puts a killed session's host changes back first

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import shutil
 import socket
 import threading
 from collections.abc import Iterable
@@ -24,7 +25,7 @@ import click
 from ktpy.cluster import ranges
 from ktpy.cluster.api import ClusterApi, Kind
 from ktpy.cluster.name_watch import KnownNames
-from ktpy.config import TUN_MTU, Settings
+from ktpy.config import TUN_MTU, Settings, unprivileged_identity
 from ktpy.errors import (
     AlreadyRunning,
     Forbidden,
@@ -40,12 +41,30 @@ from ktpy.host.resolver import ResolvConfGuard, ResolvedGuard, ResolverGuard, Re
 from ktpy.host.runner import Runner, run
 from ktpy.logs import get_logger
 from ktpy.net.dns import ClusterNames, Collision
-from ktpy.net.dns_server import DnsServer, TcpExchange, tcp_exchange_over
-from ktpy.net.tun_process import TunProcess
+from ktpy.net.dns_server import DnsServer
+from ktpy.net.listener import unix_listener
+from ktpy.net.socks_server import SocksServer
+from ktpy.net.tun_process import DnsSpec, TunProcess
 from ktpy.params import IPNetwork
 from ktpy.session import Session
 
 TUN_DEVICE = Path("/dev/net/tun")
+TUN_STATS_FILE = "tun-stats.json"  # the stack's counters, rewritten every second
+
+
+SOCKS_SOCKET = "socks.sock"  # the TUN stack's way into the tunnel
+
+
+def session_run_dir(runtime_dir: Path, session: str, owner: tuple[int, int] | None) -> Path:
+    """``<runtime dir>/<session>``, made 0700 and owned by ``owner`` (uid, gid): files
+    only this session's processes use, the TUN stack's SOCKS5 socket among them."""
+    runtime_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
+    path = runtime_dir / session
+    path.mkdir(mode=0o700)
+    if owner is not None:
+        os.chown(path, *owner)
+    return path
+
 
 log = get_logger("ktpy.connect")
 
@@ -208,15 +227,15 @@ class TunConnection:
 
     journal: Journal | None = None
     network: host.Network | None = None
-    stack: TunProcess | None = None
-    dns: DnsServer | None = None
-    exchange: TcpExchange | None = None
+    stack: TunProcess | None = None  # the TUN stack and the DNS server, unprivileged
     watches: list[KnownNames] = field(default_factory=list)
     lines: list[str] = field(default_factory=list)
     # Routing domains follow the namespaces (systemd-resolved) until teardown begins.
     _routing: threading.Lock = field(default_factory=threading.Lock)
     _torn_down: bool = False
     guard: ResolverGuard | None = None
+    run_dir: Path | None = None  # this session's runtime files (the stack's stats)
+    socks: SocksServer | None = None  # the stack's own SOCKS5 proxy, on a unix socket
 
     def up(
         self,
@@ -229,11 +248,14 @@ class TunConnection:
         dns_namespaces: Iterable[str],
         force_routes: bool,
         mtu: int | None,
-        socks_address: tuple[str, int],
     ) -> None:
         ns = settings.namespace
         facts = read_cluster(api, session, ns, dns_namespaces)
-        wanted = chosen_ranges((*facts.service.networks, *facts.pods.networks), include, exclude)
+        chosen = chosen_ranges((*facts.service.networks, *facts.pods.networks), include, exclude)
+        # The stack carries IPv4 only: an IPv6 range routed into it would take
+        # connections it cannot answer, so it is left to the host's own routes.
+        wanted = tuple(net for net in chosen if net.version == 4)
+        unrouted_v6 = [net for net in chosen if net.version == 6]
         request = host.HostRequest(
             session=session.id,
             ranges=wanted,
@@ -252,31 +274,45 @@ class TunConnection:
             namespace=ns,
             namespaces=facts.namespaces,
             services=facts.services,
-            cidrs=wanted,
+            cidrs=chosen,
             search=survey.search,
         )
+        # The stack parses what every local program sends into the device: it runs
+        # as the invoking user (nobody for plain root) and reaches the tunnel through
+        # a unix socket only that user may open.
+        stack_user = unprivileged_identity(settings.invoker)
+        self.run_dir = session_run_dir(settings.runtime_dir, session.id, stack_user)
+        self.socks = SocksServer(
+            session.open_flow, listener=unix_listener(self.run_dir / SOCKS_SOCKET, stack_user)
+        ).start()
         self.journal = Journal.create(settings.journal_dir, session.id)
         self.network = host.open_network(self.journal, survey, mtu=request.mtu, offload=True)
-        # The stack runs in a process of its own and reaches the cluster through
-        # this process's SOCKS5 proxy (why: ktpy/net/tun_process.py).
-        self.stack = TunProcess(
+        # Port 53 needs root: bound here, served by the unprivileged child alone (this
+        # process closes its copies once the child has them).
+        udp, tcp = DnsServer.bind_listeners(str(survey.tun_address), 53)
+        dns = DnsSpec(names, survey.upstreams, ("127.0.0.1", session.spec.dns_port), udp, tcp)
+        # The stack and the DNS server run in a process of their own, unprivileged, and
+        # reach the cluster through this process's SOCKS5 proxy (why:
+        # ktpy/net/tun_process.py).
+        stack = TunProcess(
             self.network.tun.fileno(),
-            socks_address,
+            self.socks.socket_path,
             mtu=request.mtu,
+            max_buffered=settings.tun_buffer,
+            stats_file=self.run_dir / TUN_STATS_FILE,
             session=session.id,
             debug=settings.debug,
             log_format=settings.log_format,
             on_exit=session.lose,
-        ).start()
-        self.exchange = tcp_exchange_over(session.open_flow, "127.0.0.1", session.spec.dns_port)
-        self.dns = DnsServer(
-            names,
-            self.exchange,
-            survey.upstreams,
-            host=str(survey.tun_address),
-            port=53,
+            user=stack_user,
+            dns=dns,
             on_collision=report_collision,
-        ).start()
+        )
+        try:
+            self.stack = stack.start()
+        finally:
+            udp.close()
+            tcp.close()
         resolver = host.point_resolver(self.journal, survey, request)
         say = lambda line: click.echo(line, err=True)  # noqa: E731
         server = [str(survey.tun_address)]
@@ -296,6 +332,11 @@ class TunConnection:
             f"Routed through {survey.tun_name}: {', '.join(map(str, self.network.routed))}",
         ]
         self.lines += [f"Not routed: {warning}" for warning in survey.warnings()]
+        if unrouted_v6:
+            self.lines.append(
+                f"Not routed: {', '.join(map(str, unrouted_v6))}: the TUN stack carries IPv4"
+                " only (IPv6 addresses work through the SOCKS5 proxy)"
+            )
         self.lines += [
             f"Cluster domain {facts.domain} (from {facts.domain_source}); "
             f"namespaces {facts.namespaces_source}",
@@ -317,7 +358,7 @@ class TunConnection:
     ) -> None:
         """Namespaces and the connect namespace's Services, as they come and go; with
         systemd-resolved, a namespace is also a routing domain of the TUN link."""
-        dns = self.dns
+        dns = self.stack
         assert dns is not None
         fixed = frozenset([ns, *given])
 
@@ -360,15 +401,17 @@ class TunConnection:
         # The stack first: it reads the device the journal is about to delete. The DNS
         # server last: it answers until the resolver no longer points at it.
         if self.stack is not None:
-            self.stack.stop()
+            self.stack.stop_stack()
         if self.journal is not None:
             report = host.tear_down(self.journal, self.network)
             problems += report.failures
             self.journal.close()
         elif self.network is not None:
             self.network.tun.close()
-        if self.dns is not None:
-            self.dns.stop()
-        if self.exchange is not None:
-            self.exchange.close()
+        if self.stack is not None:
+            self.stack.stop()
+        if self.socks is not None:
+            self.socks.stop()
+        if self.run_dir is not None:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
         return problems

@@ -280,7 +280,10 @@ class DnsServer:
         tcp_idle_timeout: float = TCP_IDLE_TIMEOUT,
         clock: Callable[[], float] = time.monotonic,
         on_collision: Callable[[Collision], None] = lambda _collision: None,
+        sockets: tuple[socket.socket, socket.socket] | None = None,
     ) -> None:
+        """sockets: UDP and TCP listeners bound already (``bind_listeners``; port 53
+        needs root, the server need not), in place of host and port."""
         self.cluster_exchange = cluster_exchange
         self.on_collision = on_collision
         self.upstreams = [parse_nameserver(u) for u in upstreams]
@@ -290,7 +293,10 @@ class DnsServer:
         self.clock = clock
         self._core = DnsCore(names)
         self._core_lock = threading.Lock()
-        self._udp, self._tcp = self._bind(host, port)
+        self._udp, self._tcp = sockets or self.bind_listeners(host, port)
+        for sock in (self._udp, self._tcp):
+            # The loop reads only after select() says so; never block it anyway.
+            sock.setblocking(False)
         self.address: tuple[str, int] = self._udp.getsockname()[:2]
         if self.address in self.upstreams:
             self._close_listeners()
@@ -304,7 +310,8 @@ class DnsServer:
         self._tcp_lock = threading.Lock()
 
     @staticmethod
-    def _bind(host: str, port: int) -> tuple[socket.socket, socket.socket]:
+    def bind_listeners(host: str, port: int) -> tuple[socket.socket, socket.socket]:
+        """UDP and TCP sockets listening on host:port (port 0: one free for both)."""
         family = _family(host)
         for _ in range(20 if port == 0 else 1):
             udp = socket.socket(family, socket.SOCK_DGRAM)
@@ -317,9 +324,6 @@ class DnsServer:
                 if port != 0:
                     raise
                 continue  # the TCP side of a free UDP port was taken; try another
-            # The loop reads only after select() says so; never block it anyway.
-            udp.setblocking(False)
-            tcp.setblocking(False)
             return udp, tcp
         raise OSError(f"no port free for both UDP and TCP on {host}")
 

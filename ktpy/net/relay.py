@@ -35,6 +35,9 @@ class SocketFlow:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
 
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
     def recv(self, size: int, /) -> bytes:
         return self.sock.recv(size)
 

@@ -46,8 +46,15 @@ def reply_code_for(exc: OSError) -> ReplyCode:
 
 
 class SocksServer(ThreadedListener):
-    def __init__(self, open_flow: FlowOpener, host: str = "127.0.0.1", port: int = 2223) -> None:
-        super().__init__(host, port, "socks")
+    def __init__(
+        self,
+        open_flow: FlowOpener,
+        host: str = "127.0.0.1",
+        port: int = 2223,
+        *,
+        listener: socket.socket | None = None,
+    ) -> None:
+        super().__init__(host, port, "socks", listener=listener)
         self.open_flow = open_flow
 
     def serve(self, client: socket.socket, conn: int) -> None:

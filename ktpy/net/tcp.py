@@ -25,10 +25,19 @@ Actions: ``Send`` (write a packet to the TUN device), ``OpenFlow``,
 send buffer has room again: read the app flow) and ``CloseFlow`` (the flow is
 over: close the app side).
 
-Memory per flow is bounded: the receive window only covers what
-``receive_buffer`` can hold beyond what the app has not yet consumed
-(so a slow app closes the window), and ``send_space`` tells the app side how
-much more it may hand over.
+Memory is bounded per flow and for all flows together. Per flow: the receive
+window only covers what ``receive_buffer`` can hold beyond what the app has not
+yet consumed (so a slow app closes the window), and ``send_space`` tells the
+app side how much more it may hand over. All flows together hold at most
+``max_buffered`` bytes, counted as what each flow has *committed*, half of it
+for each direction (so windows the clients leave unused never keep the app
+sides from being read, nor the reverse). Toward the app: the data its app has
+not consumed and the window it advertised (the client may fill it at any
+moment; out-of-order data lies inside it). Toward the client: its unacked and
+unsent data and the read the app side reserved (``reserve_send``). A flow its
+half cannot serve gets no window (the client's TCP waits, nothing is dropped)
+or no read (``send_space`` 0); as the half frees up, the waiting flows get a
+window update or ``ResumeReading`` in the order they began to wait.
 
 Scope, and why: IPv4 only; no congestion control (the link is a local
 virtual one, so the client's receive window is the only limit; lost segments
@@ -256,6 +265,13 @@ class TcpConfig:
     receive_buffer: int = 1 << 20  # per flow: received, not yet consumed by the app
     send_buffer: int = 1 << 20  # per flow: from the app, not yet acked by the client
     max_flows: int = 4096
+    # All flows together (see the module docstring): the backpressure that keeps
+    # 4,096 flows from holding 4,096 x 2 MiB.
+    max_buffered: int = 64 << 20
+    # A flow's window starts here and doubles each time the client fills half of
+    # it, up to receive_buffer: an idle or small flow (a keep-alive request) commits
+    # little of the pool, a bulk one grows to what it uses.
+    initial_window: int = 16 << 10
     max_out_of_order: int = 64  # blocks of out-of-order data held per flow
     rto_initial: float = 0.5
     rto_min: float = 0.2
@@ -275,6 +291,8 @@ class TcpConfig:
             raise ValueError(f"MTU {self.mtu} is outside 576..65535")
         if self.receive_buffer < 2 * self.mss or self.send_buffer < 4 * 1024:
             raise ValueError("buffers must hold at least two segments")
+        if self.max_buffered < 4 * self.mss:
+            raise ValueError("max_buffered must hold at least two segments each way")
 
     @property
     def mss(self) -> int:
@@ -307,6 +325,8 @@ class Stats:
     out_of_order: int = 0
     out_of_order_dropped: int = 0
     last_malformed: str = ""
+    committed_peak: int = 0  # the most all flows together ever committed (<= max_buffered)
+    pool_waits: int = 0  # times a flow waited for the shared pool (window or read)
 
 
 Key = tuple[bytes, int, bytes, int]  # client address, client port, target address, target port
@@ -315,6 +335,8 @@ Key = tuple[bytes, int, bytes, int]  # client address, client port, target addre
 class _Flow:
     __slots__ = (
         "ack_pending",
+        "committed_rx",
+        "committed_tx",
         "conn",
         "deadline",
         "dupacks",
@@ -332,7 +354,9 @@ class _Flow:
         "persist_backoff",
         "rcv_adv",
         "rcv_nxt",
+        "rcv_target",
         "rcv_wscale",
+        "reading",
         "recover",
         "retries",
         "rto",
@@ -369,6 +393,7 @@ class _Flow:
         self.irs = seg.seq
         self.rcv_nxt = (seg.seq + 1) & MASK
         self.rcv_adv = self.rcv_nxt  # right edge of the window we advertised
+        self.rcv_target = min(config.initial_window, config.receive_buffer)  # largest window
         offered = seg.options.wscale is not None
         self.rcv_wscale = config.window_scale if offered else 0
         self.sack_ok = seg.options.sack_permitted
@@ -394,6 +419,9 @@ class _Flow:
         self.sndbuf = bytearray()  # from snd_una: unacked, then unsent bytes
         self.fin_queued = False  # the app ended: FIN after the buffered data
         self.want_writable = False
+        self.reading = 0  # bytes the app side reserved for a read in progress
+        self.committed_rx = 0  # this flow's share of TcpStack._committed_rx
+        self.committed_tx = 0  # ... and of _committed_tx
         self.dupacks = 0
         self.recover: int | None = None  # NewReno: snd_max when loss was detected
         self.retries = 0
@@ -438,6 +466,16 @@ class TcpStack:
         self._ident = 0
         self._low_water = max(self.config.send_buffer // 4, 1)
         self._high_water = max(self.config.send_buffer // 2, 1)
+        # Every live flow's committed bytes, toward the app and toward the client.
+        self._committed_rx = 0
+        self._committed_tx = 0
+        self._budget_rx = self.config.max_buffered // 2
+        self._budget_tx = self.config.max_buffered - self._budget_rx
+        # Flows waiting for the pool, oldest first: for a window, for a read.
+        self._starved_rx: dict[int, _Flow] = {}
+        self._starved_tx: dict[int, _Flow] = {}
+        self._min_read = min(self._low_water, 16384)
+        self._feeding = False
 
     # -- introspection -------------------------------------------------------
 
@@ -454,13 +492,102 @@ class TcpStack:
         f = self._by_conn.get(conn)
         if f is None or f.state not in _APP_WRITES or f.fin_queued:
             return None
-        free = self.config.send_buffer - len(f.sndbuf)
-        return free if free >= self._low_water else 0
+        free = self.config.send_buffer - len(f.sndbuf) - f.reading
+        if free < self._low_water:
+            return 0
+        pool = self._read_room(f)
+        if pool < self._min_read:
+            if f.conn not in self._starved_tx:
+                self.stats.pool_waits += 1
+                self._starved_tx[f.conn] = f
+            return 0
+        return min(free, pool)
+
+    def reserve_send(self, conn: int, most: int) -> int | None:
+        """``send_space``, at most ``most``, set aside for a read the app side is about
+        to make: the pool counts it until ``FlowData``, ``FlowEnd``, ``FlowFailed``
+        or ``release_send``, so readers on many flows cannot overshoot it together."""
+        space = self.send_space(conn)
+        if not space:
+            return space
+        f = self._by_conn[conn]
+        f.reading = min(space, most)
+        self._account(f)
+        return f.reading
+
+    def release_send(self, conn: int) -> list[TcpAction]:
+        """The reserved read took nothing (it timed out)."""
+        f = self._by_conn.get(conn)
+        if f is None or not f.reading:
+            return []
+        f.reading = 0
+        self._account(f)
+        return self._feed()
 
     def buffered_bytes(self) -> int:
         """Bytes held for all flows: unacked or unsent data, out-of-order data,
         and data delivered to apps that they have not consumed yet."""
         return sum(len(f.sndbuf) + f.ooo_bytes + f.undelivered for f in self._flows.values())
+
+    def committed_bytes(self) -> int:
+        """What all flows together may hold without asking again (>= buffered_bytes,
+        <= max_buffered): the sum the pool bounds."""
+        return self._committed_rx + self._committed_tx
+
+    # -- the shared pool ----------------------------------------------------------
+
+    def _account(self, f: _Flow) -> None:
+        """Bring f's share of the pool up to date (after any change to it)."""
+        if f.state is State.CLOSED:
+            rx = tx = 0
+        else:
+            rx = f.undelivered + self._advertised(f)
+            tx = len(f.sndbuf) + f.reading
+        self._committed_rx += rx - f.committed_rx
+        self._committed_tx += tx - f.committed_tx
+        f.committed_rx, f.committed_tx = rx, tx
+        total = self._committed_rx + self._committed_tx
+        if total > self.stats.committed_peak:
+            self.stats.committed_peak = total
+
+    def _window_room(self, f: _Flow) -> int:
+        """The largest window f may advertise from rcv_nxt: its half of the pool less
+        every other flow's share and its own unconsumed data (its current window is
+        what is being decided)."""
+        others = self._committed_rx - f.committed_rx
+        return self._budget_rx - others - f.undelivered
+
+    def _read_room(self, f: _Flow) -> int:
+        """The most f's app side may hand over now, by the pool's other half."""
+        others = self._committed_tx - f.committed_tx
+        return self._budget_tx - others - len(f.sndbuf) - f.reading
+
+    def _feed(self) -> list[TcpAction]:
+        """The pool has room again: window updates and ResumeReading for the flows
+        waiting for it, oldest first, as long as it lasts."""
+        out: list[TcpAction] = []
+        threshold = min(self.config.mss, self.config.initial_window // 2)
+        self._feeding = True
+        try:
+            for conn, f in list(self._starved_rx.items()):
+                if self._budget_rx - self._committed_rx < threshold:
+                    break
+                if f.state is State.SYN_RECEIVED and self._by_conn.get(conn) is f:
+                    continue  # keeps its place: served once the client's ACK establishes it
+                del self._starved_rx[conn]
+                if f.state in _RECEIVING and not f.fin_received and self._by_conn.get(conn) is f:
+                    before = self._advertised(f)
+                    out.append(self._send(f, f.snd_nxt, ACK))
+                    if self._advertised(f) <= before and conn in self._starved_rx:
+                        break  # nothing given: the pool is too tight for a segment
+        finally:
+            self._feeding = False
+        while self._starved_tx and self._budget_tx - self._committed_tx >= self._min_read:
+            conn, f = next(iter(self._starved_tx.items()))
+            del self._starved_tx[conn]
+            if self._by_conn.get(conn) is f:
+                out.append(ResumeReading(conn))
+        return out
 
     # -- events from the TUN device -----------------------------------------
 
@@ -488,8 +615,13 @@ class TcpStack:
         raw = packet[offset:] if offset and seg.flags & SYN else packet  # quoted by ICMP errors
         if f is None:
             self._no_flow(key, seg, raw, now, out)
+            f = self._flows.get(key)
         else:
             self._input(f, seg, raw, now, out)
+        if f is not None:
+            self._account(f)
+        if self._starved_rx or self._starved_tx:
+            out += self._feed()
         return out
 
     def flush(self, now: float) -> list[TcpAction]:
@@ -505,6 +637,15 @@ class TcpStack:
 
     def handle(self, event: TcpEvent, now: float) -> list[TcpAction]:
         """What happened on the app side of one flow."""
+        out = self._handle(event, now)
+        f = self._by_conn.get(event.conn)
+        if f is not None:
+            self._account(f)
+        if self._starved_rx or self._starved_tx:
+            out += self._feed()
+        return out
+
+    def _handle(self, event: TcpEvent, now: float) -> list[TcpAction]:
         match event:  # the frequent ones first
             case FlowData(conn, data):
                 return self._flow_data(conn, data, now)
@@ -541,6 +682,8 @@ class TcpStack:
 
     def _flow_data(self, conn: int, data: bytes, now: float) -> list[TcpAction]:
         f = self._by_conn.get(conn)
+        if f is not None:
+            f.reading = 0  # the reserved read came back: its bytes count from now on
         if f is None or f.state not in _APP_WRITES or f.fin_queued or not data:
             return []
         f.sndbuf += data
@@ -552,6 +695,8 @@ class TcpStack:
 
     def _flow_end(self, conn: int, now: float) -> list[TcpAction]:
         f = self._by_conn.get(conn)
+        if f is not None:
+            f.reading = 0
         if f is None or f.state not in _APP_WRITES or f.fin_queued:
             return []
         f.fin_queued = True
@@ -570,7 +715,7 @@ class TcpStack:
         # doubled and grew by a segment (receiver-side silly window avoidance).
         free = self._free(f)
         current = self._advertised(f)
-        if free - current >= max(self._update_threshold(), current):
+        if free - current >= max(self._update_threshold(f), current):
             return [self._send(f, f.snd_nxt, ACK)]
         return []
 
@@ -578,6 +723,7 @@ class TcpStack:
         f = self._by_conn.get(conn)
         if f is None:
             return []
+        f.reading = 0
         out: list[TcpAction] = []
         self._abort(f, f"app flow failed: {reason}", out, send_rst=True)
         return out
@@ -620,6 +766,9 @@ class TcpStack:
                 continue
             kind, f.timer = f.timer, None
             self._on_timer(f, kind, now, out)
+            self._account(f)
+        if self._starved_rx or self._starved_tx:
+            out += self._feed()
         return out
 
     def _arm(self, f: _Flow, kind: Timer, deadline: float) -> None:
@@ -863,6 +1012,9 @@ class TcpStack:
         self._want_ack(f)
         if not payload:
             return
+        if (f.rcv_adv - seq - len(payload)) & MASK < f.rcv_target // 2:
+            # The client filled half the window it had: it could use more.
+            f.rcv_target = min(f.rcv_target * 2, self.config.receive_buffer)
         if off:
             self._store_out_of_order(f, seq, payload)
             return
@@ -1030,6 +1182,11 @@ class TcpStack:
         self._flows.pop(f.key, None)
         self._by_conn.pop(f.conn, None)
         self._pending_acks.pop(f.conn, None)
+        self._starved_rx.pop(f.conn, None)
+        self._starved_tx.pop(f.conn, None)
+        self._committed_rx -= f.committed_rx
+        self._committed_tx -= f.committed_tx
+        f.committed_rx = f.committed_tx = 0
 
     # -- building segments ---------------------------------------------------------
 
@@ -1039,22 +1196,44 @@ class TcpStack:
         return (f.rcv_adv - f.rcv_nxt) & MASK if seq_le(f.rcv_nxt, f.rcv_adv) else 0
 
     def _free(self, f: _Flow) -> int:
-        return max(self.config.receive_buffer - f.undelivered - f.ooo_bytes, 0)
+        """The window f may offer from rcv_nxt: its own buffer's room, and the pool's."""
+        own = max(min(self.config.receive_buffer - f.undelivered, f.rcv_target) - f.ooo_bytes, 0)
+        pool = self._window_room(f)
+        current = self._advertised(f)
+        if self._starved_rx and not self._feeding:
+            pool = min(pool, current)  # flows waiting for the pool are served first
+        if pool >= own:
+            return own
+        threshold = self._update_threshold(f)
+        if pool - current < threshold <= own - current and f.conn not in self._starved_rx:
+            # It wants a window the pool cannot give now: a window update once it can.
+            self.stats.pool_waits += 1
+            self._starved_rx[f.conn] = f
+        return max(pool, 0)
 
-    def _update_threshold(self) -> int:
-        return min(self.config.mss, self.config.receive_buffer // 2)
+    def _update_threshold(self, f: _Flow) -> int:
+        # RFC 1122's receiver SWS avoidance: a segment, or half the flow's buffer.
+        return min(self.config.mss, f.rcv_target // 2)
 
     def _window_field(self, f: _Flow) -> int:
         """The window to advertise now; remembers its right edge, which never moves left."""
         current = self._advertised(f)
         free = self._free(f)
-        window = free if free - current >= self._update_threshold() else current
         shift = f.rcv_wscale
-        # Rounded up, not down: rounding down could pull the right edge back.
-        value = min((window + (1 << shift) - 1) >> shift, 0xFFFF)
+        if free - current >= self._update_threshold(f):
+            # A new edge, rounded down: what is advertised stays within the pool.
+            value = min(free >> shift, 0xFFFF)
+        else:
+            # The old edge, rounded up: rounding down could pull it back; unless the
+            # pool has not the few bytes that adds (RFC 7323 lets a scaled window
+            # seem to shrink by its rounding).
+            value = min((current + (1 << shift) - 1) >> shift, 0xFFFF)
+            if value << shift > max(self._window_room(f), current):
+                value = current >> shift
         edge = (f.rcv_nxt + (value << shift)) & MASK
         if seq_lt(f.rcv_adv, edge):
             f.rcv_adv = edge
+            self._account(f)
         return value
 
     def _want_ack(self, f: _Flow) -> None:
@@ -1087,6 +1266,7 @@ class TcpStack:
     def _syn_ack(self, f: _Flow, now: float) -> Send:
         window = min(self._free(f), 0xFFFF)  # a SYN's window is never scaled
         f.rcv_adv = (f.rcv_nxt + window) & MASK
+        self._account(f)
         f.timed_at = now
         options = ip.encode_options(
             mss=self.config.mss,

@@ -31,7 +31,9 @@ computed, and takes ours the same way. Python then never sums a payload and
 pays its per-packet cost once per 64 KiB instead of once per MTU. Memory per flow is bounded
 both ways by the TcpConfig buffers: a slow client closes its window and the
 reader stops reading the Flow; a slow Flow keeps deliveries unconsumed and the
-stack closes the client's window.
+stack closes the client's window. All flows together stay within
+``TcpConfig.max_buffered``: a reader first waits until its Flow has bytes, then
+reserves the read in the stack's pool (``reserve_send``) and reads no more.
 
 Only IPv4 TCP is carried; IPv6 and UDP packets are read and dropped (DNS is
 served elsewhere).
@@ -410,6 +412,10 @@ class TunStack:
                 "flows": len(self._stack),
                 "relaying": len(self._live),
                 "buffered_bytes": self._stack.buffered_bytes(),
+                "committed_bytes": self._stack.committed_bytes(),
+                "committed_peak": s.committed_peak,
+                "max_buffered": self.config.max_buffered,
+                "pool_waits": s.pool_waits,
                 "malformed": s.malformed,
                 "ignored": s.ignored,
                 "retransmits": s.retransmits,
@@ -602,23 +608,39 @@ class TunStack:
             self._thread_done(h)
 
     def _read_app(self, h: _Handle) -> None:
-        """Flow -> client, as fast as the client's window drains our send buffer."""
+        """Flow -> client, as fast as the client's window drains our send buffer.
+
+        The read's size is set aside in the stack's pool before it is made
+        (``reserve_send``), so that readers of many flows cannot together take more
+        than the pool; and a Flow with a file descriptor is first waited on until it
+        has bytes, so that an idle flow holds no reservation."""
         stack, lock, clock = self._stack, self._lock, self._clock
+        fileno = getattr(h.flow, "fileno", None)
+        poller: select.poll | None = None
+        if fileno is not None:
+            poller = select.poll()
+            poller.register(fileno(), select.POLLIN)
         with self._relaying(h):
             while True:
+                if poller is not None:
+                    poller.poll()  # bytes, EOF or an error: recv says which
+                    if h.released:
+                        return
                 h.space.clear()
                 with lock:
-                    space = stack.send_space(h.conn)
+                    space = stack.reserve_send(h.conn, CHUNK)
                 if space is None:
                     return
                 if space == 0:
                     h.space.wait()
                     continue
                 try:
-                    data = h.flow.recv(min(space, CHUNK))
+                    data = h.flow.recv(space)
                 except TimeoutError:
                     # A Flow with a timeout set: an idle flow is no failure, and
                     # a recv that timed out took nothing, so asking again is safe.
+                    with lock:
+                        self._carry_out(stack.release_send(h.conn))
                     if h.released:
                         return
                     continue

@@ -189,6 +189,10 @@ class Laptop:
     def processes(self, containing: str = "") -> list[str]:
         """The command lines of the laptop's running processes (its pid 1 aside) that
         contain `containing`, read from the host: the processes in its PID namespace."""
+        return [line for _, _, line in self.process_table(containing)]
+
+    def process_table(self, containing: str = "") -> list[tuple[int, int, str]]:
+        """(host pid, real uid, command line) of each process `processes` lists."""
         pid_ns = hostnet.pid_ns_file(self.name).stat().st_ino
         found = []
         for entry in Path("/proc").iterdir():
@@ -198,11 +202,13 @@ class Laptop:
                 if (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
                     continue
                 args = (entry / "cmdline").read_bytes().split(b"\0")
+                status = (entry / "status").read_text()
             except OSError:
                 continue  # ended meanwhile
             line = " ".join(a.decode(errors="replace") for a in args if a)
             if containing in line and hostnet.LAPTOP_EXEC.name + " -- init" not in line:
-                found.append(line)
+                uid = next(int(r.split()[1]) for r in status.splitlines() if r.startswith("Uid:"))
+                found.append((int(entry.name), uid, line))
         return found
 
     def popen(

@@ -13,6 +13,7 @@ from ktpy.config import (
     detect_invoker,
     read_kubeconfig_view,
     resolve_settings,
+    unprivileged_identity,
 )
 from ktpy.errors import ConfigProblem
 from ktpy.logs import LogFormat
@@ -255,6 +256,8 @@ class TestBadValues:
             ({"KTPY_LOG_FORMAT": "xml"}, "console, json"),
             ({"KTPY_DEBUG": "maybe"}, "not a boolean"),
             ({"KTPY_IMAGE": "  "}, "is not an image reference"),
+            ({"KTPY_TUN_BUFFER": "lots"}, "not a size"),
+            ({"KTPY_TUN_BUFFER": "512KiB"}, "outside 1MiB..4GiB"),
         ],
     )
     def test_bad_environment_values_name_their_source(
@@ -291,7 +294,30 @@ class TestBadValues:
         assert settings.debug is True
         assert settings.socks_port == 1081
 
+    def test_the_tun_buffer_is_64_mib_unless_configured(self, tmp_path: Path) -> None:
+        settings = resolve_settings({}, environ={}, invoker=user(tmp_path), hostname="h")
+        assert settings.tun_buffer == 64 << 20
+        environ = {"KTPY_TUN_BUFFER": "8MiB"}
+        settings = resolve_settings({}, environ=environ, invoker=user(tmp_path), hostname="h")
+        assert settings.tun_buffer == 8 << 20
+        assert settings.source_of("tun_buffer") == "environment KTPY_TUN_BUFFER"
+
     def test_empty_config_file_is_fine(self, tmp_path: Path) -> None:
         write(tmp_path / ".config/ktpy/config.yaml", "")
         settings = resolve_settings({}, environ={}, invoker=user(tmp_path), hostname="h")
         assert settings.namespace == "default"
+
+
+def test_the_unprivileged_identity_is_the_sudo_user_else_nobody(tmp_path: Path) -> None:
+    """Who runs the code that parses network input when ktpy itself is root."""
+    sudo = Invoker("bob", 1001, 1002, tmp_path, via_sudo=True, is_root=True)
+    assert unprivileged_identity(sudo) == (1001, 1002)
+    root = Invoker("root", 0, 0, tmp_path, via_sudo=False, is_root=True)
+    nobody = pwd.struct_passwd(("nobody", "x", 65534, 65533, "", "/", "/bin/false"))
+    assert unprivileged_identity(root, by_name=lambda name: nobody) == (65534, 65533)
+
+    def missing(name: str) -> pwd.struct_passwd:
+        raise KeyError(name)
+
+    assert unprivileged_identity(root, by_name=missing) == (65534, 65534)
+    assert unprivileged_identity(user(tmp_path)) is None  # not root: nothing to drop

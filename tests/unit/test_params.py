@@ -20,6 +20,7 @@ from ktpy.params import (
     forward_targets_callback,
     is_dns1123_label,
     is_port_name,
+    parse_byte_size,
     parse_cidr,
     parse_expose,
     parse_forward_targets,
@@ -309,3 +310,18 @@ class TestServiceTarget:
     def test_bad_targets(self, text: str, message: str) -> None:
         with pytest.raises(ValueError, match=message):
             params.parse_service_target(text, deployments=True)
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [("1048576", 1 << 20), ("64MiB", 64 << 20), ("512KiB", 512 << 10), ("1G", 1 << 30),
+     (" 8 mib ", 8 << 20)],
+)  # fmt: skip
+def test_byte_sizes_are_binary(text: str, size: int) -> None:
+    assert parse_byte_size(text) == size
+
+
+@pytest.mark.parametrize("text", ["", "MiB", "1.5MiB", "8MB", "-1"])
+def test_a_size_without_a_number_or_with_an_unknown_unit_is_refused(text: str) -> None:
+    with pytest.raises(ValueError, match="not a size"):
+        parse_byte_size(text)

@@ -4,6 +4,8 @@ API server and the bed resolver (issue 4's acceptance)."""
 from __future__ import annotations
 
 import json
+import os
+import pwd
 import re
 import signal
 import subprocess
@@ -294,6 +296,166 @@ def test_many_connections_bulk_download_and_a_slow_reader(
         assert growth_mib < 64, f"ktpy grew by {growth_mib:.0f} MiB behind a slow reader"
     finally:
         assert session.stop(signal.SIGINT) == 130
+
+
+SLOW_READER = """
+import hashlib, json, selectors, socket, sys, time
+host, n, count, rate, expected = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), \\
+    int(sys.argv[4]), sys.argv[5]
+request = b"GET /bytes?n=%d HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n" % n
+selector = selectors.DefaultSelector()
+received = {}
+for i in range(count):
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # the slow reader's small window
+    s.settimeout(30)
+    s.connect((host, 80))
+    s.sendall(request)
+    s.setblocking(False)
+    selector.register(s, selectors.EVENT_READ)
+    received[s] = bytearray()
+started, total, good, deadline = time.monotonic(), 0, 0, time.monotonic() + 150
+while received and time.monotonic() < deadline:
+    for key, _ in selector.select(timeout=30):
+        data = key.fileobj.recv(4096)  # a little from each, at `rate` bytes/s in all
+        total += len(data)
+        if data:
+            received[key.fileobj] += data
+            continue
+        selector.unregister(key.fileobj)
+        key.fileobj.close()
+        head, _, body = bytes(received.pop(key.fileobj)).partition(b"\\r\\n\\r\\n")
+        good += head.startswith(b"HTTP/1.1 200") and hashlib.sha256(body).hexdigest() == expected
+    time.sleep(max(started + total / rate - time.monotonic(), 0))
+print(json.dumps({"good": good, "unfinished": len(received), "bytes": total,
+                  "seconds": round(time.monotonic() - started, 1)}))
+"""
+
+
+def test_a_thousand_flows_behind_a_slow_reader_stay_within_the_buffer_bound(
+    bed: Bed, echo: str, laptop: Laptop
+) -> None:
+    """The TUN stack's pool (issue 13): 1,000 downloads read slowly on the laptop hold
+    no more than KTPY_TUN_BUFFER in the stack, every byte arrives; and an IPv6 range
+    is not routed (said in one line), so a connection to it fails at once."""
+    ns = echo
+    bound = 8 << 20
+    session = run_ktpy(
+        laptop, "-n", ns, "connect", "--include-cidr", "fd00:ab::/64",
+        env={"KTPY_TUN_BUFFER": "8MiB"},
+    )  # fmt: skip
+    session.wait_ready(90)
+    try:
+        unrouted = [line for line in session.output if "fd00:ab::/64" in line]
+        assert unrouted == [
+            "Not routed: fd00:ab::/64: the TUN stack carries IPv4 only"
+            " (IPv6 addresses work through the SOCKS5 proxy)"
+        ]
+        assert "fd00:ab::" not in laptop.run("ip", "-6", "route", "show", "table", "all").stdout
+        probe = (
+            "import socket, time\n"
+            "started = time.monotonic()\n"
+            "try:\n"
+            "    socket.create_connection(('fd00:ab::1', 80), timeout=10)\n"
+            "except OSError as exc:\n"
+            "    print(type(exc).__name__, round(time.monotonic() - started, 2))\n"
+        )
+        _, seconds = laptop.run(sys.executable, "-c", probe).stdout.split()
+        assert float(seconds) < 1
+
+        count, size = 1000, 64 << 10
+        cluster_ip = bed.get_json("-n", ns, "service", "echo")["spec"]["clusterIP"]
+        done = laptop.run(
+            sys.executable, "-c", SLOW_READER, cluster_ip, str(size), str(count),
+            str(16 << 20), images.echo_bytes_sha256(size), timeout=200,
+        )  # fmt: skip
+        result = json.loads(done.stdout)
+        stats_file = f"/run/ktpy/{session_id(session)}/tun-stats.json"
+        stats = json.loads(laptop.run("cat", stats_file).stdout)
+        print(f"slow reader: {result}; TUN stack: {stats}")
+        assert result["good"] == count, result  # every byte of every flow, in order
+        assert stats["max_buffered"] == bound
+        assert stats["committed_peak"] <= bound
+        assert stats["pool_waits"] > 0  # flows did wait for the pool: the bound was reached
+    finally:
+        assert session.stop(signal.SIGINT) == 130
+
+
+AS_OTHER_USER = """
+import os, pwd, socket, sys
+other = pwd.getpwnam("nobody")
+os.setgroups([])
+os.setresgid(other.pw_gid, other.pw_gid, other.pw_gid)
+os.setresuid(other.pw_uid, other.pw_uid, other.pw_uid)
+s = socket.socket(socket.AF_UNIX)
+try:
+    s.connect(sys.argv[1])
+    print("connected")
+except OSError as exc:
+    print(type(exc).__name__)
+"""
+
+
+DNS_LISTENER_UIDS = """
+import re, subprocess
+for proto in ("u", "t"):
+    shown = subprocess.run(["ss", "-Hln" + proto + "p", "sport = :53"],
+                           capture_output=True, text=True, check=True).stdout
+    for line in shown.splitlines():
+        if " 169.254.0." in line:
+            for pid in re.findall(r"pid=(\\d+)", line):
+                status = open(f"/proc/{pid}/status").read().splitlines()
+                uid = next(l.split()[1] for l in status if l.startswith("Uid:"))
+                print({"u": "udp", "t": "tcp"}[proto] + ":" + uid)
+"""
+
+
+def test_the_tun_stack_runs_as_the_invoking_user_and_its_proxy_is_theirs_alone(
+    bed: Bed, echo: str, laptop: Laptop
+) -> None:
+    """Least privilege (issue 13): under sudo the TUN stack, which parses what every
+    local program sends into the device, runs as SUDO_USER; its way into the tunnel
+    is a unix socket no other local user may open; no SOCKS port opens unasked; a
+    kill -9 of that unprivileged process makes root's part undo everything."""
+    ns = echo
+    dev = pwd.getpwnam("ktbed-dev")
+    before = _snapshot(laptop)
+    session = run_ktpy(laptop, "-n", ns, "connect", env={"SUDO_USER": "ktbed-dev"})
+    session.wait_ready(90)
+    try:
+        assert not [line for line in session.output if "SOCKS5 proxy on" in line]
+        table = laptop.process_table(" -m ktpy")
+        owners = {line.split(" -m ", 1)[1].split()[0]: uid for _, uid, line in table}
+        print(f"ktpy processes by uid: {owners}")
+        assert owners["ktpy.net.tun_process"] == dev.pw_uid
+        assert _get(laptop, f"http://echo.{ns}/")["pod"]  # through the stack, as that user
+        # The DNS server's listeners (UDP and TCP port 53 on the TUN address, bound by
+        # root) belong to that user's process alone.
+        listeners = laptop.run(sys.executable, "-c", DNS_LISTENER_UIDS).stdout.split()
+        assert listeners == [f"udp:{dev.pw_uid}", f"tcp:{dev.pw_uid}"]
+
+        channel = f"/run/ktpy/{session_id(session)}/socks.sock"
+        other = laptop.run(sys.executable, "-c", AS_OTHER_USER, channel).stdout.split()
+        assert other == ["PermissionError"]
+        refused = laptop.run(
+            sys.executable, "-c",
+            "import socket\n"
+            "try:\n"
+            "    socket.create_connection(('127.0.0.1', 2223), timeout=5); print('open')\n"
+            "except ConnectionRefusedError:\n"
+            "    print('refused')\n",
+        ).stdout.split()  # fmt: skip
+        assert refused == ["refused"]
+
+        stack_pid = next(pid for pid, _, line in table if "ktpy.net.tun_process" in line)
+        os.kill(stack_pid, signal.SIGKILL)
+        assert session.proc.wait(60) == 40  # SessionLost, with everything undone
+    finally:
+        if session.proc.poll() is None:
+            session.stop(signal.SIGINT)
+    assert any("TUN stack process ended on its own" in line for line in session.all_errors())
+    assert _snapshot(laptop) == before
+    assert laptop.processes("ktpy") == []
 
 
 def _rss_kib(pid: int) -> int:

@@ -1,10 +1,13 @@
 import json
 from collections.abc import Sequence
 from ipaddress import ip_address, ip_network
+from pathlib import Path
 from typing import cast
 
 import pytest
+from click.testing import CliRunner
 
+from ktpy.cli import cli
 from ktpy.cluster.name_watch import KnownNames
 from ktpy.cluster.ranges import Ranges
 from ktpy.commands.connect_tun import (
@@ -95,3 +98,13 @@ def test_without_the_cluster_role_connect_says_so_in_one_line() -> None:
     assert "\n" not in note
     assert "docs/rbac/connect-ranges.yaml" in note
     assert "the service range, the pod range, other namespaces' names" in note
+
+
+def test_pac_and_env_lines_need_a_socks_port_in_tun_mode(tmp_path: Path) -> None:
+    """tun2socks opens no SOCKS5 port unless asked, so it has none to print: said
+    before anything changes (no root, no cluster needed to hear it)."""
+    env = {"KTPY_CONFIG": str(tmp_path / "none.yaml")}
+    for flag in ("--print-pac", "--print-env"):
+        result = CliRunner().invoke(cli, ["connect", flag], env=env)
+        assert result.exit_code == 2, result.output
+        assert "need a SOCKS5 port in tun2socks mode" in result.output

@@ -76,7 +76,8 @@ def test_handshake_answers_only_once_the_app_flow_is_open() -> None:
     (
         pb
         >> FlowOpened(1)
-        << Seg("S.", seq=0, ack=1, window=65535, mss=MSS, wscale=5, sack_permitted=True)
+        # The window: TcpConfig.initial_window, below the 64 KiB a SYN-ACK could say.
+        << Seg("S.", seq=0, ack=1, window=16384, mss=MSS, wscale=5, sack_permitted=True)
     )
     assert pb.stack.state(1) is State.SYN_RECEIVED
     assert pb >> c.ack()
@@ -84,7 +85,7 @@ def test_handshake_answers_only_once_the_app_flow_is_open() -> None:
 
 
 def test_syn_ack_offers_no_scaling_or_sack_when_the_client_did_not() -> None:
-    pb = book()
+    pb = book(initial_window=1 << 20)
     c = pb.client(wscale=None, sack=False)
     pb >> c.syn() << c.connect(1)
     pb >> FlowOpened(1) << Seg("S.", mss=MSS, wscale=None, sack_permitted=False, window=65535)
@@ -733,6 +734,79 @@ def test_buffered_bytes_counts_every_kind_of_held_data() -> None:
     assert pb.stack.buffered_bytes() == 300 + 200 + 50
     pb >> Delivered(1, 200)
     assert pb.stack.buffered_bytes() == 350
+
+
+# -- the pool shared by all flows ---------------------------------------------------------
+
+
+def test_all_flows_together_commit_no_more_than_the_pool() -> None:
+    """Windows come out of one pool: a flow it cannot serve gets a zero window,
+    nothing is dropped, and a window update once the pool has room, oldest first."""
+    pb = book(receive_buffer=4 * MSS, send_buffer=8192, initial_window=4096, max_buffered=16384)
+    one, two, three = (pb.client(sport=40000 + n, wscale=None) for n in range(3))
+    for conn, c, window in ((1, one, 4096), (2, two, 4096), (3, three, 0)):
+        pb >> c.syn() << c.connect(conn)
+        pb >> FlowOpened(conn) << Seg("S.", window=window, to=c)
+        pb >> c.ack()
+    assert pb.stack.committed_bytes() == 8192
+    assert pb.stack.send_space(1) == 8192  # the other half is untouched
+    pb >> one.send(b"1" * 4096) << Deliver(1, b"1" * 4096) << Seg(".", ack=4097, window=0)
+    pb >> three.send(b"3") << Seg(".", ack=1, window=0, to=three)  # no window: not taken
+    assert pb.stack.committed_bytes() == 8192
+    # Flow 1's app consumes: the pool's room goes to flow 3 first, which waited first.
+    pb >> Delivered(1, 4096) << Seg(".", ack=1, window=4096, to=three)
+    three.seq = three.isn + 1
+    pb >> three.send(b"3" * 100) << Deliver(3, b"3" * 100) << Seg(".", ack=101, window=3996)
+    assert pb.stack.committed_bytes() == 8192
+    assert pb.stack.stats.committed_peak == 8192
+    # Flow 2 ends: flow 1 gets its window back.
+    pb >> two.rst() << CloseFlow(2, True, "reset by the client")
+    assert pb << Seg(".", ack=4097, window=4096, to=one)
+    assert pb.stack.stats.pool_waits == 2
+
+
+def test_a_flow_still_in_its_handshake_keeps_its_place_for_the_pool() -> None:
+    pb = book(receive_buffer=4 * MSS, initial_window=4096, max_buffered=16384)
+    one, two, three = (pb.client(sport=40000 + n, wscale=None) for n in range(3))
+    handshake(pb, one, 1)
+    handshake(pb, two, 2)
+    pb >> three.syn() << three.connect(3)
+    pb >> FlowOpened(3) << Seg("S.", window=0, to=three)  # the pool is taken
+    # Room comes while flow 3 waits for the client's ACK: nothing to update yet...
+    pb >> two.rst() << CloseFlow(2, True, "reset by the client")
+    # ... and its window opens as soon as it is established.
+    assert pb >> three.ack() << Seg(".", ack=1, window=4096, to=three)
+
+
+def test_a_read_waits_for_the_pool_and_resumes_when_it_frees() -> None:
+    pb, c = established(send_buffer=32768, max_buffered=16384, initial_window=4096)
+    pb >> c.ack(window=0)
+    assert pb.stack.reserve_send(1, 1 << 20) == 8192  # the pool's half toward the client
+    assert pb.stack.committed_bytes() == 4096 + 8192  # and the window
+    assert pb.stack.send_space(1) == 0  # reserved: nothing more until the read is in
+    pb >> FlowData(1, b"r" * 8192)
+    assert pb.stack.send_space(1) == 0  # that half is full: wait
+    pb >> c.ack(window=100)
+    for _ in range(5):
+        pb << Seg(".")
+    pb << Seg("P.")
+    assert pb >> c.ack() << ResumeReading(1)
+    assert pb.stack.send_space(1) == 8192
+    assert pb.stack.committed_bytes() == 4096
+
+
+def test_a_reserved_read_that_took_nothing_is_given_back() -> None:
+    pb, _ = established(max_buffered=1 << 20)
+    taken = pb.stack.reserve_send(1, 8192)
+    assert taken == 8192
+    assert pb.stack.release_send(1) == []
+    assert pb.stack.committed_bytes() == 16384  # the SYN-ACK's window alone
+
+
+def test_the_window_grows_when_the_client_fills_it() -> None:
+    pb, c = established(initial_window=4096)  # scaled by 2**5 (receive_buffer 1 MiB)
+    pb >> c.send(b"g" * 1024) << Deliver(1, b"g" * 1024) << Seg(".", ack=1025, window=3072 >> 5)
+    pb >> c.send(b"g" * 3072) << Deliver(1, b"g" * 3072) << Seg(".", ack=4097, window=8192 >> 5)
 
 
 def test_timers_are_reported_and_cleared() -> None:
