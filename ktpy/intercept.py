@@ -369,18 +369,14 @@ class Intercept:
             return undone
         # The pods the Service selects now: a selector someone else set is theirs.
         now_selecting = redirect.selector_of(restored.body) if restored else request.selector
-        originals = waits.ready_pods(self.api, request.namespace, now_selecting)
-        with progress.waiting(
-            f"Switching the endpoints of service {request.service} back to its pods"
-        ):
-            waits.wait_endpoints(
-                self.api,
-                request.namespace,
-                request.service,
-                lambda ready: redirect.back_to_original(ready, self.shadow, originals),
-                timeout=SWITCH_TIMEOUT,
-                stop=hurried,
-            )
+        wait_back_to_pods(
+            self.api,
+            request.namespace,
+            request.service,
+            now_selecting,
+            lambda ready, originals: redirect.back_to_original(ready, self.shadow, originals),
+            hurried,
+        )
         self._drain(hurried)
         return undone
 
@@ -405,6 +401,28 @@ def _say_left(restored: modify.Restored, what: str) -> tuple[modify.LeftField, .
     if line is not None:
         click.echo(line, err=True)
     return restored.left
+
+
+def wait_back_to_pods(
+    api: ClusterApi,
+    namespace: str,
+    service: str,
+    selector: dict[str, str],
+    back: Callable[[frozenset[str], list[str]], bool],
+    hurried: Callable[[], bool],
+) -> None:
+    """After a restore: wait until the Service's ready endpoints are back on the pods
+    ``selector`` picks (``back(ready, those pods)``), saying so while it lasts."""
+    originals = waits.ready_pods(api, namespace, selector)
+    with progress.waiting(f"Switching the endpoints of service {service} back to its pods"):
+        waits.wait_endpoints(
+            api,
+            namespace,
+            service,
+            lambda ready: back(ready, originals),
+            timeout=SWITCH_TIMEOUT,
+            stop=hurried,
+        )
 
 
 def warn_local_ports(forwards: tuple[Forward, ...]) -> None:

@@ -60,7 +60,7 @@ from ktpy.cluster.modify import WRITE_ATTEMPTS
 from ktpy.cluster.ports import Forward
 from ktpy.config import Settings
 from ktpy.errors import AlreadyExchanged, KtpyError, NameTaken, UsageProblem
-from ktpy.intercept import PROXY_SETTLE, SWITCH_TIMEOUT, named_ports
+from ktpy.intercept import PROXY_SETTLE, SWITCH_TIMEOUT, named_ports, wait_back_to_pods
 from ktpy.logs import get_logger
 from ktpy.net.inbound import Inbound
 from ktpy.params import PortMapping, VersionMark
@@ -666,19 +666,15 @@ class MeshMember:
         if last:
             undone.append(f"restored the selector of service {request.service}")
             if not hurried():
-                originals = waits.ready_pods(self.api, request.namespace, request.selector)
-                with progress.waiting(
-                    f"Switching the endpoints of service {request.service} back to its pods"
-                ):
-                    waits.wait_endpoints(
-                        self.api,
-                        request.namespace,
-                        request.service,
-                        lambda ready: bool(ready & set(originals)) or not originals,
-                        timeout=SWITCH_TIMEOUT,
-                        stop=hurried,
-                    )
-                    time.sleep(PROXY_SETTLE)  # kube-proxy follows the EndpointSlices
+                wait_back_to_pods(
+                    self.api,
+                    request.namespace,
+                    request.service,
+                    request.selector,
+                    lambda ready, originals: bool(ready & set(originals)) or not originals,
+                    hurried,
+                )
+                time.sleep(PROXY_SETTLE)  # kube-proxy follows the EndpointSlices
             sweep.release(self.api, request.namespace, self.mesh_id)
             undone.append("removed the mesh router and stuntman")
         return undone

@@ -75,3 +75,21 @@ def take(cluster: Any, session: str, owner: str = "alice@lap", **kw: Any) -> Jso
 def without_version(body: JsonObject) -> JsonObject:
     body["metadata"].pop("resourceVersion")
     return body
+
+
+def dead_scale_exchange(cluster: FakeCluster, *, make_service: bool = False) -> None:
+    """A scale-mode exchange whose session died: Deployment at 0, Service nginx
+    (made here with make_service) locked."""
+    start_shadow(cluster, "dead0001")
+    if make_service:
+        cluster.put(Kind.SERVICE, user_service("nginx", selector={"app": "nginx"}))
+    web = {
+        "metadata": {"name": "web", "namespace": NS},
+        "spec": {"replicas": 2, "template": {"metadata": {"labels": {"app": "nginx"}}}},
+    }
+    cluster.create(Kind.DEPLOYMENT, NS, web)
+    current = cluster.get(Kind.DEPLOYMENT, NS, "web")
+    cluster.replace(Kind.DEPLOYMENT, NS, "web", redirect.scaled_deployment(current, "dead0001"))
+    service = cluster.get(Kind.SERVICE, NS, "nginx")
+    lock = locks.lock_for("dead0001", "bob@box", cluster.clock())
+    cluster.replace(Kind.SERVICE, NS, "nginx", redirect.locked_service(service, lock))

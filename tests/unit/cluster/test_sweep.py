@@ -3,8 +3,7 @@ from typing import Any
 
 import pytest
 
-from ktpy.cluster import inventory, modify, redirect, sweep
-from ktpy.cluster import lock as locks
+from ktpy.cluster import inventory, modify, sweep
 from ktpy.cluster.api import Conflict, Kind
 from ktpy.cluster.heartbeat import LocalProcess
 from ktpy.cluster.labels import Lock, PidStart, Role
@@ -12,7 +11,7 @@ from ktpy.cluster.modify import FieldChange
 from ktpy.cluster.sweep import CleanPlan, check_threshold, plan_clean
 from ktpy.errors import UsageProblem
 from tests.unit.cluster.objects import created, user_service
-from tests.unit.cluster.redirects import NS, start_shadow
+from tests.unit.cluster.redirects import NS, dead_scale_exchange
 from tests.unit.fakes import FakeCluster
 
 NOW = datetime(2026, 11, 27, 12, 0, 0, tzinfo=UTC)
@@ -158,32 +157,17 @@ class TestSelection:
 
 
 def test_release_session_restores_deployments_first_then_deletes(cluster: FakeCluster) -> None:
-    _dead_scale_exchange(cluster)
+    dead_scale_exchange(cluster)
     done = sweep.release(cluster, NS, "dead0001")
     assert done[:2] == ["restored deployment/web", "restored service/nginx"]
     assert cluster.get(Kind.DEPLOYMENT, NS, "web")["spec"]["replicas"] == 2
     assert cluster.names(Kind.POD, NS) == []
 
 
-def _dead_scale_exchange(cluster: FakeCluster) -> None:
-    """A scale-mode exchange whose session died: Deployment at 0, Service locked."""
-    start_shadow(cluster, "dead0001")
-    web = {
-        "metadata": {"name": "web", "namespace": NS},
-        "spec": {"replicas": 2, "template": {"metadata": {"labels": {"app": "nginx"}}}},
-    }
-    cluster.create(Kind.DEPLOYMENT, NS, web)
-    current = cluster.get(Kind.DEPLOYMENT, NS, "web")
-    cluster.replace(Kind.DEPLOYMENT, NS, "web", redirect.scaled_deployment(current, "dead0001"))
-    service = cluster.get(Kind.SERVICE, NS, "nginx")
-    lock = locks.lock_for("dead0001", "bob@box", cluster.clock())
-    cluster.replace(Kind.SERVICE, NS, "nginx", redirect.locked_service(service, lock))
-
-
 def test_clean_restores_in_the_same_order_as_release(cluster: FakeCluster) -> None:
     # The Service is listed first (inventory lists Services before Deployments); the
     # plan still restores the Deployment first, as release and the live teardown do.
-    _dead_scale_exchange(cluster)
+    dead_scale_exchange(cluster)
     cluster.clock.advance(timedelta(hours=1))
     result = plan_clean(
         inventory.modified_objects(cluster, NS),
@@ -202,7 +186,7 @@ def test_clean_restores_in_the_same_order_as_release(cluster: FakeCluster) -> No
 
 
 def test_clean_retries_a_write_that_lost_a_race(cluster: FakeCluster) -> None:
-    _dead_scale_exchange(cluster)
+    dead_scale_exchange(cluster)
     cluster.clock.advance(timedelta(hours=1))
     result = plan_clean(
         inventory.modified_objects(cluster, NS),

@@ -14,14 +14,13 @@ import pytest
 from click.testing import CliRunner
 
 from ktpy.cli import cli
-from ktpy.cluster import lock as locks
-from ktpy.cluster import manifests, mesh, redirect, router
+from ktpy.cluster import manifests, mesh, router
 from ktpy.cluster.api import Kind
 from ktpy.cluster.api.client import rbac_resource
 from ktpy.cluster.labels import Role
 from tests.rbac import Access, load_role
 from tests.unit.cluster.objects import created, user_service
-from tests.unit.cluster.redirects import NS, start_shadow
+from tests.unit.cluster.redirects import NS, dead_scale_exchange
 from tests.unit.fakes import FakeCluster
 
 VERBS = {"replace": "update"}  # FakeCluster's names for what RBAC calls otherwise
@@ -33,22 +32,6 @@ def accesses(cluster: FakeCluster) -> set[Access]:
         for verb, kind, _, _ in cluster.calls
         if kind is not None
     }
-
-
-def dead_scale_exchange(cluster: FakeCluster) -> None:
-    """A scale-mode exchange of Service nginx whose session died."""
-    start_shadow(cluster, "dead0001")
-    cluster.put(Kind.SERVICE, user_service("nginx", selector={"app": "nginx"}))
-    web = {
-        "metadata": {"name": "web", "namespace": NS},
-        "spec": {"replicas": 2, "template": {"metadata": {"labels": {"app": "nginx"}}}},
-    }
-    cluster.create(Kind.DEPLOYMENT, NS, web)
-    current = cluster.get(Kind.DEPLOYMENT, NS, "web")
-    cluster.replace(Kind.DEPLOYMENT, NS, "web", redirect.scaled_deployment(current, "dead0001"))
-    service = cluster.get(Kind.SERVICE, NS, "nginx")
-    lock = locks.lock_for("dead0001", "bob@box", cluster.clock())
-    cluster.replace(Kind.SERVICE, NS, "nginx", redirect.locked_service(service, lock))
 
 
 def live_mesh_with_a_dead_member(cluster: FakeCluster) -> None:
@@ -91,7 +74,7 @@ def test_clean_of_a_dead_scale_exchange_and_a_dead_mesh_member_stays_in_its_role
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     cluster = FakeCluster()
-    dead_scale_exchange(cluster)
+    dead_scale_exchange(cluster, make_service=True)
     live_mesh_with_a_dead_member(cluster)
     cluster.clock.advance(timedelta(minutes=5))  # the live mesh beats on; the dead do not
     for name in ("shop-kt-mesh-a", router.router_names("shop").deployment):
@@ -112,7 +95,7 @@ def test_recover_of_a_dead_scale_exchange_stays_in_its_role(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     cluster = FakeCluster()
-    dead_scale_exchange(cluster)
+    dead_scale_exchange(cluster, make_service=True)
     cluster.clock.advance(timedelta(minutes=5))
     cluster.calls.clear()
     done = run(cluster, monkeypatch, tmp_path, "recover", "nginx")
@@ -123,7 +106,7 @@ def test_recover_of_a_dead_scale_exchange_stays_in_its_role(
 
 def test_status_stays_in_its_role(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     cluster = FakeCluster()
-    dead_scale_exchange(cluster)
+    dead_scale_exchange(cluster, make_service=True)
     cluster.calls.clear()
     assert run(cluster, monkeypatch, tmp_path, "status").exit_code == 0
     assert accesses(cluster) <= load_role("status").rules
