@@ -111,11 +111,22 @@ class Session:
         self._spawn(self._keep, "shadow-keeper")
 
     def _supervise(self) -> None:
-        self.link.supervise(self._stop, self.lose)
+        try:
+            self.link.supervise(self._stop, self.lose)
+        except Exception as exc:  # a supervisor gone would leave a dead tunnel unseen
+            self.log.exception("tunnel supervisor failed")
+            self.lose(f"the tunnel's supervisor failed: {type(exc).__name__}: {exc}")
 
     # --- the shadow pod's end ---------------------------------------------------------------
 
     def _keep(self) -> None:
+        try:
+            self._follow_shadow()
+        except Exception as exc:  # a keeper gone would leave the pod's end unseen
+            self.log.exception("shadow pod keeper failed")
+            self.lose(f"the shadow pod's keeper failed: {type(exc).__name__}: {exc}")
+
+    def _follow_shadow(self) -> None:
         """Follow the shadow pod; an evicted one is replaced, any other end loses the
         session (``eviction.ShadowWatch`` decides). Outlives API outages: a failed
         list or watch is tried again. After a replacement it lists afresh: the events

@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import paramiko
 
-from ktpy.cluster.api import ClusterApi
+from ktpy.cluster.api import ApiError, ClusterApi
 from ktpy.errors import KtpyError, SessionLost, TunnelProtocolError
 from ktpy.logs import Logger
 from ktpy.session.shadow import ShadowSpec
@@ -135,7 +135,13 @@ class TunnelLink:
                 self.connect(again=True)
                 self.log.info("tunnel reconnected", attempts=attempt)
                 continue
-            except (KtpyError, portforward.PortForwardError, ssh.SshError, OSError) as exc:
+            except (
+                ApiError,  # 404 or 500 while the pod is replaced or a kubelet restarts
+                KtpyError,
+                portforward.PortForwardError,
+                ssh.SshError,
+                OSError,
+            ) as exc:
                 self.log.warning("reconnect failed", attempt=attempt, reason=str(exc))
             if self._wake.wait(max(0.0, delay - (time.monotonic() - started))):
                 self._wake.clear()

@@ -117,7 +117,9 @@ def answered_by(bed: Bed, namespace: str, want: str) -> Callable[[], bool]:
     return check
 
 
-@pytest.mark.parametrize("mode", ["selector", "scale"])
+# Scale mode (the new pod carries the template labels) through an eviction is the fault
+# matrix's cell exchange-scale x eviction (tests/e2e/faults): run with "scale" to see it here.
+@pytest.mark.parametrize("mode", ["selector"])
 def test_exchange_keeps_the_service_on_the_new_shadow_and_restores_after_a_persons_delete(
     bed: Bed, echo: str, laptop: Laptop, mode: str
 ) -> None:
