@@ -426,10 +426,14 @@ class MatrixRun:
             service = SERVICES[command]
             problems = [
                 f"{key} differs" for key in sorted(set(before_cluster) | set(after_cluster))
-                if key.split("/", 1)[1].startswith(service)
+                if owned_by(key.split("/", 1)[1], service)
                 and before_cluster.get(key) != after_cluster.get(key)
             ]  # fmt: skip
-            problems += [f"{o} left" for o in left if shadows[command] in o or f"/{service}-" in o]
+            problems += [
+                f"{o} left"
+                for o in left
+                if shadows[command] in o or owned_by(o.split("/")[1], service)
+            ]
             problems += [
                 f"host: {k} differs" for k in before_host if before_host[k] != after_host.get(k)
             ]
@@ -478,6 +482,11 @@ def failures(failed: list[dict[str, Any]]) -> str:
         key = (r.get("err") or f"answered by {r.get('pod')}")[:60]
         kinds[key] = kinds.get(key, 0) + 1
     return f" {kinds}" if kinds else ""
+
+
+def owned_by(name: str, service: str) -> bool:
+    """Whether an object is the command's Service or one made for it (``<svc>-kt-...``)."""
+    return name == service or name.startswith(f"{service}-kt-")
 
 
 def shadow_of(session: RunningKtpy) -> str:
