@@ -68,6 +68,7 @@ RATE = 4  # requests a second per load
 LOAD_SECONDS = 400  # a load's upper bound; the run ends it sooner
 TIMEOUT = 2.0  # per request
 REPORT = Path("/tmp/ktpy-fault-matrix.txt")
+STALE_FOR_CLEAN = "3s"
 
 # The Service each command works on; the laptop's local server port for the
 # commands that bring the cluster's traffic to the laptop.
@@ -420,6 +421,19 @@ class MatrixRun:
         ktpy = [sys.executable, "-m", "ktpy"]
         cleaned = self.a.run(*ktpy, "-n", ns, "clean", check=False, timeout=120)
         local = self.a.run(*ktpy, "clean", "--local", check=False, timeout=60)
+        if "mesh" in self.commands:
+            # A mesh's router and stuntman are the mesh's, which any member's heartbeat
+            # keeps alive, not the killed process's: clean takes them once that heartbeat
+            # is stale. Judged here with a stale-after of STALE_FOR_CLEAN instead of waiting
+            # the default's minutes.
+            deadline = time.monotonic() + 30
+            while any(owned_by(o.split("/")[1], "echo3") for o in self.bed.ktpy_objects(ns)):
+                assert time.monotonic() < deadline, "the mesh never went stale"
+                time.sleep(1)
+                cleaned = self.a.run(
+                    *ktpy, "-n", ns, "clean", check=False, timeout=120,
+                    env={"KTPY_STALE_AFTER": STALE_FOR_CLEAN},
+                )  # fmt: skip
         after_cluster, after_host = self.cluster_snapshot(), self.host_snapshot()
         left = self.bed.ktpy_objects(ns)
         for command in self.commands:
