@@ -500,8 +500,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     if _deselected_cells:
         terminalreporter.write_line(
-            f"fault matrix: {len(_deselected_cells)} cells (mesh, preview, forward) deselected; "
-            "KTPY_FAULT_MATRIX=full runs them"
+            f"fault matrix: {len(_deselected_cells)} tests of mesh, preview and forward "
+            "deselected; KTPY_FAULT_MATRIX=full runs them"
         )
 
 

@@ -153,6 +153,8 @@ def test_exchange_keeps_the_service_on_the_new_shadow_and_restores_after_a_perso
     assert until(lambda: not answered_by(bed, ns, "laptop")(), 10, "the pods answering again") < 10
 
 
+# The mesh x eviction cell in depth: with the matrix's other mesh cells, KTPY_FAULT_MATRIX=full.
+@pytest.mark.fault_matrix_full
 def test_mesh_keeps_the_route_to_the_new_shadow(bed: Bed, echo: str, laptop: Laptop) -> None:
     ns = echo
     before = service_text(bed, ns)
