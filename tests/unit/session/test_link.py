@@ -7,14 +7,19 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+import pytest
+
 from ktpy.cluster.api import NotFound, ServerError
 from ktpy.cluster.labels import Role
 from ktpy.logs import get_logger
+from ktpy.session import link as link_module
 from ktpy.session.link import TunnelLink
 from ktpy.session.shadow import ShadowSpec
 
 
-def test_api_errors_while_reconnecting_are_tried_again() -> None:
+def test_api_errors_while_reconnecting_are_tried_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(link_module, "CHECK_EVERY", 0.01)
+    monkeypatch.setattr(link_module, "RECONNECT_BACKOFF", (0.01,))
     spec = ShadowSpec(role=Role.CONNECT, namespace="dev", pod_name="p", image="i")
     link = TunnelLink(None, spec, None, get_logger("test"), threading.Event())  # type: ignore[arg-type]
     stop = threading.Event()
