@@ -134,14 +134,20 @@ def test_exchange_keeps_the_service_on_the_new_shadow_and_restores_after_a_perso
         pod, _ = evicted_and_resumed(bed, ns, session, answered_by(bed, ns, "laptop"))
         # Nothing was rewritten: the Service still selects what it did, which the new pod is.
         assert selector(bed, ns) == switched
-        slices = bed.get_json("-n", ns, "endpointslices", "-l", "kubernetes.io/service-name=echo")
-        serving = {
-            e["targetRef"]["name"]
-            for s in slices["items"]
-            for e in s.get("endpoints") or ()
-            if e["conditions"].get("ready")
-        }
-        assert serving == {pod}
+
+        def serving() -> set[str]:
+            slices = bed.get_json(
+                "-n", ns, "endpointslices", "-l", "kubernetes.io/service-name=echo"
+            )
+            return {
+                e["targetRef"]["name"]
+                for s in slices["items"]
+                for e in s.get("endpoints") or ()
+                if e["conditions"].get("ready")
+            }
+
+        # The slices may lag the answers for a moment (a readiness flip after the start).
+        until(lambda: serving() == {pod}, 10, "the EndpointSlices listing the new shadow only")
         for _ in range(5):
             assert answered_by(bed, ns, "laptop")()
         deleted_by_a_person(bed, ns, session)
