@@ -3,8 +3,9 @@
 A session creates its Secret (the client's public key and the host key it will
 pin) and its shadow pod, watches the pod until it is Ready (failing within
 seconds, with the reason, on an image or admission problem), opens SSH through
-a port-forward, keeps both alive (reconnecting with backoff after a drop), and
-refreshes its heartbeat. ``close()`` undoes everything it made, in order.
+a port-forward, keeps both alive (reconnecting with backoff after a drop; a new
+pod in place of an evicted one, ``eviction``), and refreshes its heartbeat.
+``close()`` undoes everything it made, in order.
 
 Its parts change for different reasons, so each has a module: ``shadow`` (the
 objects in the cluster), ``link`` (the tunnel), ``owner`` (who owns a session
@@ -13,6 +14,7 @@ on this machine). ``Session`` composes them.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -24,7 +26,7 @@ import paramiko
 
 from ktpy import progress
 from ktpy.cluster import names, policies
-from ktpy.cluster.api import ApiError, ClusterApi, Kind, NotFound, for_user
+from ktpy.cluster.api import ApiError, ClusterApi, Kind, follow, for_user
 from ktpy.cluster.bodies import JsonObject
 from ktpy.cluster.manifests import SessionMeta
 from ktpy.config import Settings
@@ -39,6 +41,8 @@ from ktpy.errors import (
     SessionLost,
 )
 from ktpy.logs import get_logger
+from ktpy.sansio import Action, Event
+from ktpy.session import eviction
 from ktpy.session.link import RemoteHandler, TunnelLink
 from ktpy.session.owner import check_local_process, judge_holder, local_owner_identity
 from ktpy.session.shadow import Created, ShadowObjects, ShadowSpec, pod_is_ready
@@ -143,9 +147,81 @@ class Session:
             raise
         self._spawn(self._supervise, "tunnel-supervisor")
         self._spawn(self._heartbeat, "heartbeat")
+        self._spawn(self._keep, "shadow-keeper")
 
     def _supervise(self) -> None:
-        self.link.supervise(self._stop, self.objects.pod_gone, self.lose)
+        try:
+            self.link.supervise(self._stop, self.lose)
+        except Exception as exc:  # a supervisor gone would leave a dead tunnel unseen
+            self.log.exception("tunnel supervisor failed")
+            self.lose(f"the tunnel's supervisor failed: {type(exc).__name__}: {exc}")
+
+    # --- the shadow pod's end ---------------------------------------------------------------
+
+    def _keep(self) -> None:
+        try:
+            self._follow_shadow()
+        except Exception as exc:  # a keeper gone would leave the pod's end unseen
+            self.log.exception("shadow pod keeper failed")
+            self.lose(f"the shadow pod's keeper failed: {type(exc).__name__}: {exc}")
+
+    def _follow_shadow(self) -> None:
+        """Follow the shadow pod; an evicted one is replaced, any other end loses the
+        session (``eviction.ShadowWatch`` decides). Outlives API outages: a failed
+        list or watch is tried again. After a replacement it lists afresh: the events
+        that came meanwhile tell of the old pod, not of the new one."""
+        name = self.spec.pod_name
+        watch = eviction.ShadowWatch(name, self.objects.pod_uid())
+
+        def retry(exc: Exception, failures: int) -> bool:
+            self.log.debug("shadow pod watch failed; will list again", reason=str(exc))
+            return True
+
+        while not self._stop.is_set():
+            followed = follow(
+                self.api,
+                Kind.POD,
+                self.spec.namespace,
+                field_selector=f"metadata.name={name}",
+                stop=self._stop.is_set,
+                retry=retry,
+                pause=self._stop.wait,
+                watch_seconds=30,
+                min_watch_seconds=1.0,
+            )
+            outcome = None
+            with contextlib.closing(followed):
+                for pods in followed:
+                    outcome = self._carry_out(watch, watch.handle(eviction.PodSeen(pods.get(name))))
+                    if outcome is not None:
+                        break
+            if outcome is not True:  # lost, or stopping
+                return
+
+    def _carry_out(self, watch: eviction.ShadowWatch, actions: list[Action]) -> bool | None:
+        """Do what the watch answered: None if nothing happened, True once a new pod
+        serves, False once the session is lost."""
+        for action in actions:
+            if isinstance(action, eviction.Lose):
+                self.lose(action.reason)
+                return False
+            if isinstance(action, eviction.Replace):
+                then = self._carry_out(watch, watch.handle(self._replace(action)))
+                return then is not False
+        return None
+
+    def _replace(self, action: eviction.Replace) -> Event:
+        """Carry out a Replace: the new pod Ready, the tunnel told to reconnect now."""
+        self.log.warning("shadow pod evicted; making a new one", why=action.why)
+        started = time.monotonic()
+        timeout = self.settings.pod_start_timeout.total_seconds()
+        try:
+            uid = self.objects.replace_pod(action.old, timeout, self._stop.is_set)
+        except (ApiError, KtpyError, OSError) as exc:
+            return eviction.ReplaceFailed(str(exc))
+        self.link.renew()
+        self.log.info("new shadow pod serves", seconds=f"{time.monotonic() - started:.1f}")
+        return eviction.Replaced(uid)
 
     def meta(self) -> SessionMeta:
         """What every object of this session carries, as of the API server's now."""
@@ -202,10 +278,6 @@ class Session:
                 for hook in list(self.heartbeat_hooks):
                     hook()
                 failing_since = None
-            except NotFound:
-                if self.objects.pod_gone():
-                    self.lose(f"shadow pod {self.spec.pod_name} was deleted by someone else")
-                    return
             except (ApiError, KtpyError) as exc:
                 self.log.warning("heartbeat failed; will retry", reason=str(exc))
                 now = time.monotonic()

@@ -21,7 +21,6 @@ from ktpy.cluster.api import ApiError, ClusterApi
 from ktpy.errors import (
     KtpyError,
     PortForwardRefused,
-    SessionLost,
     SshAuthFailed,
     SshHandshakeFailed,
     TunnelProtocolError,
@@ -73,6 +72,8 @@ class TunnelLink:
         self._stream: portforward.Stream | None = None
         self._transport_ready = threading.Condition()
         self._remote_forwards: dict[int, RemoteHandler] = {}
+        self._wake = threading.Event()  # cuts a backoff short
+        self._renew = threading.Event()
 
     def connect(self, *, again: bool = False) -> None:
         """Port-forward, then SSH; a failure is the KtpyError of its cause (the first
@@ -119,10 +120,12 @@ class TunnelLink:
             time.sleep(0.2)
         ssh.request_remote_forward(transport, port, handler)  # the last try says why
 
-    def supervise(self, stop: threading.Event, pod_gone: Callable[[], bool], lose: Lose) -> None:
+    def supervise(self, stop: threading.Event, lose: Lose) -> None:
         """Judge the path, reconnect port-forward and SSH after a drop (with backoff),
-        log each event. Gives up (``lose``) once the shadow pod is gone, or when the
-        server broke the WebSocket protocol (a reconnect would not mend that)."""
+        log each event. Gives up (``lose``) when the server broke the WebSocket
+        protocol (a reconnect would not mend that); whether the shadow pod's end ends
+        the session is the keeper's judgement (``session.eviction``), not this loop's:
+        it goes on trying until the session stops, and ``renew`` moves it to a new pod at once."""
         attempt = 0
         health = PathHealth()
         while not stop.wait(CHECK_EVERY):
@@ -134,7 +137,11 @@ class TunnelLink:
                     TunnelProtocolError,
                 )
                 return
-            if transport is not None and transport.is_active() and stream is not None:
+            renew = self._renew.is_set()
+            if renew:
+                self._renew.clear()
+                self.log.info("a new shadow pod serves; reconnecting to it")
+            elif transport is not None and transport.is_active() and stream is not None:
                 verdict = health.judge(time.monotonic(), stream.last_received)
                 if verdict is Verdict.PROBE:
                     stream.ping()
@@ -147,6 +154,8 @@ class TunnelLink:
                 )
             elif transport is not None:
                 self.log.warning("tunnel dropped; reconnecting")
+            if renew:
+                attempt = 0
             if transport is not None:
                 self._drop(transport)
                 health = PathHealth()
@@ -157,13 +166,25 @@ class TunnelLink:
                 self.connect(again=True)
                 self.log.info("tunnel reconnected", attempts=attempt)
                 continue
-            except (KtpyError, portforward.PortForwardError, ssh.SshError, OSError) as exc:
+            except (
+                ApiError,  # 404 or 500 while the pod is replaced or a kubelet restarts
+                KtpyError,
+                portforward.PortForwardError,
+                ssh.SshError,
+                OSError,
+            ) as exc:
                 self.log.warning("reconnect failed", attempt=attempt, reason=str(exc))
-                if pod_gone():
-                    lose(f"shadow pod {self.spec.pod_name} is gone", SessionLost)
-                    return
-            if stop.wait(max(0.0, delay - (time.monotonic() - started))):
+            if self._wake.wait(max(0.0, delay - (time.monotonic() - started))):
+                self._wake.clear()
+                attempt = 0
+            if stop.is_set():
                 return
+
+    def renew(self) -> None:
+        """A new shadow pod serves under the name: connect to it now, whatever the state
+        of the current connection (which may still reach the old pod while it dies)."""
+        self._renew.set()
+        self._wake.set()
 
     def _drop(self, transport: paramiko.Transport) -> None:
         with self._transport_ready:
@@ -190,6 +211,7 @@ class TunnelLink:
         ssh.request_remote_forward(self.transport(), port, handler)
 
     def close(self) -> None:
+        self._wake.set()  # a supervisor in its backoff sees the stop at once
         transport, self._transport, self._stream = self._transport, None, None
         if transport is not None:
             with contextlib.suppress(Exception):

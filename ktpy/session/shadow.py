@@ -24,7 +24,7 @@ from ktpy.cluster.api import (
     follow,
     wait_gone,
 )
-from ktpy.cluster.bodies import JsonObject
+from ktpy.cluster.bodies import JsonObject, Pod, Secret
 from ktpy.cluster.labels import Role
 from ktpy.config import Settings
 from ktpy.errors import (
@@ -41,6 +41,8 @@ from ktpy.tunnel import keys
 
 IMAGE_PULL_FAILURES = ("ErrImagePull", "ImagePullBackOff", "ErrImageNeverPull", "InvalidImageName")
 CONTAINER_FAILURES = ("CreateContainerConfigError", "CreateContainerError", "RunContainerError")
+# Frees the Secret from its pod (its owner), so that it outlives the pod.
+ORPHAN_PATCH = {"metadata": {"ownerReferences": None}}
 
 
 @dataclass(frozen=True)
@@ -131,9 +133,16 @@ class ShadowObjects:
             ) from None
 
     def _create(self) -> None:
-        spec = self.spec
         meta = self.meta(self.api.server_time())
-        secret = manifests.shadow_secret(
+        self.adopt(Kind.SECRET, self._secret(meta))
+        created = self.adopt(Kind.POD, self._pod(meta))
+        self.pod_labels = dict(created["metadata"].get("labels") or {})
+        self._own_secret(str(created["metadata"]["uid"]))
+        self.log.info("shadow pod created", image=self.spec.image)
+
+    def _secret(self, meta: manifests.SessionMeta) -> Secret:
+        spec = self.spec
+        return manifests.shadow_secret(
             manifests.ShadowSecretOptions(
                 name=spec.pod_name,
                 namespace=spec.namespace,
@@ -143,8 +152,10 @@ class ShadowObjects:
                 host_public_key=self._keys.host.public,
             )
         )
-        self.adopt(Kind.SECRET, secret)
-        pod = manifests.shadow_pod(
+
+    def _pod(self, meta: manifests.SessionMeta) -> Pod:
+        spec = self.spec
+        return manifests.shadow_pod(
             manifests.ShadowPodOptions(
                 name=spec.pod_name,
                 namespace=spec.namespace,
@@ -157,17 +168,57 @@ class ShadowObjects:
                 dns_port=spec.dns_port,
             )
         )
-        created = self.adopt(Kind.POD, pod)
-        self.pod_labels = dict(created["metadata"].get("labels") or {})
-        # The Secret goes with its pod even if ktpy never gets to delete it.
+
+    def _own_secret(self, pod_uid: str) -> None:
+        """The Secret goes with its pod even if ktpy never gets to delete it."""
         with contextlib.suppress(ApiError):
             self.api.patch(
                 Kind.SECRET,
-                spec.namespace,
-                spec.pod_name,
-                manifests.secret_owner_patch(spec.pod_name, str(created["metadata"]["uid"])),
+                self.spec.namespace,
+                self.spec.pod_name,
+                manifests.secret_owner_patch(self.spec.pod_name, pod_uid),
             )
-        self.log.info("shadow pod created", image=spec.image)
+
+    def pod_uid(self) -> str:
+        return next(o.uid for o in self.created if o.kind is Kind.POD)
+
+    def replace_pod(self, old: Mapping[str, Any], timeout: float, stop: Callable[[], bool]) -> str:
+        """A new shadow pod in place of ``old`` (evicted): same name, same labels (a
+        Service that selected the old one selects the new one, template labels of a
+        scale-mode exchange included), same Secret. Returns the new pod's uid once Ready.
+
+        The Secret is freed from the old pod first, or the garbage collector would
+        delete it with its owner; the old pod is then removed at once (it is going
+        anyway, and the name must be free), by uid, so nothing else is touched."""
+        spec = self.spec
+        old_uid = str(old["metadata"]["uid"])
+        meta = self.meta(self.api.server_time())
+        try:
+            self.api.patch(Kind.SECRET, spec.namespace, spec.pod_name, ORPHAN_PATCH)
+        except NotFound:
+            secret = self.api.create(Kind.SECRET, spec.namespace, self._secret(meta))
+            self._record(Kind.SECRET, str(secret["metadata"]["uid"]))
+        with contextlib.suppress(Conflict, NotFound):
+            self.api.delete(
+                Kind.POD, spec.namespace, spec.pod_name, uid=old_uid, grace_period_seconds=0
+            )
+        wait_gone(self.api, [(Kind.POD, spec.namespace, spec.pod_name, old_uid)], timeout=timeout)
+        pod = self._pod(meta)
+        fresh = pod["metadata"]["labels"]
+        pod["metadata"]["labels"] = {**(old["metadata"].get("labels") or {}), **fresh}
+        created = self.api.create(Kind.POD, spec.namespace, pod)
+        uid = str(created["metadata"]["uid"])
+        self._record(Kind.POD, uid)
+        self._own_secret(uid)
+        self.log.info("new shadow pod created", replaces=old_uid)
+        self.wait_ready(timeout, stop)
+        return uid
+
+    def _record(self, kind: Kind, uid: str) -> None:
+        """The object of ``kind`` made anew under its name: its new uid recorded."""
+        for obj in self.created:
+            if obj.kind is kind and obj.name == self.spec.pod_name:
+                obj.uid = uid
 
     def wait_ready(
         self,
@@ -212,19 +263,11 @@ class ShadowObjects:
 
     def refresh_heartbeat(self, now: datetime) -> None:
         for obj in list(self.created):
-            self.api.patch(obj.kind, obj.namespace, obj.name, labels.heartbeat_patch(now))
+            with contextlib.suppress(NotFound):  # a shadow pod being replaced; the keeper judges
+                self.api.patch(obj.kind, obj.namespace, obj.name, labels.heartbeat_patch(now))
         for kind, namespace, name in list(self.shared):
             with contextlib.suppress(NotFound):  # gone with its mesh: nothing to keep alive
                 self.api.patch(kind, namespace, name, labels.heartbeat_patch(now))
-
-    def pod_gone(self) -> bool:
-        try:
-            pod = self.api.get(Kind.POD, self.spec.namespace, self.spec.pod_name)
-        except NotFound:
-            return True
-        except (ApiError, KtpyError):
-            return False
-        return pod["metadata"].get("deletionTimestamp") is not None
 
     def delete_all(self, *, hurry: bool) -> None:
         """Delete every object, newest first. Each delete carries the object's uid, so

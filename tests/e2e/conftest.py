@@ -485,10 +485,34 @@ def echo(bed: Bed, namespace: str) -> str:
         time.sleep(0.5)
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+FULL_FAULT_MATRIX = os.environ.get("KTPY_FAULT_MATRIX", "").lower() == "full"
+_deselected_cells: list[str] = []
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # The fault matrix's cells beyond connect and exchange run with KTPY_FAULT_MATRIX=full
+    # only: deselected (not skipped), and the summary says so.
+    if not FULL_FAULT_MATRIX:
+        chosen = [i for i in items if i.get_closest_marker("fault_matrix_full") is None]
+        if len(chosen) != len(items):
+            left_out = [i for i in items if i.get_closest_marker("fault_matrix_full")]
+            _deselected_cells.extend(i.nodeid for i in left_out)
+            config.hook.pytest_deselected(items=left_out)
+            items[:] = chosen
     # A test that takes the bed down must run after every test that needs it.
     items.sort(key=lambda item: item.get_closest_marker("bed_teardown") is not None)
 
 
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if _deselected_cells:
+        terminalreporter.write_line(
+            f"fault matrix: {len(_deselected_cells)} tests of mesh, preview and forward "
+            "deselected; KTPY_FAULT_MATRIX=full runs them"
+        )
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "bed_teardown: takes the test bed down; sorted to run last")
+    config.addinivalue_line(
+        "markers", "fault_matrix_full: a fault matrix cell run only with KTPY_FAULT_MATRIX=full"
+    )
