@@ -506,13 +506,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     if _deselected_cells:
         terminalreporter.write_line(
-            f"fault matrix: {len(_deselected_cells)} tests of mesh, preview and forward "
-            "deselected; KTPY_FAULT_MATRIX=full runs them"
+            f"{len(_deselected_cells)} tests deselected (the fault matrix's cells of mesh, "
+            "preview and forward, the other commands' Roles); KTPY_FAULT_MATRIX=full runs them"
         )
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "bed_teardown: takes the test bed down; sorted to run last")
     config.addinivalue_line(
-        "markers", "fault_matrix_full: a fault matrix cell run only with KTPY_FAULT_MATRIX=full"
+        "markers", "fault_matrix_full: a test run only with KTPY_FAULT_MATRIX=full"
     )

@@ -7,7 +7,6 @@ the command with one line naming the verb and resource, and nothing changed."""
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import sys
 import time
@@ -21,7 +20,6 @@ from tests.rbac import RBAC_DIR, Call, load_role, recorded_calls
 # Beats often, so that a short run also makes the heartbeat's calls.
 FAST = {"KTPY_HEARTBEAT_INTERVAL": "500ms", "KTPY_STALE_AFTER": "2s"}
 DEBUG = ("--debug", "--log-format", "json")
-FULL = os.environ.get("KTPY_FAULT_MATRIX") == "full"
 
 
 @contextlib.contextmanager
@@ -138,9 +136,8 @@ def test_connect_and_status_run_with_exactly_their_roles(
     assert bed.ktpy_objects(ns) == []
 
 
-@pytest.mark.skipif(
-    not FULL, reason="binds a ClusterRole to dev for every namespace: KTPY_FAULT_MATRIX=full"
-)
+# Binds a ClusterRole to dev for every namespace: not beside other suites' dev.
+@pytest.mark.fault_matrix_full
 def test_with_the_cluster_role_connect_reads_the_real_ranges_and_no_more(
     bed: Bed, namespace: str, laptop: Laptop
 ) -> None:
@@ -171,9 +168,7 @@ def test_with_the_cluster_role_connect_reads_the_real_ranges_and_no_more(
     assert used <= load_role("connect").rules | load_role("connect-ranges").rules
 
 
-@pytest.mark.skipif(
-    not FULL, reason="the other commands' Roles run with KTPY_FAULT_MATRIX=full (CI budget)"
-)
+@pytest.mark.fault_matrix_full  # the other commands' Roles: CI budget
 def test_the_other_commands_run_with_exactly_their_roles(
     bed: Bed, echo: str, laptop: Laptop
 ) -> None:
