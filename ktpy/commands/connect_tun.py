@@ -14,6 +14,7 @@ import ipaddress
 import os
 import socket
 import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -154,6 +155,10 @@ class TunConnection:
     _routing: threading.Lock = field(default_factory=threading.Lock)
     _torn_down: bool = False
     guard: ResolverGuard | None = None
+    # time.monotonic() once the stack serves the device and once the resolver points
+    # at the DNS server (start-up timings)
+    tun_up_at: float = 0.0
+    dns_up_at: float = 0.0
 
     def up(
         self,
@@ -205,6 +210,7 @@ class TunConnection:
             log_format=settings.log_format,
             on_exit=session.lose,
         ).start()
+        self.tun_up_at = time.monotonic()
         self.exchange = tcp_exchange_over(session.open_flow, "127.0.0.1", session.spec.dns_port)
         self.dns = DnsServer(
             names,
@@ -224,6 +230,7 @@ class TunConnection:
                 survey.tun_name, server, request.routing_domains, request.search_domains, say
             )
         ).start()
+        self.dns_up_at = time.monotonic()
         self._watch_names(facts, ns, dns_namespaces, survey, request)
 
         self.lines += [

@@ -54,12 +54,17 @@ class TunnelLink:
         self._stream: portforward.Stream | None = None
         self._transport_ready = threading.Condition()
         self._remote_forwards: dict[int, RemoteHandler] = {}
+        # time.monotonic() of the last connect's steps (start-up timings, benchmarks)
+        self.stream_opened_at = 0.0
+        self.ssh_up_at = 0.0
 
     def connect(self, *, again: bool = False) -> None:
         target = portforward.Target(self.spec.namespace, self.spec.pod_name, self.spec.ssh_port)
         stream = portforward.open_stream(self.api.open_websocket, target)
+        self.stream_opened_at = time.monotonic()
         credentials = ssh.SshCredentials(self.keys.client.pkey(), self.keys.host.public)
         transport = ssh.connect(stream, credentials, where=f"pod/{self.spec.pod_name}")
+        self.ssh_up_at = time.monotonic()
         try:
             if again and self._remote_forwards:
                 # The previous connection may still hold the ports in the pod.
