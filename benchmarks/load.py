@@ -134,6 +134,11 @@ def _percentiles(samples_ms: list[float]) -> dict[str, float]:
     }
 
 
+def _split(total: int, parts: int) -> list[int]:
+    """total in parts that differ by at most one."""
+    return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
+
+
 def _in_threads(count: int, work: Callable[[int], None]) -> float:
     """Run work(0..count-1) in threads; the wall time; the first error re-raised."""
     errors: list[BaseException] = []
@@ -160,15 +165,16 @@ def _in_threads(count: int, work: Callable[[int], None]) -> float:
 
 def bulk(args: argparse.Namespace) -> dict[str, Any]:
     """args.bytes in total over args.streams connections, downloads or uploads at once."""
-    share = args.bytes // args.streams
+    shares = _split(args.bytes, args.streams)
     moved = [0] * args.streams
 
     def down(i: int) -> None:
         with open_connection(args.host, args.port, args.socks) as sock:
-            sock.sendall(_get(args.host, f"/bytes?n={share}", close=True))
+            sock.sendall(_get(args.host, f"/bytes?n={shares[i]}", close=True))
             moved[i] = Response(sock).read()[1]
 
     def up(i: int) -> None:
+        share = shares[i]
         with open_connection(args.host, args.port, args.socks) as sock:
             sock.sendall(
                 f"POST /upload HTTP/1.1\r\nHost: {args.host}\r\nContent-Length: {share}\r\n"
@@ -186,7 +192,7 @@ def bulk(args: argparse.Namespace) -> dict[str, Any]:
     total = sum(moved)
     return {
         "bytes": total,
-        "asked": share * args.streams,
+        "asked": args.bytes,
         "seconds": round(seconds, 4),
         "gbit_s": round(total * 8 / seconds / 1e9, 4),
     }
@@ -194,18 +200,18 @@ def bulk(args: argparse.Namespace) -> dict[str, Any]:
 
 def rr(args: argparse.Namespace) -> dict[str, Any]:
     """Small request/response pairs, closed loop, on args.conns held connections."""
-    per = args.requests // args.conns
+    counts = _split(args.requests, args.conns)
     samples: list[list[float]] = [[] for _ in range(args.conns)]
     request = _get(args.host, "/healthz")
 
     def run(i: int) -> None:
         with open_connection(args.host, args.port, args.socks) as sock:
             response = Response(sock)
-            for _ in range(min(20, per)):  # warm-up
+            for _ in range(20):  # warm-up
                 sock.sendall(request)
                 response.read()
             mine = samples[i]
-            for _ in range(per):
+            for _ in range(counts[i]):
                 started = time.perf_counter_ns()
                 sock.sendall(request)
                 response.read()
@@ -215,7 +221,7 @@ def rr(args: argparse.Namespace) -> dict[str, Any]:
     every = [s for mine in samples for s in mine]
     return {
         "requests": len(every),
-        "asked": per * args.conns,
+        "asked": args.requests,
         "per_s": round(len(every) / seconds, 1),
         **_percentiles(every),
     }
@@ -224,13 +230,13 @@ def rr(args: argparse.Namespace) -> dict[str, Any]:
 def churn(args: argparse.Namespace) -> dict[str, Any]:
     """New connections, one request each, closed loop with args.workers workers; the time
     of each from connect() to the response's last byte, and the rate."""
-    per = args.connections // args.workers
+    counts = _split(args.connections, args.workers)
     samples: list[list[float]] = [[] for _ in range(args.workers)]
     failed = [0] * args.workers
     request = _get(args.host, "/healthz", close=True)
 
     def run(i: int) -> None:
-        for _ in range(per):
+        for _ in range(counts[i]):
             started = time.perf_counter_ns()
             try:
                 with open_connection(args.host, args.port, args.socks, timeout=10) as sock:
@@ -245,7 +251,7 @@ def churn(args: argparse.Namespace) -> dict[str, Any]:
     every = [s for mine in samples for s in mine]
     return {
         "connections": len(every),
-        "asked": per * args.workers,
+        "asked": args.connections,
         "failed": sum(failed),
         "per_s": round(len(every) / seconds, 1),
         **_percentiles(every),

@@ -22,6 +22,7 @@ turns it into docs/performance.md's tables and charts.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -39,6 +40,7 @@ from typing import Any
 
 from benchmarks import host_stats
 from benchmarks.baselines import (
+    KUBECONFIG,
     KUBECTL,
     ROOT,
     Helpers,
@@ -237,6 +239,7 @@ class Suite:
                 "120",
                 log=f"first-{i}.log",
             )
+            running = RunningWatch(self.ns, "ktpy.dev/role=connect")
             args = ("--debug", "--log-format", "json", "-n", self.ns, "connect")
             self.commands["cold_start"] = "ktpy " + " ".join(args)
             session = Ktpy(self.laptop, f"cold-{i}.log", *args)
@@ -253,6 +256,7 @@ class Suite:
                 )
             finally:
                 stopped = session.stop()
+                running.stop()
             base = timings["session_start"]  # from the command's start
             steps = {
                 "command_to_session": base,
@@ -569,6 +573,52 @@ class Suite:
         return out
 
 
+class RunningWatch:
+    """When the first new pod matching a label is seen Running (a watch from the node,
+    started before the command: the session's own timings stop at Ready)."""
+
+    def __init__(self, namespace: str, selector: str) -> None:
+        from kubernetes import client, watch
+        from kubernetes import config as kube_config
+
+        self.api = client.CoreV1Api(kube_config.new_client_from_config(config_file=KUBECONFIG))
+        listed = self.api.list_namespaced_pod(namespace, label_selector=selector)
+        self.known = {pod.metadata.name for pod in listed.items}
+        self.seen: float | None = None
+        self.watch = watch.Watch()
+        self.thread = threading.Thread(
+            target=self._run,
+            args=(namespace, selector, listed.metadata.resource_version),
+            daemon=True,
+        )
+        self.thread.start()
+
+    def _run(self, namespace: str, selector: str, version: str) -> None:
+        for event in self.watch.stream(
+            self.api.list_namespaced_pod,
+            namespace,
+            label_selector=selector,
+            resource_version=version,
+            timeout_seconds=180,
+        ):
+            pod = event["object"]
+            if pod.metadata.name in self.known or pod.metadata.deletion_timestamp:
+                continue
+            if pod.status.phase == "Running":
+                self.seen = time.monotonic()
+                self.watch.stop()
+                return
+
+    def at(self) -> float:
+        self.thread.join(10)
+        if self.seen is None:
+            raise RuntimeError("the shadow pod was never seen Running")
+        return self.seen
+
+    def stop(self) -> None:
+        self.watch.stop()
+
+
 def _shadow_image() -> str:
     from ktpy.config import DEFAULT_IMAGE
 
@@ -665,10 +715,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: every scenario once")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--budget", type=float, default=None, help="seconds [600; smoke 85]")
+    parser.add_argument("--rounds", type=int, help="rounds of the path scenarios [3; smoke 1]")
     parser.add_argument("--laptop", type=int, help="an existing laptop of the bed to use")
     parser.add_argument("--namespace", help="an existing namespace to use")
     args = parser.parse_args(argv)
     sizes = SMOKE if args.smoke else FULL
+    if args.rounds:
+        sizes = dataclasses.replace(sizes, rounds=args.rounds)
     clock = Clock(args.budget or (85 if args.smoke else 600))
     started = time.monotonic()
     namespace = args.namespace or NAMESPACE
