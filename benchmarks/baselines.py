@@ -220,60 +220,27 @@ class Helpers:
             PORT_FORWARD_WEBSOCKETS="true" if websockets else "false",
         )
 
-    def ssh_socks(self, shadow_pod: str, ssh_port: int, forward_port: int, socks: int) -> None:
-        """ssh -D over a kubectl port-forward to the shadow pod, with a key of our own
-        added to the pod's authorized_keys (sshd reads it at each login)."""
+    def authorize(self, shadow_pod: str) -> tuple[Path, str]:
+        """A key of the suite's own, added to the shadow pod's authorized_keys (its sshd
+        reads the file at each login); the key's path and the pod's host key."""
         key = self.laptop.workdir / "id_ed25519"
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
-        public = key.with_suffix(".pub").read_text()
-        kubectl(
-            "-n",
-            self.namespace,
-            "exec",
-            "-i",
-            shadow_pod,
-            "--",
-            "sh",
-            "-c",
-            f"cat >> {SHADOW_RUN_DIR}/authorized_keys",
-            stdin=public,
-        )
-        host_key = kubectl(
-            "-n",
-            self.namespace,
-            "exec",
-            shadow_pod,
-            "--",
-            "cat",
-            f"{SHADOW_RUN_DIR}/ssh_host_ed25519_key.pub",
-        ).split()
-        known = self.laptop.workdir / "known_hosts"
-        known.write_text(f"[127.0.0.1]:{forward_port} {host_key[0]} {host_key[1]}\n")
-        self.port_forward("ssh_port_forward", shadow_pod, forward_port, ssh_port, True)
-        self.start(
-            "ssh_d",
-            socks,
-            "ssh",
-            "-N",
-            "-D",
-            f"127.0.0.1:{socks}",
-            "-p",
-            str(forward_port),
-            "-i",
-            str(key),
-            "-o",
-            f"UserKnownHostsFile={known}",
-            "-o",
-            "StrictHostKeyChecking=yes",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "ExitOnForwardFailure=yes",
-            # the cipher ktpy's SSH client picks first, so the two carry the same crypto
-            "-c",
-            "aes128-gcm@openssh.com",
-            "kt@127.0.0.1",
-        )
+        exec_ = ["-n", self.namespace, "exec", "-i", shadow_pod, "--"]
+        kubectl(*exec_, "sh", "-c", f"cat >> {SHADOW_RUN_DIR}/authorized_keys",
+                stdin=key.with_suffix(".pub").read_text())  # fmt: skip
+        host_key = kubectl(*exec_, "cat", f"{SHADOW_RUN_DIR}/ssh_host_ed25519_key.pub").split()
+        return key, f"{host_key[0]} {host_key[1]}"
+
+    def ssh_socks(self, name: str, key: Path, host_key: str, forward_port: int, socks: int) -> None:
+        """`ssh -D` to the shadow's sshd through the port-forward on forward_port."""
+        known = self.laptop.workdir / f"known_hosts-{name}"
+        known.write_text(f"[127.0.0.1]:{forward_port} {host_key}\n")
+        options = ["-o", f"UserKnownHostsFile={known}", "-o", "StrictHostKeyChecking=yes",
+                   "-o", "BatchMode=yes", "-o", "ExitOnForwardFailure=yes"]  # fmt: skip
+        # -c: the cipher ktpy's SSH client picks first, so both carry the same crypto
+        self.start(name, socks, "ssh", "-N", "-D", f"127.0.0.1:{socks}", "-p",
+                   str(forward_port), "-i", str(key), *options, "-c", "aes128-gcm@openssh.com",
+                   "kt@127.0.0.1")  # fmt: skip
 
     def redsocks(self, socks: int, listen: int, ranges: tuple[str, ...]) -> None:
         conf = self.laptop.workdir / "redsocks.conf"

@@ -10,6 +10,7 @@ connections) so the caller can check it moved what it was asked to.
     python -m benchmarks.load hold HOST PORT --conns N    (then waits for a line on stdin)
     python -m benchmarks.load dns NAME... --via getaddrinfo|SERVER:PORT --count N
     python -m benchmarks.load first HOST PORT --timeout S
+    python -m benchmarks.load steps    (then one JSON argv list a line on stdin)
 Add --socks PORT to go through a SOCKS5 proxy on 127.0.0.1.
 
 benchmarks/probe.py (bulk download and latency on one connection) stays as it
@@ -382,7 +383,7 @@ def first(args: argparse.Namespace) -> dict[str, Any]:
     raise SystemExit(f"no answer from {args.host}:{args.port} within {args.timeout}s")
 
 
-def main() -> None:
+def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__)
     sub = parser.add_subparsers(dest="what", required=True)
 
@@ -412,9 +413,26 @@ def main() -> None:
     p.add_argument("--via", default="getaddrinfo")
     p.add_argument("--count", type=int, required=True)
     p.add_argument("--expect")
+    sub.add_parser("steps", help="read one JSON argv list a line from stdin, answer each")
+    return parser
+
+
+SCENARIOS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
+    "bulk": bulk, "rr": rr, "churn": churn, "hold": hold, "dns": dns, "first": first,
+}  # fmt: skip
+
+
+def main() -> None:
+    parser = make_parser()
     args = parser.parse_args()
-    run = {"bulk": bulk, "rr": rr, "churn": churn, "hold": hold, "dns": dns, "first": first}
-    print(json.dumps(run[args.what](args)), flush=True)
+    if args.what != "steps":
+        print(json.dumps(SCENARIOS[args.what](args)), flush=True)
+        return
+    # One process for a series of scenarios (its start-up is paid once); the caller
+    # samples the tunnel's processes between them.
+    for line in sys.stdin:
+        step = parser.parse_args(json.loads(line))
+        print(json.dumps(SCENARIOS[step.what](step)), flush=True)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,9 @@ class StreamFlow:
     half-close: the end of the client's side is left to the closing of both."""
 
     def __init__(self, stream: portforward.Stream) -> None:
+        # The WebSocket's timeout would end an idle relay (a recv timing out reads as
+        # the end of the stream there); paramiko, ktpy's own user, handles its own.
+        stream.settimeout(None)
         self.stream = stream
 
     def recv(self, size: int, /) -> bytes:

@@ -22,6 +22,7 @@ turns it into docs/performance.md's tables and charts.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -33,6 +34,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -59,10 +61,13 @@ from tests.e2e.conftest import LOCAL_SERVER, echo_manifest
 from tests.e2e.testbed import config
 
 RESULTS = ROOT / "benchmarks" / "results" / "latest.json"
+NODE_ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 NAMESPACE = "bench-suite"
 GIB = 1 << 30
 SOCKS_PORT = 2223  # connect's
 PORTS = {
+    "ssh_ktpy_port_forward": 18104,
+    "ssh_d_ktpy_pf": 1081,
     "kubectl_websocket": 18100,
     "kubectl_spdy": 18102,
     "ktpy_port_forward": 18101,
@@ -84,7 +89,10 @@ class Sizes:
 
 
 FULL = Sizes(96 << 20, 3, 2000, 600, 1000, 400, 3)
-SMOKE = Sizes(2 << 20, 1, 100, 40, 100, 30, 1)
+SMOKE = Sizes(2 << 20, 1, 50, 20, 50, 20, 1)
+# The part of the budget kept for what follows the rounds (held connections, DNS,
+# exchange); a round after the first that would eat into it is not started.
+RESERVE = 0.25
 BULK = (("down", 1), ("down", 8), ("up", 1), ("up", 8))
 
 
@@ -96,6 +104,9 @@ class Clock:
     def __init__(self, budget: float) -> None:
         self.deadline = time.monotonic() + budget
         self.budget = budget
+
+    def left(self) -> float:
+        return self.deadline - time.monotonic()
 
     def check(self, what: str) -> None:
         if time.monotonic() > self.deadline:
@@ -257,9 +268,9 @@ class Suite:
             finally:
                 stopped = session.stop()
                 running.stop()
-            base = timings["session_start"]  # from the command's start
+            origin = timings["origin"]  # the session's start on this machine's clock
             steps = {
-                "command_to_session": base,
+                "command_to_session": origin - session.started,  # interpreter, imports, checks
                 "pod_ready": timings["pod_ready"],
                 "port_forward": timings["portforward_open"] - timings["pod_ready"],
                 "ssh": timings["ssh_up"] - timings["portforward_open"],
@@ -272,8 +283,9 @@ class Suite:
                     "steps_s": {k: round(v, 3) for k, v in steps.items()},
                     "first_request_s": round(total, 3),
                     "first_request_after_pod_ready_s": round(
-                        total - base - timings["pod_ready"], 3
+                        first - origin - timings["pod_ready"], 3
                     ),
+                    "first_request_after_pod_running_s": round(first - running.at(), 3),
                     "ready_line_s": timings["ready"],
                     "stop_s": round(stopped, 3),
                 }
@@ -283,51 +295,61 @@ class Suite:
     # the paths ----------------------------------------------------------------------------------
 
     def routes(self, connect: Ktpy, helpers: Helpers) -> list[Route]:
-        ip, port = self.cluster_ip, 80
+        ip, port, local = self.cluster_ip, 80, "127.0.0.1"
+
+        def tree(*names: str) -> Callable[[], list[int]]:
+            return lambda: helpers.tree(*names)
+
         ktpy = lambda: [connect.pid()]  # noqa: E731
         return [
             Route("direct", self.pod_ip, 8080, on_node=True),
-            Route(
-                "kubectl_websocket",
-                "127.0.0.1",
-                PORTS["kubectl_websocket"],
-                roots=lambda: helpers.tree("kubectl_websocket"),
-            ),
-            Route(
-                "kubectl_spdy",
-                "127.0.0.1",
-                PORTS["kubectl_spdy"],
-                roots=lambda: helpers.tree("kubectl_spdy"),
-            ),
-            Route(
-                "ktpy_port_forward",
-                "127.0.0.1",
-                PORTS["ktpy_port_forward"],
-                roots=lambda: helpers.tree("ktpy_port_forward"),
-            ),
-            Route(
-                "ssh_d",
-                ip,
-                port,
-                socks=PORTS["ssh_d"],
-                roots=lambda: helpers.tree("ssh_port_forward", "ssh_d"),
-            ),
-            Route(
-                "redsocks",
-                ip,
-                port,
-                use=helpers.redirected,
-                roots=lambda: helpers.tree("ssh_port_forward", "ssh_d", "redsocks"),
-            ),
+            Route("kubectl_websocket", local, PORTS["kubectl_websocket"],
+                  roots=tree("kubectl_websocket")),
+            Route("kubectl_spdy", local, PORTS["kubectl_spdy"], roots=tree("kubectl_spdy")),
+            Route("ktpy_port_forward", local, PORTS["ktpy_port_forward"],
+                  roots=tree("ktpy_port_forward")),
+            Route("ssh_d", ip, port, socks=PORTS["ssh_d"], roots=tree("ssh_port_forward", "ssh_d")),
+            Route("ssh_d_ktpy_pf", ip, port, socks=PORTS["ssh_d_ktpy_pf"],
+                  roots=tree("ssh_ktpy_port_forward", "ssh_d_ktpy_pf")),
+            Route("redsocks", ip, port, use=helpers.redirected,
+                  roots=tree("ssh_port_forward", "ssh_d", "redsocks")),
             Route("connect_tun", ip, port, roots=ktpy),
             Route("connect_socks", ip, port, socks=SOCKS_PORT, roots=ktpy),
-        ]
+        ]  # fmt: skip
 
-    def load(self, route: Route, *args: str) -> dict[str, Any]:
+    @contextlib.contextmanager
+    def steps(self, route: Route) -> Iterator[Callable[..., dict[str, Any]]]:
+        """One load process for a series of scenarios through route (its start-up paid
+        once); yields ask(scenario, *args) -> its result."""
+        cmd = (sys.executable, "-m", "benchmarks.load", "steps")
         with route.use():
-            if route.on_node:
-                return node_load(*args[:1], *route.target(), *args[1:])
-            return self.laptop.load(*args[:1], *route.target(), *args[1:])
+            proc: subprocess.Popen[str] = (
+                subprocess.Popen(cmd, cwd=ROOT, text=True, stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, env=NODE_ENV)
+                if route.on_node
+                else self.laptop.popen(*cmd, stdin=subprocess.PIPE, log=f"load-{route.name}.log")
+            )  # fmt: skip
+            assert proc.stdin is not None
+            assert proc.stdout is not None
+
+            def ask(what: str, *args: str) -> dict[str, Any]:
+                assert proc.stdin is not None
+                assert proc.stdout is not None
+                proc.stdin.write(json.dumps([what, *route.target(), *args]) + "\n")
+                proc.stdin.flush()
+                line = proc.stdout.readline()
+                if not line:
+                    log = self.laptop.workdir / f"load-{route.name}.log"
+                    why = log.read_text()[-800:] if log.exists() else describe(proc)
+                    raise RuntimeError(f"{what} through {route.name} failed: {why}")
+                result: dict[str, Any] = json.loads(line)
+                return result
+
+            try:
+                yield ask
+            finally:
+                proc.stdin.close()
+                stop(proc, signal.SIGTERM, timeout=30)
 
     def rounds(self, routes: list[Route]) -> dict[str, Any]:
         s = self.sizes
@@ -337,41 +359,30 @@ class Suite:
         def keep(scenario: str, route: Route, result: dict[str, Any]) -> None:
             runs.setdefault(scenario, {}).setdefault(route.name, []).append(result)
 
+        last = 0.0  # seconds the last round took
         for round_ in range(s.rounds):  # interleaved: drift hits every path alike
+            if round_ and self.clock.left() < last + RESERVE * self.clock.budget:
+                break  # keep the rounds done and the time for the rest of the suite
+            started = time.monotonic()
             for route in routes:
                 self.clock.check(f"round {round_ + 1} of {route.name}")
-                for direction, streams in BULK:
-                    before = free_tree_stats(route.roots()).cpu_seconds
-                    result = self.load(
-                        route,
-                        "bulk",
-                        "--bytes",
-                        str(s.bulk_bytes),
-                        "--streams",
-                        str(streams),
-                        "--direction",
-                        direction,
-                    )
-                    spent = free_tree_stats(route.roots()).cpu_seconds - before
-                    if route.roots():
-                        result["cpu_s_per_gib"] = round(spent / (result["bytes"] / GIB), 3)
-                        cpu[route.name][direction].append(result["cpu_s_per_gib"])
-                    keep(f"bulk_{direction}_{streams}", route, result)
-                for conns in (1, 8):
-                    keep(
-                        f"rr_{conns}",
-                        route,
-                        self.load(
-                            route, "rr", "--requests", str(s.rr_requests), "--conns", str(conns)
-                        ),
-                    )
-                keep(
-                    "churn",
-                    route,
-                    self.load(
-                        route, "churn", "--connections", str(s.churn_connections), "--workers", "4"
-                    ),
-                )
+                with self.steps(route) as ask:
+                    for direction, streams in BULK:
+                        before = free_tree_stats(route.roots()).cpu_seconds
+                        result = ask("bulk", "--bytes", str(s.bulk_bytes), "--streams",
+                                     str(streams), "--direction", direction)  # fmt: skip
+                        spent = free_tree_stats(route.roots()).cpu_seconds - before
+                        if route.roots():
+                            result["cpu_s_per_gib"] = round(spent / (result["bytes"] / GIB), 3)
+                            cpu[route.name][direction].append(result["cpu_s_per_gib"])
+                        keep(f"bulk_{direction}_{streams}", route, result)
+                    for conns in (1, 8):
+                        result = ask("rr", "--requests", str(s.rr_requests), "--conns", str(conns))
+                        keep(f"rr_{conns}", route, result)
+                    result = ask("churn", "--connections", str(s.churn_connections),
+                                 "--workers", "4")  # fmt: skip
+                    keep("churn", route, result)
+            last = time.monotonic() - started
         medians: dict[str, dict[str, float]] = {}
         for scenario, by_route in runs.items():
             field = "gbit_s" if scenario.startswith("bulk") else None
@@ -385,7 +396,8 @@ class Suite:
             for name, by_dir in cpu.items()
             if by_dir["down"]
         }
-        return {"runs": runs, "medians": medians, "cpu_s_per_gib": cpu_median}
+        done = len(runs["churn"]["direct"])
+        return {"runs": runs, "rounds_done": done, "medians": medians, "cpu_s_per_gib": cpu_median}
 
     def hold(self, routes: list[Route], connect: Ktpy) -> dict[str, Any]:
         """N connections open at once through a path; meanwhile the RSS and threads of
@@ -552,7 +564,14 @@ class Suite:
                 "--listen",
                 str(PORTS["ktpy_port_forward"]),
             )
-            helpers.ssh_socks(shadow, 2222, PORTS["ssh_port_forward"], PORTS["ssh_d"])
+            key, host_key = helpers.authorize(shadow)
+            helpers.port_forward("ssh_port_forward", shadow, PORTS["ssh_port_forward"], 2222, True)
+            helpers.ssh_socks("ssh_d", key, host_key, PORTS["ssh_port_forward"], PORTS["ssh_d"])
+            helpers.start("ssh_ktpy_port_forward", PORTS["ssh_ktpy_port_forward"],
+                          sys.executable, "-m", "benchmarks.raw_forward", self.ns, shadow, "2222",
+                          "--listen", str(PORTS["ssh_ktpy_port_forward"]))  # fmt: skip
+            helpers.ssh_socks("ssh_d_ktpy_pf", key, host_key, PORTS["ssh_ktpy_port_forward"],
+                              PORTS["ssh_d_ktpy_pf"])  # fmt: skip
             helpers.redsocks(
                 PORTS["ssh_d"], PORTS["redsocks"], (config.SERVICE_CIDR, config.CLUSTER_CIDR)
             )
@@ -660,20 +679,23 @@ def ratios(out: dict[str, Any]) -> dict[str, float]:
     for d, n in BULK:
         suffix = f"_{d}_{n}"
         key = f"bulk{suffix}_gbit_s"
-        for base in ("ssh_d", "redsocks", "ktpy_port_forward", "kubectl_websocket", "direct"):
+        for base in ("ssh_d", "ssh_d_ktpy_pf", "redsocks", "ktpy_port_forward",
+                     "kubectl_websocket", "direct"):  # fmt: skip
             ratio(f"connect_bulk{suffix}_vs_{base}", key, "connect_tun", base)
         ratio(f"socks_bulk{suffix}_vs_ssh_d", key, "connect_socks", "ssh_d")
+        ratio(f"socks_bulk{suffix}_vs_ssh_d_ktpy_pf", key, "connect_socks", "ssh_d_ktpy_pf")
         ratio(f"socks_bulk{suffix}_vs_kubectl_websocket", key, "connect_socks", "kubectl_websocket")
     # the headline names: one download stream
-    for base in ("ssh_d", "redsocks", "ktpy_port_forward", "kubectl_websocket"):
+    for base in ("ssh_d", "ssh_d_ktpy_pf", "redsocks", "ktpy_port_forward", "kubectl_websocket"):
         r[f"connect_bulk_vs_{base}"] = r[f"connect_bulk_down_1_vs_{base}"]
     r["socks_bulk_vs_ssh_d"] = r["socks_bulk_down_1_vs_ssh_d"]
+    r["socks_bulk_vs_ssh_d_ktpy_pf"] = r["socks_bulk_down_1_vs_ssh_d_ktpy_pf"]
     for conns in (1, 8):
         for q in ("p50", "p99", "p99_9"):
             key = f"rr_{conns}_{q}_ms"
-            for base in ("ssh_d", "redsocks", "kubectl_websocket"):
+            for base in ("ssh_d", "ssh_d_ktpy_pf", "redsocks", "kubectl_websocket"):
                 ratio(f"connect_rr_{conns}_{q}_vs_{base}", key, "connect_tun", base)
-    for base in ("ssh_d", "redsocks", "kubectl_websocket"):
+    for base in ("ssh_d", "ssh_d_ktpy_pf", "redsocks", "ktpy_port_forward", "kubectl_websocket"):
         ratio(f"connect_churn_per_s_vs_{base}", "churn_per_s", "connect_tun", base)
     return r
 
@@ -682,7 +704,7 @@ def added_latency(out: dict[str, Any]) -> dict[str, dict[str, float]]:
     """ms added over kubectl port-forward (WebSocket), per held-connection series."""
     m = out["medians"]
     added: dict[str, dict[str, float]] = {}
-    for path in ("connect_tun", "connect_socks", "ssh_d", "redsocks"):
+    for path in ("connect_tun", "connect_socks", "ssh_d", "ssh_d_ktpy_pf", "redsocks"):
         for conns in (1, 8):
             for q in ("p50", "p99", "p99_9"):
                 key = f"rr_{conns}_{q}_ms"
