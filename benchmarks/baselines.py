@@ -178,6 +178,8 @@ class Route:
     port: int
     socks: int | None = None
     on_node: bool = False
+    # The baseline's helper processes, each riding on the one before (Helpers.revive).
+    helpers: tuple[str, ...] = ()
     # The host pids whose trees do this path's work on the laptop (CPU, memory).
     roots: Callable[[], list[int]] = field(default=list)
     # Around each use (redsocks' iptables rule).
@@ -196,13 +198,33 @@ class Helpers:
         self.laptop = laptop
         self.namespace = namespace
         self.procs: dict[str, hostnet.LaptopProcess] = {}
+        self.specs: dict[str, tuple[int, tuple[str, ...], dict[str, str]]] = {}
+        # Helpers that died under load and were started again (kubectl port-forward
+        # ends with "lost connection to pod"), with the last line each said.
+        self.deaths: dict[str, list[str]] = {}
         self.redsocks_ranges: tuple[str, ...] = ()
 
     def start(self, name: str, port: int, *cmd: str, **env: str) -> hostnet.LaptopProcess:
+        self.specs[name] = (port, cmd, env)
         proc = self.laptop.popen(*cmd, log=f"{name}.log", **env)
         self.procs[name] = proc
         self.laptop.wait_port(port, proc)
         return proc
+
+    def revive(self, *names: str) -> list[str]:
+        """Start again, in order, those of names that died (and every later one, which
+        rides on it: ssh -D on its port-forward); the names started again."""
+        again: list[str] = []
+        for name in names:
+            if again or self.procs[name].poll() is not None:
+                log = self.laptop.workdir / f"{name}.log"
+                last = (log.read_text().strip().splitlines() or [""])[-1]
+                self.deaths.setdefault(name, []).append(last)
+                stop(self.procs[name], signal.SIGTERM, timeout=10)
+                port, cmd, env = self.specs[name]
+                self.start(name, port, *cmd, **env)
+                again.append(name)
+        return again
 
     def pid(self, name: str) -> int:
         return self.procs[name].command_pid()

@@ -12,7 +12,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
-COLOURS = ("#4a7ab5", "#e08a3c", "#5aa55a", "#c4554d", "#8c6bb1", "#8c8c8c")
+COLOURS = ("#4a7ab5", "#e08a3c", "#5aa55a", "#c4554d", "#8c6bb1", "#8c8c8c", "#2a9d9d")
 
 
 def grouped_bars(

@@ -229,10 +229,13 @@ def rr(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def churn(args: argparse.Namespace) -> dict[str, Any]:
-    """New connections, one request each, closed loop with args.workers workers; the time
-    of each from connect() to the response's last byte, and the rate."""
+    """New connections, one request each, closed loop with args.workers workers: the
+    time of each from connect() to the response's last byte (the whole path; a TUN
+    stack or a SOCKS proxy may accept before the far end is reached), the time until
+    connect() (and the SOCKS handshake) returned, and the rate."""
     counts = _split(args.connections, args.workers)
     samples: list[list[float]] = [[] for _ in range(args.workers)]
+    connects: list[list[float]] = [[] for _ in range(args.workers)]
     failed = [0] * args.workers
     request = _get(args.host, "/healthz", close=True)
 
@@ -241,21 +244,25 @@ def churn(args: argparse.Namespace) -> dict[str, Any]:
             started = time.perf_counter_ns()
             try:
                 with open_connection(args.host, args.port, args.socks, timeout=10) as sock:
+                    connected = time.perf_counter_ns()
                     sock.sendall(request)
                     Response(sock).read()
             except OSError:
                 failed[i] += 1
                 continue
             samples[i].append((time.perf_counter_ns() - started) / 1e6)
+            connects[i].append((connected - started) / 1e6)
 
     seconds = _in_threads(args.workers, run)
     every = [s for mine in samples for s in mine]
+    connect_only = _percentiles([s for mine in connects for s in mine])
     return {
         "connections": len(every),
         "asked": args.connections,
         "failed": sum(failed),
         "per_s": round(len(every) / seconds, 1),
         **_percentiles(every),
+        **{f"connect_{k}": v for k, v in connect_only.items()},
     }
 
 
@@ -318,69 +325,95 @@ def hold(args: argparse.Namespace) -> dict[str, Any]:
 def dns(args: argparse.Namespace) -> dict[str, Any]:
     """Lookups of args.names in turn (a name with {} gets a fresh token each time:
     never cached anywhere), one at a time, through getaddrinfo (the machine's
-    resolver) or straight at a server over UDP. Every answer is checked."""
+    resolver) or straight at a server over UDP. Only the lookup is timed: a query
+    is packed before and its answer checked after (dnslib's Python parsing would
+    otherwise add a tenth of a millisecond to every server series)."""
     import dnslib  # the suite's own dependency; not needed by the other scenarios
 
     def names() -> str:  # {} -> "a-b-c": with "10-{}.NS.pod.<domain>", a pod name
         return args.name.replace("{}", "-".join(str(secrets.randbelow(254) + 1) for _ in "abc"))
 
-    if args.via == "getaddrinfo":
-
-        def ask(name: str) -> str:
-            return str(socket.getaddrinfo(name, 80, socket.AF_INET, socket.SOCK_STREAM)[0][4][0])
-
-    else:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    if args.via != "getaddrinfo":
         host, _, port = args.via.rpartition(":")
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         sock.connect((host, int(port)))
         sock.settimeout(5)
 
-        def ask(name: str) -> str:
-            query = dnslib.DNSRecord.question(name)
-            sock.send(query.pack())
-            while True:
-                reply = dnslib.DNSRecord.parse(sock.recv(4096))
-                if reply.header.id == query.header.id:
-                    break
-            answers = [r for r in reply.rr if r.rtype == dnslib.QTYPE.A]
-            if reply.header.rcode != dnslib.RCODE.NOERROR or not answers:
-                raise OSError(f"no A record for {name}: {dnslib.RCODE[reply.header.rcode]}")
-            return str(answers[-1].rdata)
+    def prepare(name: str) -> bytes:
+        return bytes(dnslib.DNSRecord.question(name).pack()) if args.via != "getaddrinfo" else b""
+
+    def ask(name: str, query: bytes) -> Any:
+        if not query:
+            return socket.getaddrinfo(name, 80, socket.AF_INET, socket.SOCK_STREAM)
+        sock.send(query)
+        while True:
+            reply = sock.recv(4096)
+            if reply[:2] == query[:2]:
+                return reply
+
+    def answer_of(name: str, reply: Any) -> str:
+        if isinstance(reply, list):
+            return str(reply[0][4][0])
+        record = dnslib.DNSRecord.parse(reply)
+        found = [r for r in record.rr if r.rtype == dnslib.QTYPE.A]
+        if record.header.rcode != dnslib.RCODE.NOERROR or not found:
+            raise OSError(f"no A record for {name}: {dnslib.RCODE[record.header.rcode]}")
+        return str(found[-1].rdata)
 
     if "{}" not in args.name:
-        ask(names())  # the one miss of the cached series
+        name = names()
+        answer_of(name, ask(name, prepare(name)))  # the one miss of the cached series
     samples: list[float] = []
     failed = 0
     answer = ""
     for _ in range(args.count):
         name = names()
+        query = prepare(name)
         started = time.perf_counter_ns()
         try:
-            answer = ask(name)
+            reply = ask(name, query)
         except OSError:
             failed += 1
             continue
-        samples.append((time.perf_counter_ns() - started) / 1e6)
+        elapsed = (time.perf_counter_ns() - started) / 1e6
+        try:
+            answer = answer_of(name, reply)
+        except OSError:
+            failed += 1
+            continue
+        samples.append(elapsed)
+    sock.close()
     if args.expect and answer != args.expect:
         raise SystemExit(f"{args.name} resolved to {answer!r}, not {args.expect}")
     return {"queries": len(samples), "asked": args.count, "failed": failed, **_percentiles(samples)}
 
 
 def first(args: argparse.Namespace) -> dict[str, Any]:
-    """Try a request every 20 ms until one succeeds; time.monotonic() of the success
-    (CLOCK_MONOTONIC is the machine's: the caller compares it with its own)."""
-    deadline = time.monotonic() + args.timeout
+    """A new attempt every 20 ms, each its own thread with 1 s to answer (an attempt
+    before the route exists hangs on a dropped SYN: one at a time would measure that
+    timeout); time.monotonic() when the first one succeeded (CLOCK_MONOTONIC is the
+    machine's: the caller compares it with its own)."""
+    won = threading.Event()
+    at: list[float] = []
     tries = 0
-    while time.monotonic() < deadline:
-        tries += 1
+
+    def attempt() -> None:
         try:
-            with open_connection(args.host, args.port, args.socks, timeout=0.5) as sock:
+            with open_connection(args.host, args.port, args.socks, timeout=1) as sock:
                 sock.sendall(_get(args.host, "/healthz", close=True))
                 Response(sock).read()
-            return {"at": time.monotonic(), "tries": tries}
         except OSError:
-            time.sleep(0.02)
-    raise SystemExit(f"no answer from {args.host}:{args.port} within {args.timeout}s")
+            return
+        at.append(time.monotonic())
+        won.set()
+
+    deadline = time.monotonic() + args.timeout
+    while not won.wait(0.02):
+        if time.monotonic() > deadline:
+            raise SystemExit(f"no answer from {args.host}:{args.port} within {args.timeout}s")
+        tries += 1
+        threading.Thread(target=attempt, daemon=True).start()
+    return {"at": min(at), "tries": tries}
 
 
 def make_parser() -> argparse.ArgumentParser:

@@ -297,22 +297,22 @@ class Suite:
     def routes(self, connect: Ktpy, helpers: Helpers) -> list[Route]:
         ip, port, local = self.cluster_ip, 80, "127.0.0.1"
 
-        def tree(*names: str) -> Callable[[], list[int]]:
-            return lambda: helpers.tree(*names)
+        def via(*names: str) -> dict[str, Any]:
+            return {"helpers": names, "roots": lambda: helpers.tree(*names)}
 
         ktpy = lambda: [connect.pid()]  # noqa: E731
         return [
             Route("direct", self.pod_ip, 8080, on_node=True),
             Route("kubectl_websocket", local, PORTS["kubectl_websocket"],
-                  roots=tree("kubectl_websocket")),
-            Route("kubectl_spdy", local, PORTS["kubectl_spdy"], roots=tree("kubectl_spdy")),
+                  **via("kubectl_websocket")),
+            Route("kubectl_spdy", local, PORTS["kubectl_spdy"], **via("kubectl_spdy")),
             Route("ktpy_port_forward", local, PORTS["ktpy_port_forward"],
-                  roots=tree("ktpy_port_forward")),
-            Route("ssh_d", ip, port, socks=PORTS["ssh_d"], roots=tree("ssh_port_forward", "ssh_d")),
+                  **via("ktpy_port_forward")),
+            Route("ssh_d", ip, port, socks=PORTS["ssh_d"], **via("ssh_port_forward", "ssh_d")),
             Route("ssh_d_ktpy_pf", ip, port, socks=PORTS["ssh_d_ktpy_pf"],
-                  roots=tree("ssh_ktpy_port_forward", "ssh_d_ktpy_pf")),
+                  **via("ssh_ktpy_port_forward", "ssh_d_ktpy_pf")),
             Route("redsocks", ip, port, use=helpers.redirected,
-                  roots=tree("ssh_port_forward", "ssh_d", "redsocks")),
+                  **via("ssh_port_forward", "ssh_d", "redsocks")),
             Route("connect_tun", ip, port, roots=ktpy),
             Route("connect_socks", ip, port, socks=SOCKS_PORT, roots=ktpy),
         ]  # fmt: skip
@@ -351,7 +351,27 @@ class Suite:
                 proc.stdin.close()
                 stop(proc, signal.SIGTERM, timeout=30)
 
-    def rounds(self, routes: list[Route]) -> dict[str, Any]:
+    def series(self, route: Route) -> list[tuple[str, dict[str, Any]]]:
+        """Every path scenario once through route, in one load process."""
+        s = self.sizes
+        out: list[tuple[str, dict[str, Any]]] = []
+        with self.steps(route) as ask:
+            for direction, streams in BULK:
+                before = free_tree_stats(route.roots()).cpu_seconds
+                result = ask("bulk", "--bytes", str(s.bulk_bytes), "--streams", str(streams),
+                             "--direction", direction)  # fmt: skip
+                spent = free_tree_stats(route.roots()).cpu_seconds - before
+                if route.roots():
+                    result["cpu_s_per_gib"] = round(spent / (result["bytes"] / GIB), 3)
+                out.append((f"bulk_{direction}_{streams}", result))
+            for conns in (1, 8):
+                result = ask("rr", "--requests", str(s.rr_requests), "--conns", str(conns))
+                out.append((f"rr_{conns}", result))
+            result = ask("churn", "--connections", str(s.churn_connections), "--workers", "4")
+            out.append(("churn", result))
+        return out
+
+    def rounds(self, routes: list[Route], helpers: Helpers) -> dict[str, Any]:
         s = self.sizes
         runs: dict[str, dict[str, list[Any]]] = {}
         cpu: dict[str, dict[str, list[float]]] = {r.name: {"down": [], "up": []} for r in routes}
@@ -360,44 +380,48 @@ class Suite:
             runs.setdefault(scenario, {}).setdefault(route.name, []).append(result)
 
         last = 0.0  # seconds the last round took
+        retried: list[str] = []
         for round_ in range(s.rounds):  # interleaved: drift hits every path alike
             if round_ and self.clock.left() < last + RESERVE * self.clock.budget:
                 break  # keep the rounds done and the time for the rest of the suite
             started = time.monotonic()
             for route in routes:
                 self.clock.check(f"round {round_ + 1} of {route.name}")
-                with self.steps(route) as ask:
-                    for direction, streams in BULK:
-                        before = free_tree_stats(route.roots()).cpu_seconds
-                        result = ask("bulk", "--bytes", str(s.bulk_bytes), "--streams",
-                                     str(streams), "--direction", direction)  # fmt: skip
-                        spent = free_tree_stats(route.roots()).cpu_seconds - before
-                        if route.roots():
-                            result["cpu_s_per_gib"] = round(spent / (result["bytes"] / GIB), 3)
-                            cpu[route.name][direction].append(result["cpu_s_per_gib"])
-                        keep(f"bulk_{direction}_{streams}", route, result)
-                    for conns in (1, 8):
-                        result = ask("rr", "--requests", str(s.rr_requests), "--conns", str(conns))
-                        keep(f"rr_{conns}", route, result)
-                    result = ask("churn", "--connections", str(s.churn_connections),
-                                 "--workers", "4")  # fmt: skip
-                    keep("churn", route, result)
+                try:
+                    series = self.series(route)
+                except RuntimeError as exc:  # a baseline's helper died under it: once more
+                    if not helpers.revive(*route.helpers):
+                        raise
+                    retried.append(f"{route.name}: {str(exc)[-300:]}")
+                    series = self.series(route)
+                for scenario, result in series:
+                    keep(scenario, route, result)
+                    if scenario.startswith("bulk") and "cpu_s_per_gib" in result:
+                        cpu[route.name][scenario.split("_")[1]].append(result["cpu_s_per_gib"])
+                helpers.revive(*route.helpers)  # a churn can end a kubectl port-forward
             last = time.monotonic() - started
         medians: dict[str, dict[str, float]] = {}
         for scenario, by_route in runs.items():
             field = "gbit_s" if scenario.startswith("bulk") else None
             for name, results in by_route.items():
-                for key in [field] if field else ["p50_ms", "p99_ms", "p99_9_ms", "per_s"]:
+                keys = ["p50_ms", "p99_ms", "p99_9_ms", "per_s"]
+                if scenario == "churn":
+                    keys += ["connect_p50_ms", "connect_p99_ms"]
+                for key in [field] if field else keys:
                     medians.setdefault(f"{scenario}_{key}", {})[name] = round(
                         statistics.median(r[key] for r in results), 4
                     )
+        medians["churn_failed"] = {  # all rounds together
+            name: sum(r["failed"] for r in results) for name, results in runs["churn"].items()
+        }
         cpu_median = {
             name: {d: round(statistics.median(v), 3) for d, v in by_dir.items() if v}
             for name, by_dir in cpu.items()
             if by_dir["down"]
         }
         done = len(runs["churn"]["direct"])
-        return {"runs": runs, "rounds_done": done, "medians": medians, "cpu_s_per_gib": cpu_median}
+        return {"runs": runs, "rounds_done": done, "medians": medians, "cpu_s_per_gib": cpu_median,
+                "retried": retried, "helper_deaths": helpers.deaths}  # fmt: skip
 
     def hold(self, routes: list[Route], connect: Ktpy) -> dict[str, Any]:
         """N connections open at once through a path; meanwhile the RSS and threads of
@@ -576,7 +600,7 @@ class Suite:
                 PORTS["ssh_d"], PORTS["redsocks"], (config.SERVICE_CIDR, config.CLUSTER_CIDR)
             )
             routes = self.routes(connect, helpers)
-            out.update(self.rounds(routes))
+            out.update(self.rounds(routes, helpers))
             memory["after_load"] = host_stats.pod_memory(self.shadow_uid)
             held = [
                 r for r in routes if r.name in ("connect_tun", "connect_socks", "ssh_d", "redsocks")
@@ -721,6 +745,7 @@ def checks(out: dict[str, Any]) -> list[str]:
         for name, results in by_route.items():
             for result in results:
                 moved = result.get("bytes", result.get("requests", result.get("connections")))
+                moved += result.get("failed", 0)  # a failed new connection is a figure too
                 if moved != result["asked"]:
                     wrong.append(f"{scenario} {name}: {moved} of {result['asked']}")
     for name, held in out["hold"].items():

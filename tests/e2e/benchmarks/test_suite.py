@@ -40,7 +40,11 @@ def test_smoke_run_measures_every_scenario_and_moves_what_it_asked(
         for path in PATHS:
             (run,) = result["runs"][scenario][path]
             moved = run.get("bytes", run.get("requests", run.get("connections")))
-            assert moved == run["asked"] == asked[scenario.split("_")[0]], (scenario, path, run)
+            # a new connection a baseline failed is counted (kubectl's port-forward
+            # drops some under churn); through ktpy none may fail
+            failed = run.get("failed", 0)
+            assert moved + failed == run["asked"] == asked[scenario.split("_")[0]], (path, run)
+            assert failed == 0 or not path.startswith("connect"), (scenario, path, run)
             figure = run.get("gbit_s", run.get("p50_ms"))
             assert figure, (scenario, path, run)
             assert figure > 0, (scenario, path, run)
