@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -130,9 +131,13 @@ class Laptop:
         ):
             raise RuntimeError(f"nothing listens on {port} in {self.name}: {describe(proc)}")
 
-    def close(self) -> None:
+    def close(self, *, keep_logs: bool = False) -> None:
         if self.made:
             hostnet.delete_laptop(self.name)
+        if keep_logs:
+            print(f"the suite's logs are in {self.workdir}", file=sys.stderr)
+        else:
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 def node_load(*args: str, timeout: float = 300, netns_of: int | None = None) -> dict[str, Any]:

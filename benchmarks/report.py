@@ -184,9 +184,10 @@ def targets(r: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
     cold = r["cold_start"]["median"]["first_request_after_pod_running_s"]
     at_most("first request <= 2 s after the shadow pod is Running", cold, 2.0, "s")
     mem = r["shadow_pod_memory"]
-    held = [h["shadow_pod_memory_held"]["working_set_bytes"] for h in r["hold"].values()]
-    ws = max(mem["idle"]["working_set_bytes"], mem["after_load"]["working_set_bytes"], *held)
-    at_most("shadow pod working set <= 20 MiB (highest seen)", ws / MIB, 20, "MiB")
+    ws = max(mem["idle"]["working_set_bytes"], mem["after_load"]["working_set_bytes"])
+    at_most("shadow pod working set <= 20 MiB (idle, and after the rounds)", ws / MIB, 20, "MiB")
+    held = max(h["shadow_pod_memory_held"]["working_set_bytes"] for h in r["hold"].values())
+    at_most(f"... with {hold['connections']:,} connections held", held / MIB, 20, "MiB")
     at_most(
         "shadow image <= 40 MB uncompressed", r["shadow_image"]["uncompressed_bytes"] / MB, 40, "MB"
     )
@@ -213,9 +214,10 @@ def suite_section(r: dict[str, Any]) -> str:
     exch = r["exchange"]
     mem, image = r["shadow_pod_memory"], r["shadow_image"]
     above = "\n".join(f"- {line}" for line in above_the_hop(r)) or "- none"
-    headline = ", ".join(
-        f"`{k}` {v:.2f}" for k, v in r["ratios"].items() if k.count("_") <= 4 and "bulk_vs" in k
-    )
+    names = [f"connect_bulk_vs_{b}" for b in ("ssh_d", "ssh_d_ktpy_pf", "redsocks",
+             "ktpy_port_forward", "kubectl_websocket")] + ["socks_bulk_vs_ssh_d",
+             "socks_bulk_vs_ssh_d_ktpy_pf"]  # fmt: skip
+    headline = ", ".join(f"`{k}` {r['ratios'][k]:.2f}" for k in names if k in r["ratios"])
     medians_of = f"median of {r['rounds_done']} interleaved rounds"
     return f"""### The suite: ktpy against native tools (`python -m benchmarks all`)
 

@@ -255,7 +255,12 @@ class Suite:
             self.commands["cold_start"] = "ktpy " + " ".join(args)
             session = Ktpy(self.laptop, f"cold-{i}.log", *args)
             try:
-                out, _ = poller.communicate(timeout=150)
+                deadline = time.monotonic() + 150
+                while poller.poll() is None:  # the poller ends at its first answer
+                    if session.proc.poll() is not None or time.monotonic() > deadline:
+                        raise RuntimeError(f"no first answer: {session.log.read_text()[-1500:]}")
+                    time.sleep(0.1)
+                out, _ = poller.communicate()
                 if poller.returncode != 0:
                     raise RuntimeError(f"first request: {describe(poller)} {session.lines}")
                 first = json.loads(out)["at"]
@@ -266,6 +271,7 @@ class Suite:
                     if line.startswith("{") and '"start-up timings"' in line
                 )
             finally:
+                stop(poller, signal.SIGTERM, timeout=10)
                 stopped = session.stop()
                 running.stop()
             origin = timings["origin"]  # the session's start on this machine's clock
@@ -781,16 +787,18 @@ def main(argv: list[str] | None = None) -> None:
         kubectl("create", "namespace", namespace)
     laptop = Laptop(args.laptop or config.BENCH_LAPTOPS[-1], make=args.laptop is None)
     suite = Suite(laptop, namespace, sizes, clock)
+    failed = False
     try:
         suite.deploy()
         out = suite.run()
     except BaseException:
+        failed = True
         partial = args.out.with_suffix(".partial.json")
         partial.write_text(json.dumps(suite.out, indent=1) + "\n")
         print(f"failed; what was measured is in {partial}", file=sys.stderr)
         raise
     finally:
-        laptop.close()
+        laptop.close(keep_logs=failed)
         if not args.namespace:
             kubectl("delete", "namespace", namespace, "--wait=false")
     summary = {
