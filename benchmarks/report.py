@@ -219,6 +219,14 @@ def suite_section(r: dict[str, Any]) -> str:
              "socks_bulk_vs_ssh_d_ktpy_pf"]  # fmt: skip
     headline = ", ".join(f"`{k}` {r['ratios'][k]:.2f}" for k in names if k in r["ratios"])
     medians_of = f"median of {r['rounds_done']} interleaved rounds"
+    deaths = r.get("helper_deaths", {})
+    died = (
+        "Baseline processes that died during the run and were started again: "
+        + "; ".join(f"{name} {len(lines)}x ({lines[-1]!r})" for name, lines in deaths.items())
+        + (f"; series run again: {len(r['retried'])}." if r.get("retried") else ".")
+        if deaths
+        else "No baseline process died during the run."
+    )
     return f"""### The suite: ktpy against native tools (`python -m benchmarks all`)
 
 `sudo .venv/bin/python -m benchmarks all` (bounded: 600 s; `--smoke` for the
@@ -254,7 +262,7 @@ Date {r["date"]}, commit `{r["commit"][:12]}`, {r["machine"]} (shared with other
 work: absolute figures move with the load, the ratios of one run are what the
 targets are about). {r["versions"]["kubectl"]}, {r["versions"]["openssh"]},
 redsocks {r["versions"]["redsocks"]}, paramiko {r["versions"]["paramiko"]},
-Python {r["versions"]["python"]}. The run took {r["seconds"]:.0f} s.
+Python {r["versions"]["python"]}. The run took {r["seconds"]:.0f} s. {died}
 
 #### Targets (issue 17)
 
