@@ -245,11 +245,12 @@ The paths (`benchmarks/baselines.py`):
   local listener (`benchmarks/raw_forward.py`), a stream per connection: the
   hop under connect's tunnel.
 - **`ssh -D`**: OpenSSH's SOCKS proxy over a kubectl port-forward (WebSocket)
-  to connect's own shadow pod (aes128-gcm, the cipher ktpy picks): what the
-  SOCKS mode replaces.
+  to connect's own shadow pod (a key of the suite's added to its
+  authorized_keys; aes128-gcm, the cipher ktpy picks): what the SOCKS mode
+  replaces.
 - **`ssh -D` over ktpy's port-forward**: the same `ssh -D` through ktpy's
-  port-forward client instead of kubectl's: the same port-forward connect rides
-  on, so connect against it is SSH and TUN against SSH alone.
+  port-forward client instead of kubectl's, the one connect rides on: against
+  it, connect's SSH (paramiko) and TUN stack meet OpenSSH alone on the same hop.
 - **`ssh -D` + redsocks**: kt-connect's design built from native parts:
   redsocks (Debian's package, a C transparent TCP-to-SOCKS5 redirector) with an
   iptables REDIRECT of the cluster's ranges in the laptop's network namespace,
