@@ -219,6 +219,9 @@ def suite_section(r: dict[str, Any]) -> str:
              "socks_bulk_vs_ssh_d_ktpy_pf"]  # fmt: skip
     headline = ", ".join(f"`{k}` {r['ratios'][k]:.2f}" for k in names if k in r["ratios"])
     medians_of = f"median of {r['rounds_done']} interleaved rounds"
+    kubectl = r["versions"]["kubectl"]
+    if not kubectl.startswith("v"):  # an early run recorded the header of a YAML dump
+        kubectl = r["versions"]["kubernetes"]
     deaths = r.get("helper_deaths", {})
     died = (
         "Baseline processes that died during the run and were started again: "
@@ -261,7 +264,7 @@ The paths (`benchmarks/baselines.py`):
 
 Date {r["date"]}, commit `{r["commit"][:12]}`, {r["machine"]} (shared with other
 work: absolute figures move with the load, the ratios of one run are what the
-targets are about). {r["versions"]["kubectl"]}, {r["versions"]["openssh"]},
+targets are about). kubectl {kubectl}, {r["versions"]["openssh"]},
 redsocks {r["versions"]["redsocks"]}, paramiko {r["versions"]["paramiko"]},
 Python {r["versions"]["python"]}. The run took {r["seconds"]:.0f} s. {died}
 
