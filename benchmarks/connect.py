@@ -8,8 +8,9 @@ Measures, from a laptop namespace of the bed: bulk download throughput and
 request/response latency (p50, p99 on one held connection) through
 kubectl port-forward (WebSocket and SPDY), ktpy connect's TUN mode and its
 SOCKS5 proxy; and connect's time to ready after the shadow pod is Running.
-Writes benchmarks/results/latest.json (with the `ratios` object) and
-docs/performance-connect.svg.
+Writes benchmarks/results/connect.json and docs/performance-connect.svg.
+Superseded by the suite (`python -m benchmarks all`, benchmarks/suite.py), which
+holds connect against more baselines and scenarios and writes latest.json.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from tests.e2e.conftest import echo_manifest
 from tests.e2e.testbed import config, hostnet
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results" / "latest.json"
+RESULTS = ROOT / "benchmarks" / "results" / "connect.json"
 CHART = ROOT / "docs" / "performance-connect.svg"
 NAMESPACE = "bench-connect"
 LAPTOP = config.BENCH_LAPTOPS[-1]

@@ -15,6 +15,7 @@ import os
 import shutil
 import socket
 import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -236,6 +237,10 @@ class TunConnection:
     guard: ResolverGuard | None = None
     run_dir: Path | None = None  # this session's runtime files (the stack's stats)
     socks: SocksServer | None = None  # the stack's own SOCKS5 proxy, on a unix socket
+    # time.monotonic() once the stack serves the device and once the resolver points
+    # at the DNS server (start-up timings)
+    tun_up_at: float = 0.0
+    dns_up_at: float = 0.0
 
     def up(
         self,
@@ -313,6 +318,7 @@ class TunConnection:
         finally:
             udp.close()
             tcp.close()
+        self.tun_up_at = time.monotonic()  # the stack and its DNS server serve
         resolver = host.point_resolver(self.journal, survey, request)
         say = lambda line: click.echo(line, err=True)  # noqa: E731
         server = [str(survey.tun_address)]
@@ -323,6 +329,7 @@ class TunConnection:
                 survey.tun_name, server, request.routing_domains, request.search_domains, say
             )
         ).start()
+        self.dns_up_at = time.monotonic()
         self._watch_names(facts, ns, dns_namespaces, survey, request)
 
         self.lines += [

@@ -71,7 +71,14 @@ class Timings:
 
     pod_created: float = 0.0
     pod_ready: float = 0.0
-    tunnel_up: float = 0.0
+    portforward_open: float = 0.0  # the first port-forward stream to sshd
+    ssh_up: float = 0.0  # SSH authenticated over it
+    tunnel_up: float = 0.0  # remote forwards asked too: the tunnel serves
+    origin: float = 0.0  # time.monotonic() at the session's start
+
+    def since_start(self, at: float) -> float:
+        """A time.monotonic() value as seconds from the session's start."""
+        return at - self.origin
 
 
 def _unanswered(exc: Exception, stale_after: timedelta) -> tuple[str, type[KtpyError]]:
@@ -104,7 +111,8 @@ class Session:
         self.id = session_id or names.new_session_id()
         self.log = get_logger("ktpy.session", session=self.id, pod=spec.pod_name)
         self.keys = keys.generate_session_keys(self.id)
-        self.timings = Timings()
+        self._started = time.monotonic()
+        self.timings = Timings(origin=self._started)
         self.lost = threading.Event()  # set when the session cannot go on (reason in lost_reason)
         self.lost_reason = ""
         self.lost_error: type[KtpyError] = SessionLost  # what the command raises for it
@@ -112,7 +120,6 @@ class Session:
         self.link = TunnelLink(api, spec, self.keys, self.log, self.lost)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._started = time.monotonic()
         # Called with the API server's now after each heartbeat (a mesh member's mark).
         self.heartbeat_hooks: list[Callable[[], None]] = []
         # One line each, for the user once the session is up (NetworkPolicies).
@@ -141,6 +148,8 @@ class Session:
                 self.objects.wait_ready(timeout, self._stop.is_set, wait.update)
             self.timings.pod_ready = time.monotonic() - self._started
             self.link.connect()
+            self.timings.portforward_open = self.timings.since_start(self.link.stream_opened_at)
+            self.timings.ssh_up = self.timings.since_start(self.link.ssh_up_at)
             self.timings.tunnel_up = time.monotonic() - self._started
         except BaseException:
             self.close()

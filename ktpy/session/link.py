@@ -74,6 +74,9 @@ class TunnelLink:
         self._remote_forwards: dict[int, RemoteHandler] = {}
         self._wake = threading.Event()  # cuts a backoff short
         self._renew = threading.Event()
+        # time.monotonic() of the last connect's steps (start-up timings, benchmarks)
+        self.stream_opened_at = 0.0
+        self.ssh_up_at = 0.0
 
     def connect(self, *, again: bool = False) -> None:
         """Port-forward, then SSH; a failure is the KtpyError of its cause (the first
@@ -88,11 +91,13 @@ class TunnelLink:
                 f"the API server refused the port-forward to pod {target.pod} "
                 f"(HTTP {exc.status}): {exc.message}"
             ) from exc
+        self.stream_opened_at = time.monotonic()
         credentials = ssh.SshCredentials(self.keys.client.pkey(), self.keys.host.public)
         try:
             transport = ssh.connect(stream, credentials, where=f"pod/{self.spec.pod_name}")
         except ssh.SshError as exc:
             raise ssh_failure(exc, stream.error, target) from exc
+        self.ssh_up_at = time.monotonic()
         try:
             if again and self._remote_forwards:
                 # The previous connection may still hold the ports in the pod.
