@@ -567,7 +567,8 @@ class Suite:
     def run(self) -> dict[str, Any]:
         out = self.out
         out["cold_start"] = self.cold_start()
-        args = ("-n", self.ns, "connect")
+        # TUN mode opens its SOCKS5 port for other programs only when asked.
+        args = ("-n", self.ns, "connect", "--socks-port", str(SOCKS_PORT))
         self.commands["connect"] = "ktpy " + " ".join(args)
         connect = Ktpy(self.laptop, "connect.log", *args)
         helpers = Helpers(self.laptop, self.ns)
