@@ -24,6 +24,7 @@ import pytest
 
 from tests.e2e.commands.test_exchange import Load
 from tests.e2e.conftest import Bed, Laptop, RunningKtpy, echo_manifest, local_server, run_ktpy
+from tests.e2e.session.test_eviction import evict
 from tests.e2e.testbed import hostnet
 
 SECONDS = int(os.environ.get("KTPY_SOAK_SECONDS", "180"))
@@ -115,19 +116,6 @@ def ktpy_usage(*laptops: Laptop) -> Usage:
         except (OSError, KeyError):
             continue  # ended meanwhile
     return Usage(rss, threads, fds)
-
-
-def evict(bed: Bed, namespace: str, pod: str) -> None:
-    """The Eviction API, as a node drain uses it."""
-    body = {
-        "apiVersion": "policy/v1",
-        "kind": "Eviction",
-        "metadata": {"name": pod, "namespace": namespace},
-    }
-    bed.kubectl(
-        "create", "--raw", f"/api/v1/namespaces/{namespace}/pods/{pod}/eviction", "-f", "-",
-        input=json.dumps(body),
-    )  # fmt: skip
 
 
 def shadow_of(bed: Bed, namespace: str, role: str) -> str:
