@@ -144,6 +144,21 @@ def chosen_ranges(
     return tuple(wanted)
 
 
+def routed_families(chosen: Iterable[IPNetwork]) -> tuple[tuple[IPNetwork, ...], str | None]:
+    """The ranges to route, and the line saying which are not. The stack carries IPv4
+    only: an IPv6 range routed into it would take connections it cannot answer, so
+    it is left to the host's own routes (a connection to it fails at once)."""
+    chosen = tuple(chosen)
+    v6 = [net for net in chosen if net.version == 6]
+    line = (
+        f"Not routed: {', '.join(map(str, v6))}: the TUN stack carries IPv4 only "
+        "(IPv6 addresses work through the SOCKS5 proxy)"
+        if v6
+        else None
+    )
+    return tuple(net for net in chosen if net.version == 4), line
+
+
 @dataclass
 class ClusterFacts:
     service: ranges.Ranges
@@ -257,10 +272,7 @@ class TunConnection:
         ns = settings.namespace
         facts = read_cluster(api, session, ns, dns_namespaces)
         chosen = chosen_ranges((*facts.service.networks, *facts.pods.networks), include, exclude)
-        # The stack carries IPv4 only: an IPv6 range routed into it would take
-        # connections it cannot answer, so it is left to the host's own routes.
-        wanted = tuple(net for net in chosen if net.version == 4)
-        unrouted_v6 = [net for net in chosen if net.version == 6]
+        wanted, unrouted_line = routed_families(chosen)
         request = host.HostRequest(
             session=session.id,
             ranges=wanted,
@@ -339,11 +351,8 @@ class TunConnection:
             f"Routed through {survey.tun_name}: {', '.join(map(str, self.network.routed))}",
         ]
         self.lines += [f"Not routed: {warning}" for warning in survey.warnings()]
-        if unrouted_v6:
-            self.lines.append(
-                f"Not routed: {', '.join(map(str, unrouted_v6))}: the TUN stack carries IPv4"
-                " only (IPv6 addresses work through the SOCKS5 proxy)"
-            )
+        if unrouted_line:
+            self.lines.append(unrouted_line)
         self.lines += [
             f"Cluster domain {facts.domain} (from {facts.domain_source}); "
             f"namespaces {facts.namespaces_source}",

@@ -336,22 +336,23 @@ def test_a_thousand_flows_behind_a_slow_reader_stay_within_the_buffer_bound(
     bed: Bed, echo: str, laptop: Laptop
 ) -> None:
     """The TUN stack's pool (issue 13): 1,000 downloads read slowly on the laptop hold
-    no more than KTPY_TUN_BUFFER in the stack, every byte arrives; and an IPv6 range
-    is not routed (said in one line), so a connection to it fails at once."""
+    no more than KTPY_TUN_BUFFER in the stack, every byte arrives; and no IPv6 route
+    is made, so a connection to an IPv6 address fails at once. (The bed's ranges are
+    IPv4 only; a cluster's IPv6 range is left unrouted with one line, unit-tested in
+    tests/unit/commands; an IPv6 --include-cidr is refused, in the hostile-input
+    battery.)"""
     ns = echo
     bound = 8 << 20
-    session = run_ktpy(
-        laptop, "-n", ns, "connect", "--include-cidr", "fd00:ab::/64",
-        env={"KTPY_TUN_BUFFER": "8MiB"},
-    )  # fmt: skip
+    session = run_ktpy(laptop, "-n", ns, "connect", env={"KTPY_TUN_BUFFER": "8MiB"})
     session.wait_ready(90)
     try:
-        unrouted = [line for line in session.output if "fd00:ab::/64" in line]
-        assert unrouted == [
-            "Not routed: fd00:ab::/64: the TUN stack carries IPv4 only"
-            " (IPv6 addresses work through the SOCKS5 proxy)"
-        ]
-        assert "fd00:ab::" not in laptop.run("ip", "-6", "route", "show", "table", "all").stdout
+        # The kernel's own link-local and multicast routes of the device aside.
+        ipv6_routes = laptop.run("ip", "-6", "route", "show", "table", "all").stdout
+        kernel_own = ("fe80::", "local fe80::", "multicast ff00::")
+        assert not [
+            line for line in ipv6_routes.splitlines()
+            if "dev ktpy-" in line and not line.startswith(kernel_own)
+        ], ipv6_routes  # fmt: skip
         probe = (
             "import socket, time\n"
             "started = time.monotonic()\n"

@@ -16,6 +16,7 @@ from ktpy.commands.connect_tun import (
     check_include,
     chosen_ranges,
     degraded_note,
+    routed_families,
 )
 from ktpy.errors import UsageProblem
 from ktpy.host.runner import Completed, Runner
@@ -108,3 +109,14 @@ def test_pac_and_env_lines_need_a_socks_port_in_tun_mode(tmp_path: Path) -> None
         result = CliRunner().invoke(cli, ["connect", flag], env=env)
         assert result.exit_code == 2, result.output
         assert "need a SOCKS5 port in tun2socks mode" in result.output
+
+
+def test_a_clusters_ipv6_range_is_left_unrouted_and_said_in_one_line() -> None:
+    chosen = (ip_network("10.96.0.0/16"), ip_network("fd00:10:96::/112"))
+    routed, line = routed_families(chosen)
+    assert routed == (ip_network("10.96.0.0/16"),)
+    assert line == (
+        "Not routed: fd00:10:96::/112: the TUN stack carries IPv4 only "
+        "(IPv6 addresses work through the SOCKS5 proxy)"
+    )
+    assert routed_families(routed) == (routed, None)
