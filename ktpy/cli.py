@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import functools
+import os
 import sys
 import traceback
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
+from typing import Any, TextIO
 
 import click
 from click.shell_completion import ShellComplete
@@ -184,13 +186,29 @@ for _command in COMMANDS:
     cli.add_command(_command)
 
 
+def _nowhere() -> TextIO:
+    return Path(os.devnull).open("w")
+
+
+def _logs_before_the_command() -> None:
+    """Logging until a command configures its own (cli.start): to stderr, and while
+    the shell asks for completions, nowhere, since stdout is the shell's to read and
+    stderr would land on the user's prompt."""
+    if "_KTPY_COMPLETE" in os.environ:
+        logs.configure(stream=_nowhere())
+    else:
+        logs.configure()
+
+
 def main() -> None:
+    _logs_before_the_command()
     cli.main(prog_name="ktpy")
 
 
 def kubectl_plugin() -> None:
     """``kubectl ktpy ...``: kubectl runs the ``kubectl-ktpy`` script on PATH with the
     rest of the line; usage lines then read as the user typed them."""
+    _logs_before_the_command()
     cli.main(prog_name="kubectl ktpy", complete_var="_KTPY_COMPLETE")
 
 
@@ -198,6 +216,7 @@ def kubectl_plugin_completion() -> None:
     """``kubectl_complete-ktpy``: kubectl (1.26 and later) completes ``kubectl ktpy ...``
     by running it with the words after ``ktpy``, the one being typed last; it reads one
     candidate per line and then cobra's directive (``:4``: no file names)."""
+    logs.configure(stream=_nowhere())  # stdout is kubectl's to read
     args = sys.argv[1:]
     incomplete = args.pop() if args else ""
     completer = ShellComplete(cli, {}, "kubectl ktpy", "_KTPY_COMPLETE")
