@@ -100,6 +100,10 @@ _VNET_GSO_TCPV4 = 0x01
 _VNET = struct.Struct("<BBHHHH")  # flags, gso_type, hdr_len, gso_size, csum_start, csum_offset
 
 
+# How often a reader waiting for its Flow's bytes looks whether the flow was released.
+RELEASE_CHECK_MS = 1000
+
+
 class TunDevice(Protocol):
     """What TunStack uses of a python-pytun TunTapDevice."""
 
@@ -623,9 +627,14 @@ class TunStack:
         with self._relaying(h):
             while True:
                 if poller is not None:
-                    poller.poll()  # bytes, EOF or an error: recv says which
+                    # Bytes, EOF or an error: recv says which. Never without end: once
+                    # the writer closed the Flow its fd number may belong to another
+                    # socket already, whose silence would hold this thread for good.
+                    ready = poller.poll(RELEASE_CHECK_MS)
                     if h.released:
                         return
+                    if not ready:
+                        continue
                 h.space.clear()
                 with lock:
                     space = stack.reserve_send(h.conn, CHUNK)
