@@ -102,6 +102,15 @@ def parse_watch_line(line: bytes, *, kind: Kind, namespace: str | None) -> Watch
     return WatchEvent(typed, with_kind(kind, obj))
 
 
+def status_body(raw: bytes | str) -> JsonObject | None:
+    """The Status object of an error answer, if its body is one (JSON object)."""
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
 class KubernetesApi:
     """``ClusterApi`` over the official client's configuration and HTTP pool.
 
@@ -243,13 +252,9 @@ class KubernetesApi:
         response = self._send("GET", "/version")
         raw = self._read(response)
         if response.status >= 400:
-            try:
-                data = json.loads(raw)
-            except ValueError:
-                data = None
             raise error_from_status(
                 response.status,
-                data if isinstance(data, dict) else None,
+                status_body(raw),
                 verb="get",
                 kind=Kind.NAMESPACE,
                 namespace=None,
@@ -404,14 +409,9 @@ class KubernetesApi:
         )
         try:
             if response.status >= 400:
-                text = raw.read()
-                try:
-                    status_body = json.loads(text)
-                except ValueError:
-                    status_body = None
                 raise error_from_status(
                     response.status,
-                    status_body if isinstance(status_body, dict) else None,
+                    status_body(raw.read()),
                     verb="watch",
                     kind=kind,
                     namespace=namespace,
@@ -452,18 +452,15 @@ class KubernetesApi:
             socket_ = _connect_websocket(configuration, url, headers)
         except websocket.WebSocketBadStatusException as exc:
             log_call("create", resource, namespace, exc.status_code)
-            try:
-                body = json.loads(exc.resp_body or b"")
-            except ValueError:
-                body = None
+            body = status_body(exc.resp_body or b"")
             if exc.status_code == 403:
-                message = str((body or {}).get("message") or "") if isinstance(body, dict) else ""
+                message = str((body or {}).get("message") or "")
                 verb, refused = refused_access(message, "create", resource)
                 detail = "" if (verb, refused) != ("create", resource) else message
                 raise Forbidden(verb, refused, namespace, detail) from exc
             raise error_from_status(
                 exc.status_code,
-                body if isinstance(body, dict) else None,
+                body,
                 verb="create",
                 kind=Kind.POD,
                 namespace=namespace,
