@@ -621,10 +621,13 @@ class TunStack:
         stack, lock, clock = self._stack, self._lock, self._clock
         fileno = getattr(h.flow, "fileno", None)
         poller: select.poll | None = None
-        if fileno is not None:
-            poller = select.poll()
-            poller.register(fileno(), select.POLLIN)
         with self._relaying(h):
+            if fileno is not None:
+                fd = fileno()
+                if fd < 0:  # closed before this thread ran (a reset, usually)
+                    raise OSError(errno.EBADF, "the flow was closed before it was read")
+                poller = select.poll()
+                poller.register(fd, select.POLLIN)
             while True:
                 if poller is not None:
                     # Bytes, EOF or an error: recv says which. Never without end: once

@@ -26,6 +26,7 @@ from typing import Any
 
 import pytun
 
+from ktpy.net.relay import SocketFlow
 from ktpy.net.tcp import TcpConfig
 from ktpy.net.tun_tcp import TunStack
 from tests.integration.support import in_netns
@@ -38,6 +39,7 @@ NET_UNREACHABLE = "198.18.0.67"  # ... with ENETUNREACH
 SLOW = "198.18.0.68"  # open_flow takes SLOW_SECONDS
 BROKEN = "198.18.0.69"  # the flow opens, then its recv raises something not an OSError
 IMPATIENT = "198.18.0.70"  # the flow's socket keeps a 0.2 s timeout
+CLOSED = "198.18.0.71"  # a socket Flow (with fileno) already closed when it is handed over
 CLIENT = "198.18.1.1"
 SLOW_SECONDS = 3.0
 
@@ -265,7 +267,7 @@ class TunEnv:
         self.servers.append(s)
         return s
 
-    def open_flow(self, host: str, port: int) -> TestFlow | BrokenFlow:
+    def open_flow(self, host: str, port: int) -> TestFlow | BrokenFlow | SocketFlow:
         if host == UNREACHABLE:
             raise OSError(errno.EHOSTUNREACH, "No route to host (test)")
         if host == NET_UNREACHABLE:
@@ -274,6 +276,11 @@ class TunEnv:
             time.sleep(SLOW_SECONDS)
         if host == BROKEN:
             return BrokenFlow()
+        if host == CLOSED:
+            # As when a reset's closer ran before the flow's reader thread (found by the fuzz).
+            gone = SocketFlow(socket.create_connection(("127.0.0.1", port), timeout=5))
+            gone.close()
+            return gone
         sock = socket.create_connection(("127.0.0.1", port), timeout=5)
         sock.settimeout(0.2 if host == IMPATIENT else None)
         return TestFlow(sock, self.flows)

@@ -269,6 +269,16 @@ def test_a_flow_failing_in_its_own_way_resets_the_client(env: TunEnv) -> None:
     wait_for(lambda: stack.flows() == 0 and stack.relaying() == 0, 5, "the flow to go")
 
 
+def test_a_flow_closed_before_its_reader_ran_resets_the_client(env: TunEnv) -> None:
+    """Found by the TUN fuzz: the reader of a flow whose Flow was already closed
+    died registering fd -1 and was never counted as ended."""
+    server = env.server(te.pong)
+    stack = env.start()
+    with env.connect(server.port, host=te.CLOSED) as client, pytest.raises(ConnectionResetError):
+        client.recv(100)
+    wait_for(lambda: stack.flows() == 0 and stack.relaying() == 0, 5, "the flow to go")
+
+
 def test_an_idle_flow_with_a_timeout_is_not_a_failure(env: TunEnv) -> None:
     server = env.server(te.pong)
     stack = env.start()

@@ -300,16 +300,8 @@ def test_a_flow_works_after_the_fuzz(harness: Harness) -> None:
     wait_for(lambda: harness.stack.flows() == 0, 30, "every fuzzed flow to end")
 
 
-@pytest.mark.xfail(
-    reason="known defect, issue 13 (open): after the fuzz a relay thread of a released "
-    "flow can outlive it (seen in CI: 2 of ~1,000; one cause, a reader polling a reused "
-    "fd, is fixed); kept visible here until the other is found",
-    strict=False,
-)
 def test_every_relay_thread_ends_after_the_fuzz(harness: Harness) -> None:
-    """Runs after the fuzz target and the fresh flow, in the same module."""
-    try:
-        wait_for(lambda: harness.stack.relaying() == 0, 30, "every relay thread to end")
-    except AssertionError:
-        print(harness.stack.stats)
-        raise
+    """Runs after the fuzz target and the fresh flow, in the same module. It found a
+    reader that died before it was counted (a Flow closed by a reset before the reader
+    ran); test_tun_tcp keeps that case as a regression test."""
+    wait_for(lambda: harness.stack.relaying() == 0, 30, "every relay thread to end")
