@@ -19,6 +19,7 @@ code  class                       meaning
 4     NeedsRoot                   the command changes the host and needs root
 5     NoTunDevice                 /dev/net/tun is missing or unusable
 6     AlreadyRunning              another ktpy connect runs on this machine
+7     UnreadableInstall           the user a root connect becomes cannot read ktpy
 10    ClusterUnreachable          the API server cannot be reached
 11    Forbidden                   RBAC refused a request
 17    ApiTimeout                  the API server did not answer in time
@@ -115,6 +116,16 @@ class NoTunDevice(KtpyError):
 class AlreadyRunning(KtpyError):
     exit_code = 6
     default_hint = "Stop the other ktpy connect first, or run 'ktpy clean --local' if it crashed."
+
+
+class UnreadableInstall(KtpyError):
+    """ktpy's own files cannot be read by the user a root session becomes."""
+
+    exit_code = 7
+    default_hint = (
+        "Install ktpy where the invoking user can read it (as that user: "
+        "'pipx install ktpy'), then run it with sudo."
+    )
 
 
 class ClusterUnreachable(KtpyError):

@@ -74,16 +74,19 @@ class Connect(lifecycle.SessionCommand):
         settings: Settings,
         socks_port: int | None,
         tun: TunOptions | None,
+        unprivileged: connect_tun.Unprivileged | None,
         *,
         print_pac: bool,
         print_env: bool,
     ) -> None:
         """socks_port: None in TUN mode when no port was asked for (the TUN stack has a
-        SOCKS5 proxy of its own that no other program can reach)."""
+        SOCKS5 proxy of its own that no other program can reach). unprivileged: in TUN
+        mode, the root helper this process (no longer root) asks for host changes."""
         self.api = api
         self.settings = settings
         self.socks_port = socks_port
         self.tun_options = tun
+        self.unprivileged = unprivileged
         self.print_pac = print_pac
         self.print_env = print_env
         self.tun = connect_tun.TunConnection()
@@ -97,11 +100,12 @@ class Connect(lifecycle.SessionCommand):
         if self.server is not None:
             self.server.start()
         options = self.tun_options
-        if options is not None:
+        if options is not None and self.unprivileged is not None:
             self.tun.up(
                 self.api,
                 self.settings,
                 session,
+                self.unprivileged,
                 include=options.include,
                 exclude=options.exclude,
                 dns_namespaces=options.dns_namespaces,
@@ -145,9 +149,11 @@ class Connect(lifecycle.SessionCommand):
         return [*lines, READY_LINE]
 
     def stop(self, session: Session, hurried: Callable[[], bool]) -> list[str]:
-        made = self.tun.journal is not None
-        undone = ["removed the TUN device, its routes and the resolver settings"] if made else []
+        made = self.tun.made
         problems = self.tun.down()
+        if self.tun.helper is None and self.unprivileged is not None:
+            problems += self.unprivileged.close()  # started, asked nothing: it just goes
+        undone = ["removed the TUN device, its routes and the resolver settings"] if made else []
         if self.server is not None:
             self.server.stop()
         for problem in problems:
@@ -245,13 +251,24 @@ def connect(
                 hint="Add --socks-port 2223.",
             )
     started = time.monotonic()
+    session_id = names.new_session_id()
+    unprivileged: connect_tun.Unprivileged | None = None
     if mode == "tun2socks":
         connect_tun.preflight(settings)  # puts a killed session's host changes back first
         connect_tun.check_include(include_cidr, force=force_routes)
+        # From here on this process is the invoking user; a root helper makes the
+        # host changes (least privilege: ktpy/host/helper.py).
+        unprivileged = connect_tun.give_up_root(settings, session_id)
+        settings = unprivileged.settings
     elif line := heal.notice(settings.journal_dir):
         click.echo(f"Note: {line}", err=True)
-    api = make_api(settings)
-    api.server_time()  # unreachable or unauthorised: say so before anything changes
+    try:
+        api = make_api(settings)
+        api.server_time()  # unreachable or unauthorised: say so before anything changes
+    except BaseException:
+        if unprivileged is not None:
+            unprivileged.close()
+        raise
     spec = ShadowSpec(
         role=Role.CONNECT,
         namespace=settings.namespace,
@@ -263,5 +280,8 @@ def connect(
         if mode == "tun2socks"
         else None
     )
-    command = Connect(api, settings, port, tun, print_pac=print_pac, print_env=print_env)
-    lifecycle.run(Session(api, settings, spec), command, started=started)
+    command = Connect(
+        api, settings, port, tun, unprivileged, print_pac=print_pac, print_env=print_env
+    )
+    session = Session(api, settings, spec, session_id=session_id)
+    lifecycle.run(session, command, started=started)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
-import shutil
+import pwd
 import socket
 import threading
 import time
@@ -22,31 +22,34 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import click
+import yaml
 
 from ktpy.cluster import ranges
 from ktpy.cluster.api import ClusterApi, Kind
+from ktpy.cluster.api.kubeconfig import flattened
 from ktpy.cluster.name_watch import KnownNames
-from ktpy.config import TUN_MTU, Settings, unprivileged_identity
+from ktpy.config import TUN_MTU, Settings, unprivileged_identity, unreadable_kubeconfig
 from ktpy.errors import (
     AlreadyRunning,
     Forbidden,
     KtpyError,
     NeedsRoot,
     NoTunDevice,
+    UnreadableInstall,
     UsageProblem,
 )
 from ktpy.host import heal, recovery, routes
 from ktpy.host import network as host
-from ktpy.host.journal import Journal
-from ktpy.host.resolver import ResolvConfGuard, ResolvedGuard, ResolverGuard, ResolverKind
+from ktpy.host.helper import HostHelper
+from ktpy.host.resolver import ResolverKind
 from ktpy.host.runner import Runner, run
 from ktpy.logs import get_logger
 from ktpy.net.dns import ClusterNames, Collision
-from ktpy.net.dns_server import DnsServer
 from ktpy.net.listener import unix_listener
 from ktpy.net.socks_server import SocksServer
 from ktpy.net.tun_process import DnsSpec, TunProcess
 from ktpy.params import IPNetwork
+from ktpy.privileges import drop_privileges, interpreter_paths, readable_by
 from ktpy.session import Session
 
 TUN_DEVICE = Path("/dev/net/tun")
@@ -238,18 +241,81 @@ def report_collision(collision: Collision) -> None:
 
 
 @dataclass
-class TunConnection:
-    """Everything the TUN mode made on this machine, so it can be taken down in order."""
+class Unprivileged:
+    """What giving up root leaves the session: the root helper that makes the host
+    changes, the session's runtime directory, and settings this user can act on."""
 
-    journal: Journal | None = None
-    network: host.Network | None = None
-    stack: TunProcess | None = None  # the TUN stack and the DNS server, unprivileged
+    helper: HostHelper
+    run_dir: Path
+    settings: Settings
+
+    def close(self) -> list[str]:
+        return self.helper.close()
+
+
+KUBECONFIG_COPY = "kubeconfig"
+
+
+def give_up_root(settings: Settings, session_id: str) -> Unprivileged:
+    """As root, once the refusals are past: start the root helper, read the kubeconfig
+    (the user's may sit where only root reads, as root's own does), then become the
+    invoking user (``nobody`` for plain root) for good. Everything after this parses
+    what the cluster or local programs send, and runs as that user."""
+    identity = unprivileged_identity(settings.invoker)
+    assert identity is not None, "preflight: connect runs as root"
+    uid, gid = identity
+    user, home = settings.invoker.user, str(settings.invoker.home)
+    if not settings.invoker.via_sudo:
+        entry = _passwd(uid)
+        user, home = (entry.pw_name, entry.pw_dir) if entry else (str(uid), "/")
+    for needed in interpreter_paths():
+        if not readable_by(needed, uid, gid):
+            raise UnreadableInstall(
+                f"{needed} cannot be read by {user} (uid {uid}), whom connect becomes "
+                "once its root helper runs"
+            )
+    try:
+        kubeconfig = flattened(settings.kubeconfig)
+    except (OSError, UnicodeError, yaml.YAMLError) as exc:
+        where = os.pathsep.join(map(str, settings.kubeconfig))
+        raise unreadable_kubeconfig(getattr(exc, "filename", None) or where, exc) from exc
+    run_dir = session_run_dir(settings.runtime_dir, session_id, identity)
+    helper = HostHelper.start(
+        settings.journal_dir, run_dir, debug=settings.debug, log_format=settings.log_format
+    )
+    try:
+        drop_privileges(uid, gid, environ=os.environ, home=home, user=user)
+        copy = run_dir / KUBECONFIG_COPY  # 0600 in this user's 0700 directory
+        fd = os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            yaml.safe_dump(kubeconfig, handle)
+    except BaseException:
+        helper.close()
+        raise
+    log.debug("root given up", uid=uid, gid=gid, helper=helper.proc.pid)
+    return Unprivileged(helper, run_dir, dataclasses.replace(settings, kubeconfig=(copy,)))
+
+
+def _passwd(uid: int) -> pwd.struct_passwd | None:
+    try:
+        return pwd.getpwuid(uid)
+    except KeyError:
+        return None
+
+
+@dataclass
+class TunConnection:
+    """Everything the TUN mode made, so it can be taken down in order. The host
+    changes are the root helper's; this process only asks for them."""
+
+    helper: HostHelper | None = None
+    made: bool = False  # the helper made host changes (and undoes them on close)
+    stack: TunProcess | None = None  # the TUN stack and the DNS server
     watches: list[KnownNames] = field(default_factory=list)
     lines: list[str] = field(default_factory=list)
     # Routing domains follow the namespaces (systemd-resolved) until teardown begins.
     _routing: threading.Lock = field(default_factory=threading.Lock)
     _torn_down: bool = False
-    guard: ResolverGuard | None = None
     run_dir: Path | None = None  # this session's runtime files (the stack's stats)
     socks: SocksServer | None = None  # the stack's own SOCKS5 proxy, on a unix socket
     # time.monotonic() once the stack serves the device and once the resolver points
@@ -262,6 +328,7 @@ class TunConnection:
         api: ClusterApi,
         settings: Settings,
         session: Session,
+        unprivileged: Unprivileged,
         *,
         include: Iterable[IPNetwork],
         exclude: Iterable[IPNetwork],
@@ -270,6 +337,8 @@ class TunConnection:
         mtu: int | None,
     ) -> None:
         ns = settings.namespace
+        helper = self.helper = unprivileged.helper
+        self.run_dir = unprivileged.run_dir
         facts = read_cluster(api, session, ns, dns_namespaces)
         chosen = chosen_ranges((*facts.service.networks, *facts.pods.networks), include, exclude)
         wanted, unrouted_line = routed_families(chosen)
@@ -281,11 +350,12 @@ class TunConnection:
             mtu=mtu or TUN_MTU,
             force=force_routes,
         )
-        survey = host.survey(request)
-        if survey.resolver.kind is ResolverKind.RESOLVED:
+        survey = helper.survey(request)
+        search_domains: tuple[str, ...] = ()
+        if survey.resolver is ResolverKind.RESOLVED:
             # resolved sends single-label names to no link's server: give it the
             # connect namespace's search domain so `svc` becomes svc.<ns>.svc.<domain>.
-            request = dataclasses.replace(request, search_domains=(f"{ns}.svc.{facts.domain}",))
+            search_domains = (f"{ns}.svc.{facts.domain}",)
         names = ClusterNames(
             domain=facts.domain,
             namespace=ns,
@@ -294,25 +364,19 @@ class TunConnection:
             cidrs=chosen,
             search=survey.search,
         )
-        # The stack parses what every local program sends into the device: it runs
-        # as the invoking user (nobody for plain root) and reaches the tunnel through
-        # a unix socket only that user may open.
-        stack_user = unprivileged_identity(settings.invoker)
-        self.run_dir = session_run_dir(settings.runtime_dir, session.id, stack_user)
+        # The stack reaches the tunnel through a unix socket only this user may open.
         self.socks = SocksServer(
-            session.open_flow, listener=unix_listener(self.run_dir / SOCKS_SOCKET, stack_user)
+            session.open_flow, listener=unix_listener(self.run_dir / SOCKS_SOCKET)
         ).start()
-        self.journal = Journal.create(settings.journal_dir, session.id)
-        self.network = host.open_network(self.journal, survey, mtu=request.mtu, offload=True)
-        # Port 53 needs root: bound here, served by the unprivileged child alone (this
-        # process closes its copies once the child has them).
-        udp, tcp = DnsServer.bind_listeners(str(survey.tun_address), 53)
-        dns = DnsSpec(names, survey.upstreams, ("127.0.0.1", session.spec.dns_port), udp, tcp)
-        # The stack and the DNS server run in a process of their own, unprivileged, and
-        # reach the cluster through this process's SOCKS5 proxy (why:
-        # ktpy/net/tun_process.py).
+        self.made = True  # from the first order on, the helper's close undoes
+        opened = helper.open(search_domains)
+        dns = DnsSpec(
+            names, survey.upstreams, ("127.0.0.1", session.spec.dns_port), opened.udp, opened.tcp
+        )
+        # The stack and the DNS server run in a process of their own and reach the
+        # cluster through this process's SOCKS5 proxy (why: ktpy/net/tun_process.py).
         stack = TunProcess(
-            self.network.tun.fileno(),
+            opened.tun_fd,
             self.socks.socket_path,
             mtu=request.mtu,
             max_buffered=settings.tun_buffer,
@@ -321,42 +385,31 @@ class TunConnection:
             debug=settings.debug,
             log_format=settings.log_format,
             on_exit=session.lose,
-            user=stack_user,
             dns=dns,
             on_collision=report_collision,
         )
         try:
             self.stack = stack.start()
         finally:
-            udp.close()
-            tcp.close()
+            opened.close()  # the child has its own copies
         self.tun_up_at = time.monotonic()  # the stack and its DNS server serve
-        resolver = host.point_resolver(self.journal, survey, request)
-        say = lambda line: click.echo(line, err=True)  # noqa: E731
-        server = [str(survey.tun_address)]
-        self.guard = (
-            ResolvConfGuard(self.journal, server, say)
-            if resolver.choice.kind is ResolverKind.RESOLV_CONF
-            else ResolvedGuard(
-                survey.tun_name, server, request.routing_domains, request.search_domains, say
-            )
-        ).start()
+        resolver = helper.point_resolver()
         self.dns_up_at = time.monotonic()
-        self._watch_names(facts, ns, dns_namespaces, survey, request)
+        self._watch_names(facts, ns, dns_namespaces)
 
         self.lines += [
             f"Service range {', '.join(map(str, facts.service.networks))} "
             f"(from {facts.service.source})",
             f"Pod range {', '.join(map(str, facts.pods.networks))} (from {facts.pods.source})",
-            f"Routed through {survey.tun_name}: {', '.join(map(str, self.network.routed))}",
+            f"Routed through {survey.tun_name}: {', '.join(opened.routed)}",
         ]
-        self.lines += [f"Not routed: {warning}" for warning in survey.warnings()]
+        self.lines += [f"Not routed: {warning}" for warning in survey.warnings]
         if unrouted_line:
             self.lines.append(unrouted_line)
         self.lines += [
             f"Cluster domain {facts.domain} (from {facts.domain_source}); "
             f"namespaces {facts.namespaces_source}",
-            f"DNS {survey.tun_address}:53 via {resolver.choice.kind.value}: cluster names "
+            f"DNS {survey.tun_address}:53 via {resolver.kind.value}: cluster names "
             "go to the cluster (svc.ns first: a name the cluster lacks goes on), "
             f"everything else to {', '.join(survey.upstreams) or 'the original resolvers'}",
         ]
@@ -364,14 +417,7 @@ class TunConnection:
         if note := degraded_note(facts):
             self.lines.append(note)
 
-    def _watch_names(
-        self,
-        facts: ClusterFacts,
-        ns: str,
-        given: Iterable[str],
-        survey: host.HostFacts,
-        request: host.HostRequest,
-    ) -> None:
+    def _watch_names(self, facts: ClusterFacts, ns: str, given: Iterable[str]) -> None:
         """Namespaces and the connect namespace's Services, as they come and go; with
         systemd-resolved, a namespace is also a routing domain of the TUN link."""
         dns = self.stack
@@ -381,7 +427,7 @@ class TunConnection:
         def namespaces_changed(names: frozenset[str]) -> None:
             known = fixed | names
             dns.set_known(namespaces=known)
-            self._route_names(survey, request, (facts.domain, *sorted(known)))
+            self._route_names((facts.domain, *sorted(known)))
 
         if facts.namespace_watch is not None:
             facts.namespace_watch.on_change = namespaces_changed
@@ -389,18 +435,14 @@ class TunConnection:
         facts.service_watch.on_change = lambda names: dns.set_known(services=names)
         self.watches.append(facts.service_watch.start())
 
-    def _route_names(
-        self, survey: host.HostFacts, request: host.HostRequest, domains: tuple[str, ...]
-    ) -> None:
+    def _route_names(self, domains: tuple[str, ...]) -> None:
         with self._routing:
-            if self._torn_down or self.journal is None:
+            if self._torn_down or self.helper is None:
                 return
             try:
-                if host.route_names(self.journal, survey, request, domains):
+                if self.helper.route_names(domains):
                     log.debug("routing domains updated", domains=" ".join(domains))
-                    if isinstance(self.guard, ResolvedGuard):
-                        self.guard.follow_domains(domains, request.search_domains)
-            except (KtpyError, ValueError, OSError) as exc:
+            except KtpyError as exc:
                 # The names of that namespace keep failing until the next change;
                 # everything else resolves as before.
                 log.warning("could not update the DNS routing domains", reason=str(exc))
@@ -409,25 +451,17 @@ class TunConnection:
         """Undo in order; returns what could not be undone."""
         for watch in self.watches:
             watch.stop()
-        if self.guard is not None:
-            self.guard.stop()  # before the journal is replayed: no repair after the undo
         with self._routing:  # no routing-domain update after the revert
             self._torn_down = True
         problems: list[str] = []
-        # The stack first: it reads the device the journal is about to delete. The DNS
+        # The stack first: it reads the device the helper is about to delete. The DNS
         # server last: it answers until the resolver no longer points at it.
         if self.stack is not None:
             self.stack.stop_stack()
-        if self.journal is not None:
-            report = host.tear_down(self.journal, self.network)
-            problems += report.failures
-            self.journal.close()
-        elif self.network is not None:
-            self.network.tun.close()
+        if self.helper is not None:
+            problems += self.helper.close()  # the guard, the journal, the runtime files
         if self.stack is not None:
             self.stack.stop()
         if self.socks is not None:
             self.socks.stop()
-        if self.run_dir is not None:
-            shutil.rmtree(self.run_dir, ignore_errors=True)
         return problems

@@ -3,6 +3,7 @@ client built from them, and the global options (kubectl's) wherever they were gi
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import click
@@ -38,7 +39,14 @@ def settings_of(ctx: click.Context) -> Settings:
 def make_api(settings: Settings, *, timeout: float | None = None) -> ClusterApi:
     """timeout: per request, for callers that must not wait long (shell completion)."""
     who = settings.invoker
-    plugins_as = PluginUser(who.user, who.uid, who.gid, str(who.home)) if who.via_sudo else None
+    # Under sudo, plugins run as the person behind it; a connect that gave root up
+    # already is that person (or nobody), and runs them itself.
+    still_root = os.geteuid() == 0
+    plugins_as = (
+        PluginUser(who.user, who.uid, who.gid, str(who.home))
+        if who.via_sudo and still_root
+        else None
+    )
     if timeout is None:
         return KubernetesApi.from_kubeconfig(
             settings.kubeconfig, settings.context, plugins_as=plugins_as

@@ -58,6 +58,7 @@ from ktpy.net.relay import Flow, FlowOpener, SocketFlow, recv_exact
 from ktpy.net.socks5 import ReplyCode
 from ktpy.net.tcp import TcpConfig
 from ktpy.net.tun_tcp import TunStack
+from ktpy.privileges import drop_privileges
 
 log = get_logger("ktpy.tun")
 
@@ -224,18 +225,6 @@ def opener_for(socks: str) -> FlowOpener:
     return socks_opener(host, int(port))
 
 
-def drop_privileges(uid: int, gid: int) -> None:
-    """Become uid:gid for good (no supplementary groups, no way back), before the
-    first packet is read. Done here rather than by exec'ing as that user: the
-    interpreter may sit where only root can reach it (a pyenv under /root), and
-    everything the stack needs is imported by now."""
-    os.setgroups([])
-    os.setresgid(gid, gid, gid)
-    os.setresuid(uid, uid, uid)
-    if os.getresuid() != (uid, uid, uid):
-        raise OSError(errno.EPERM, f"could not become uid {uid}")
-
-
 def _say(message: object, lock: threading.Lock = threading.Lock()) -> None:  # noqa: B008
     """One line to the parent (stdout), from any thread."""
     with lock:
@@ -321,6 +310,8 @@ def main(argv: list[str] | None = None) -> int:
         context={"session": args.session} if args.session else None,
     )
     if args.user:
+        # Here rather than by exec'ing as that user: the interpreter may sit where only
+        # root can reach it, and everything the stack needs is imported by now.
         uid, _, gid = args.user.partition(":")
         drop_privileges(int(uid), int(gid))
     try:

@@ -1,14 +1,20 @@
 """Reading a kubeconfig as kubectl does, with exec credential plugins run as the
-person behind sudo rather than as root."""
+person behind sudo rather than as root; and one kubeconfig made of several, with
+the files they name read in (``flattened``)."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import copy
 import logging
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+import yaml
 
 # An exec credential plugin that neither answers nor fails in this time is stopped:
 # ktpy must not hang on a plugin waiting for a login nobody will make.
@@ -144,3 +150,59 @@ def load_kubeconfig(
         config_dict=merged.config, active_context=context, config_base_path=None
     )
     loader.load_and_set(configuration)  # type: ignore[no-untyped-call]
+
+
+# Keys naming a file, and the key that holds the same content inline (base64 but
+# for the token), as in `kubectl config view --flatten --raw`.
+_CLUSTER_FILES = (("certificate-authority", "certificate-authority-data"),)
+_USER_FILES = (
+    ("client-certificate", "client-certificate-data"),
+    ("client-key", "client-key-data"),
+    ("tokenFile", "token"),
+)
+
+
+def _inline(entry: dict[str, Any], keys: tuple[tuple[str, str], ...], base: Path) -> None:
+    for file_key, data_key in keys:
+        named = entry.pop(file_key, None)
+        if not named or entry.get(data_key):
+            continue
+        content = (base / Path(str(named)).expanduser()).read_bytes()
+        entry[data_key] = (
+            content.decode().strip() if data_key == "token" else base64.b64encode(content).decode()
+        )
+
+
+def flattened(paths: Sequence[str | os.PathLike[str]]) -> dict[str, Any]:
+    """The kubeconfig files merged as kubectl merges them (the first file to name a
+    cluster, user or context wins; the first current-context), with every file they
+    name read in: one self-contained kubeconfig, for a process that reads the files
+    as root and then gives root up."""
+    merged: dict[str, Any] = {"apiVersion": "v1", "kind": "Config"}
+    for key in ("clusters", "users", "contexts"):
+        merged[key] = []
+    seen: dict[str, set[str]] = {key: set() for key in ("clusters", "users", "contexts")}
+    for raw in paths:
+        path = Path(raw)
+        if not path.exists():
+            continue  # as kubectl: a missing file in KUBECONFIG is skipped
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        if not isinstance(loaded, dict):
+            raise yaml.YAMLError(f"{path} is not a kubeconfig")
+        if not merged.get("current-context") and loaded.get("current-context"):
+            merged["current-context"] = loaded["current-context"]
+        base = path.resolve().parent
+        for key, inner, files in (
+            ("clusters", "cluster", _CLUSTER_FILES),
+            ("users", "user", _USER_FILES),
+            ("contexts", "context", ()),
+        ):
+            for item in loaded.get(key) or []:
+                name = str(item.get("name"))
+                if name in seen[key]:
+                    continue
+                seen[key].add(name)
+                item = copy.deepcopy(item)
+                _inline(item.get(inner) or {}, files, base)
+                merged[key].append(item)
+    return merged

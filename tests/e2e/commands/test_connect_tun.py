@@ -57,6 +57,14 @@ def _coredns_names(bed: Bed, since: datetime) -> list[str]:
     return re.findall(r'"\w+ IN (\S+) ', logs)
 
 
+def _crash(laptop: Laptop, session: RunningKtpy) -> None:
+    """A crash of the whole connect (power loss, the OOM killer): its root helper,
+    which would otherwise undo the host changes, dies first, then the session."""
+    for pid, _, _ in laptop.process_table(" -m ktpy.host.helper"):
+        os.kill(pid, signal.SIGKILL)
+    session.stop(signal.SIGKILL)
+
+
 def _connect(laptop: Laptop, namespace: str, *extra: str) -> RunningKtpy:
     session = run_ktpy(laptop, "-n", namespace, "connect", "--socks-port", "2310", *extra)
     session.wait_ready(90)
@@ -174,7 +182,7 @@ def test_kill9_then_clean_local_restores_the_laptop(bed: Bed, echo: str, laptop:
     before = _snapshot(laptop)
     session = _connect(laptop, ns)
     assert _get(laptop, f"http://echo.{ns}/")["pod"]
-    session.stop(signal.SIGKILL)
+    _crash(laptop, session)
     if laptop.resolver == "plain":
         # The kernel drops the TUN device and its routes with the killed process (and
         # resolved forgets the device's settings); the edited resolv.conf stays.
@@ -196,7 +204,7 @@ def test_after_kill9_the_next_connect_puts_the_old_block_back_first_and_keeps_it
     ns = echo
     before = _snapshot(laptop)
     first = _connect(laptop, ns)
-    first.stop(signal.SIGKILL)
+    _crash(laptop, first)
     deadline = time.monotonic() + 5  # its TUN stack process ends on its own (stdin EOF)
     while laptop.processes("ktpy") and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -411,13 +419,15 @@ for proto in ("u", "t"):
 """
 
 
-def test_the_tun_stack_runs_as_the_invoking_user_and_its_proxy_is_theirs_alone(
+def test_only_the_root_helper_keeps_root_and_it_undoes_everything_when_the_session_dies(
     bed: Bed, echo: str, laptop: Laptop
 ) -> None:
-    """Least privilege (issue 13): under sudo the TUN stack, which parses what every
-    local program sends into the device, runs as SUDO_USER; its way into the tunnel
-    is a unix socket no other local user may open; no SOCKS port opens unasked; a
-    kill -9 of that unprivileged process makes root's part undo everything."""
+    """Least privilege (issue 13): under sudo every ktpy process that parses what the
+    network sends (the session: SSH, the port-forward's WebSocket, the API's answers;
+    the TUN stack and DNS server) runs as SUDO_USER; only the root helper that makes
+    the host changes keeps root. The TUN stack's way into the tunnel is a unix socket
+    no other local user may open; no SOCKS port opens unasked; a kill -9 of the
+    session makes the helper undo everything."""
     ns = echo
     dev = pwd.getpwnam("ktbed-dev")
     before = _snapshot(laptop)
@@ -428,16 +438,20 @@ def test_the_tun_stack_runs_as_the_invoking_user_and_its_proxy_is_theirs_alone(
         table = laptop.process_table(" -m ktpy")
         owners = {line.split(" -m ", 1)[1].split()[0]: uid for _, uid, line in table}
         print(f"ktpy processes by uid: {owners}")
-        assert owners["ktpy.net.tun_process"] == dev.pw_uid
+        assert owners == {
+            "ktpy": dev.pw_uid,
+            "ktpy.net.tun_process": dev.pw_uid,
+            "ktpy.host.helper": 0,
+        }
         assert _get(laptop, f"http://echo.{ns}/")["pod"]  # through the stack, as that user
         # The DNS server's listeners (UDP and TCP port 53 on the TUN address, bound by
-        # root) belong to that user's process alone.
+        # the helper) belong to that user's process alone.
         listeners = laptop.run(sys.executable, "-c", DNS_LISTENER_UIDS).stdout.split()
         assert listeners == [f"udp:{dev.pw_uid}", f"tcp:{dev.pw_uid}"]
 
-        channel = f"/run/ktpy/{session_id(session)}/socks.sock"
-        other = laptop.run(sys.executable, "-c", AS_OTHER_USER, channel).stdout.split()
-        assert other == ["PermissionError"]
+        run_dir = f"/run/ktpy/{session_id(session)}"
+        other = laptop.run(sys.executable, "-c", AS_OTHER_USER, f"{run_dir}/socks.sock")
+        assert other.stdout.split() == ["PermissionError"]
         refused = laptop.run(
             sys.executable, "-c",
             "import socket\n"
@@ -448,15 +462,22 @@ def test_the_tun_stack_runs_as_the_invoking_user_and_its_proxy_is_theirs_alone(
         ).stdout.split()  # fmt: skip
         assert refused == ["refused"]
 
-        stack_pid = next(pid for pid, _, line in table if "ktpy.net.tun_process" in line)
-        os.kill(stack_pid, signal.SIGKILL)
-        assert session.proc.wait(60) == 40  # SessionLost, with everything undone
+        main_pid = next(
+            pid for pid, _, line in table if line.split(" -m ", 1)[1].startswith("ktpy ")
+        )
+        os.kill(main_pid, signal.SIGKILL)
+        session.proc.wait(30)
+        deadline = time.monotonic() + 30  # the helper undoes, the stack sees its stdin close
+        while laptop.processes("ktpy") and time.monotonic() < deadline:
+            time.sleep(0.2)
     finally:
         if session.proc.poll() is None:
             session.stop(signal.SIGINT)
-    assert any("TUN stack process ended on its own" in line for line in session.all_errors())
-    assert _snapshot(laptop) == before
     assert laptop.processes("ktpy") == []
+    assert _snapshot(laptop) == before
+    assert laptop.run("test", "-e", run_dir, check=False).returncode == 1  # its files too
+    laptop.run(sys.executable, "-m", "ktpy", "-n", ns, "clean")
+    assert bed.ktpy_objects(ns) == []
 
 
 def _rss_kib(pid: int) -> int:
