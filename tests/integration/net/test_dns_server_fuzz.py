@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 import structlog
-from dnslib import QTYPE, RR, A, DNSRecord
+from dnslib import QTYPE, RR, A, DNSHeader, DNSQuestion, DNSRecord
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -151,8 +151,17 @@ class Harness:
 
         # As connect wires it, with the tunnel's flow replaced by a loopback one.
         exchange = tcp_exchange_over(open_flow, "127.0.0.1", port, timeout=0.5)
+        # Most fuzzed public names meet an upstream that never answers right and
+        # hold an upstream worker for the whole timeout: with connect's 16 workers
+        # the probes queued behind them (a third of the run's time). The probe
+        # asks whether the server still answers, not how long its queue is.
         self.server = DnsServer(
-            NAMES, exchange, [f"127.0.0.1:{self.upstream.port}"], port=0, upstream_timeout=0.5
+            NAMES,
+            exchange,
+            [f"127.0.0.1:{self.upstream.port}"],
+            port=0,
+            upstream_timeout=0.5,
+            upstream_workers=64,
         ).start()
         self.client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.client.settimeout(3)
@@ -227,8 +236,12 @@ QTYPES = st.sampled_from(["A", "AAAA", "PTR", "SRV", "TXT", "ANY", "MX", "CNAME"
 def query(draw: st.DrawFn) -> bytes:
     if draw(st.integers(0, 4)) == 0:
         return draw(st.binary(max_size=600))
-    record = DNSRecord.question(draw(NAME), draw(QTYPES))
-    record.header.id = draw(st.integers(0, 65535))
+    # A header of our own: DNSRecord.question draws its id from `random`, which
+    # hypothesis warns of on every example.
+    record = DNSRecord(
+        DNSHeader(id=draw(st.integers(0, 65535))),
+        q=DNSQuestion(draw(NAME), getattr(QTYPE, draw(QTYPES))),
+    )
     wire = bytearray(record.pack())
     wire[2] = draw(st.sampled_from([0x01, 0x01, 0x00, 0x81, 0x29, 0x7F]))  # QR, opcode, RD
     if draw(st.booleans()):  # counts that lie
