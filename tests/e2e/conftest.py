@@ -477,12 +477,6 @@ spec:
 @pytest.fixture
 def echo(bed: Bed, namespace: str) -> str:
     """The echo workload and a client pod, Ready, in the test's namespace."""
-    deploy_echo(bed, namespace)
-    return namespace
-
-
-def deploy_echo(bed: Bed, namespace: str) -> None:
-    """The echo workload and a client pod in namespace, Ready, the Service answering."""
     bed.apply(echo_manifest(), namespace)
     bed.apply(client_manifest(), namespace)
     bed.kubectl(
@@ -501,7 +495,7 @@ def deploy_echo(bed: Bed, namespace: str) -> None:
             check=False,
         )  # fmt: skip
         if probe.returncode == 0:
-            return
+            return namespace
         assert time.monotonic() < deadline, f"the echo Service never answered: {probe.stderr}"
         time.sleep(0.5)
 

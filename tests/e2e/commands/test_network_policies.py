@@ -20,7 +20,7 @@ from tests.e2e.conftest import (
     RunningKtpy,
     _new_laptop,
     _release_laptop,
-    deploy_echo,
+    echo_manifest,
     local_server,
     new_namespace,
     run_ktpy,
@@ -96,13 +96,19 @@ def ended(bed: Bed) -> Iterator[Ended]:
     blocked, allowing = new_namespace(bed, "np-blocked"), new_namespace(bed, "np-allowing")
     laptop = _new_laptop("plain")
     try:
+        # The echo pods only need to be there: no request goes through any session
+        # (no client pod, no waiting for kube-proxy). Both namespaces roll out at once.
         for ns in (blocked, allowing):
-            deploy_echo(bed, ns)
+            bed.apply(echo_manifest(), ns)
             bed.apply(ECHO_B, ns)
             bed.apply(DENY_INGRESS, ns)
         bed.apply(DENY_EGRESS, blocked)
         bed.apply(ALLOW_HTTP, allowing)  # lets the port named http in: echo's, not echo-b's
         bed.grant(allowing, "dev")  # ktbed-developer: no networkpolicies
+        for ns in (blocked, allowing):
+            bed.kubectl(
+                "-n", ns, "rollout", "status", "deployment/echo", "--timeout=90s", timeout=100
+            )
         local_server(laptop, 3001)
         # In blocked, each session's pod meets the same two policies.
         sessions = {
