@@ -123,10 +123,9 @@ def bed() -> Bed:
     return Bed()
 
 
-@pytest.fixture
-def namespace(bed: Bed, request: pytest.FixtureRequest) -> Iterator[str]:
-    """A fresh namespace per test, deleted afterwards."""
-    stem = "".join(c if c.isalnum() else "-" for c in request.node.name.lower())[:40].strip("-")
+def new_namespace(bed: Bed, stem: str) -> str:
+    """A fresh namespace named after stem, ready for pods; the caller deletes it."""
+    stem = "".join(c if c.isalnum() else "-" for c in stem.lower())[:40].strip("-")
     name = f"t-{stem}-{secrets.token_hex(2)}"
     bed.kubectl("create", "namespace", name)
     deadline = time.monotonic() + 30
@@ -134,6 +133,13 @@ def namespace(bed: Bed, request: pytest.FixtureRequest) -> Iterator[str]:
     while bed.kubectl("-n", name, "get", "serviceaccount", "default", check=False).returncode != 0:
         assert time.monotonic() < deadline, f"no default ServiceAccount in {name}"
         time.sleep(0.3)
+    return name
+
+
+@pytest.fixture
+def namespace(bed: Bed, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh namespace per test, deleted afterwards."""
+    name = new_namespace(bed, request.node.name)
     yield name
     bed.kubectl("delete", "namespace", name, "--wait=false", check=False)
 
@@ -281,6 +287,15 @@ class RunningKtpy:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
         return self.proc.wait(timeout)
+
+
+def stop_together(sessions: list[RunningKtpy], timeout: float = 60) -> list[int]:
+    """Ctrl-C to every session first, then their exit codes: the teardowns run side
+    by side, not one after another."""
+    for session in sessions:
+        if session.proc.poll() is None:
+            session.proc.send_signal(signal.SIGINT)
+    return [session.proc.wait(timeout) for session in sessions]
 
 
 def run_ktpy(

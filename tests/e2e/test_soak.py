@@ -10,6 +10,7 @@ phase (warm) and at the end: within 10% of the warm values."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -23,7 +24,15 @@ from typing import Any
 import pytest
 
 from tests.e2e.commands.test_exchange import Load
-from tests.e2e.conftest import Bed, Laptop, RunningKtpy, echo_manifest, local_server, run_ktpy
+from tests.e2e.conftest import (
+    Bed,
+    Laptop,
+    RunningKtpy,
+    echo_manifest,
+    local_server,
+    run_ktpy,
+    stop_together,
+)
 from tests.e2e.session.test_eviction import evict
 from tests.e2e.testbed import hostnet
 
@@ -72,7 +81,8 @@ class Requests:
     results: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        threading.Thread(target=self._read, daemon=True).start()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
@@ -83,7 +93,8 @@ class Requests:
 
     def wait(self, timeout: float) -> None:
         self.proc.wait(timeout)
-        time.sleep(0.5)  # the reader thread takes the last lines
+        self._reader.join(10)  # it has taken the last lines once stdout ends
+        assert not self._reader.is_alive(), f"{self.name}: the requester's output never ended"
 
 
 @dataclass(frozen=True)
@@ -142,15 +153,18 @@ def test_soak_loses_nothing_outside_the_eviction_and_holds_its_footprint(
     bed: Bed, echo: str, laptop: Laptop, other_laptop: Laptop
 ) -> None:
     ns = echo
+    marks = [time.monotonic()]  # start, ready, first phase over, second over, stopped
     bed.apply(echo_manifest("echo2"), ns)
-    bed.kubectl("-n", ns, "rollout", "status", "deployment/echo2", "--timeout=90s", timeout=100)
     local_server(laptop, 3001, "exchange-laptop")
     local_server(other_laptop, 3002, "mesh-laptop")
     busy = max((SECONDS - IDLE) / 2, 20.0)
     sessions: list[RunningKtpy] = []
     try:
+        # connect and exchange do not need echo2: they start while it rolls out.
         connect = run_ktpy(laptop, "-n", ns, "connect")
         exchange = run_ktpy(laptop, "-n", ns, "exchange", "echo", "--expose", "3001:80")
+        sessions = [connect, exchange]
+        bed.kubectl("-n", ns, "rollout", "status", "deployment/echo2", "--timeout=90s", timeout=100)
         mesh = run_ktpy(
             other_laptop, "-n", ns, "mesh", "echo2", "--expose", "3002:80", "--version-mark", "soak"
         )
@@ -158,10 +172,12 @@ def test_soak_loses_nothing_outside_the_eviction_and_holds_its_footprint(
         connect.wait_ready(timeout=180)
         exchange.wait_for("All looks good", timeout=180)
         mesh.wait_for("Now you can access your service by header", timeout=180)
+        marks.append(time.monotonic())
 
         first = phase(bed, ns, laptop, busy)
         for path in first.values():
             path.wait(busy + 60)
+        marks.append(time.monotonic())
         warm = ktpy_usage(laptop, other_laptop)
 
         time.sleep(IDLE)  # the idle minute is the point: nothing to wait for
@@ -172,15 +188,22 @@ def test_soak_loses_nothing_outside_the_eviction_and_holds_its_footprint(
         evict(bed, ns, shadow_of(bed, ns, "exchange"))
         for path in second.values():
             path.wait(busy + 60)
+        marks.append(time.monotonic())
         end = ktpy_usage(laptop, other_laptop)
 
         for session in sessions:
             assert session.proc.poll() is None, f"a session ended: {session.errors[-5:]}"
     finally:
-        codes = [s.stop() for s in sessions]
+        codes = stop_together(sessions)
+    marks.append(time.monotonic())
     assert codes == [130] * len(sessions)
 
-    report = [f"soak of {SECONDS} s: warm {warm}; end {end}"]
+    took = [b - a for a, b in itertools.pairwise(marks)]
+    report = [
+        f"soak of {SECONDS} s: warm {warm}; end {end}",
+        f"sessions ready after {took[0]:.1f} s; busy {took[1]:.1f} s, idle and busy "
+        f"{took[2]:.1f} s; stopped in {took[3]:.1f} s",
+    ]
     # What answers each path: the laptops (exchange, mesh with the header), the
     # cluster's pods (mesh without it); connect's requester checks the status only.
     answered_by = {"exchange": {"exchange-laptop"}, "mesh": {"mesh-laptop"}}

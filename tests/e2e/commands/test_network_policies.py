@@ -2,16 +2,34 @@
 
 The bed's CNI bridge does not enforce NetworkPolicies, so these tests check the
 warning and its absence, not the hang it warns of: the policies are real API
-objects, read by ktpy as any cluster's would be."""
+objects, read by ktpy as any cluster's would be.
+
+All sessions of the module start side by side in one laptop, in two namespaces
+(one whose policies block them, one whose policies let them in or may not be
+listed), are ready, and stop together; each test then reads what its sessions
+said. One start-up instead of one per test."""
 
 from __future__ import annotations
 
-import time
+from collections.abc import Iterator
 
-from tests.e2e.conftest import Bed, Laptop, RunningKtpy, local_server, run_ktpy
+import pytest
+
+from tests.e2e.conftest import (
+    Bed,
+    RunningKtpy,
+    _new_laptop,
+    _release_laptop,
+    echo_manifest,
+    local_server,
+    new_namespace,
+    run_ktpy,
+    stop_together,
+)
 
 READY = "All looks good"
 MESH_READY = "Now you can access your service by header"
+PREVIEW_READY = "Now you can access your local service"
 WARNING = "Warning: NetworkPolic"
 
 DENY_INGRESS = """
@@ -57,44 +75,90 @@ spec:
 
 
 def warnings_of(session: RunningKtpy) -> list[str]:
-    # The warnings come before the ready line, which wait_for has seen; stderr
-    # is read by another thread: give it the moment the ready line took.
-    time.sleep(0.3)
-    return [line for line in session.errors if WARNING in line]
+    """The warning lines of a session that has ended: its whole stderr, read to the end."""
+    return [line for line in session.all_errors() if WARNING in line]
 
 
-def stop_all(sessions: list[RunningKtpy]) -> None:
-    codes = [s.stop() for s in sessions]
-    assert codes == [130] * len(sessions), [s.errors[-5:] for s in sessions]
+class Ended:
+    """The module's sessions, each of which was ready and then stopped with Ctrl-C."""
+
+    def __init__(self, blocked: str, allowing: str, sessions: dict[str, RunningKtpy]) -> None:
+        self.blocked = blocked  # default-deny ingress, DNS-only egress
+        self.allowing = allowing  # default-deny ingress, the port named http allowed
+        self.sessions = sessions
+
+    def said(self, *names: str) -> dict[str, list[str]]:
+        return {name: warnings_of(self.sessions[name]) for name in names}
 
 
-def test_each_command_warns_of_the_policies_that_block_its_pod(
-    bed: Bed, echo: str, laptop: Laptop
-) -> None:
-    ns = echo
-    bed.apply(ECHO_B, ns)
-    bed.apply(DENY_INGRESS, ns)
-    bed.apply(DENY_EGRESS, ns)
-    local_server(laptop, 3001)
-    # Side by side: each session's pod meets the same two policies.
-    connect = run_ktpy(laptop, "-n", ns, "connect", "--mode", "socks", "--socks-port", "2321")
-    exchange = run_ktpy(laptop, "-n", ns, "exchange", "echo", "--expose", "3001:80")
-    preview = run_ktpy(laptop, "-n", ns, "preview", "mine", "--expose", "3001:8080")
-    mesh = run_ktpy(
-        laptop, "-n", ns, "mesh", "echo-b", "--expose", "3001:9090", "--version-mark", "v1"
-    )
-    sessions = [connect, exchange, preview, mesh]
+@pytest.fixture(scope="module")
+def ended(bed: Bed) -> Iterator[Ended]:
+    blocked, allowing = new_namespace(bed, "np-blocked"), new_namespace(bed, "np-allowing")
+    laptop = _new_laptop("plain")
     try:
-        connect.wait_ready(timeout=180)
-        exchange.wait_for(READY, timeout=180)
-        preview.wait_for("Now you can access your local service", timeout=180)
-        mesh.wait_for(MESH_READY, timeout=180)
-        said = {
-            name: warnings_of(s)
-            for name, s in zip(("connect", "exchange", "preview", "mesh"), sessions, strict=True)
+        # The echo pods only need to be there: no request goes through any session
+        # (no client pod, no waiting for kube-proxy). Both namespaces roll out at once.
+        for ns in (blocked, allowing):
+            bed.apply(echo_manifest(), ns)
+            bed.apply(ECHO_B, ns)
+            bed.apply(DENY_INGRESS, ns)
+        bed.apply(DENY_EGRESS, blocked)
+        bed.apply(ALLOW_HTTP, allowing)  # lets the port named http in: echo's, not echo-b's
+        bed.grant(allowing, "dev")  # ktbed-developer: no networkpolicies
+        for ns in (blocked, allowing):
+            bed.kubectl(
+                "-n", ns, "rollout", "status", "deployment/echo", "--timeout=90s", timeout=100
+            )
+        local_server(laptop, 3001)
+        # In blocked, each session's pod meets the same two policies.
+        sessions = {
+            "connect": run_ktpy(
+                laptop, "-n", blocked, "connect", "--mode", "socks", "--socks-port", "2321"
+            ),
+            "exchange": run_ktpy(laptop, "-n", blocked, "exchange", "echo", "--expose", "3001:80"),
+            "preview": run_ktpy(laptop, "-n", blocked, "preview", "mine", "--expose", "3001:8080"),
+            "mesh": run_ktpy(
+                laptop,
+                "-n",
+                blocked,
+                "mesh",
+                "echo-b",
+                "--expose",
+                "3001:9090",
+                "--version-mark",
+                "v1",
+            ),
+            # In allowing: echo's port is let in; echo-b's is blocked, but this user
+            # cannot know: nothing guessed.
+            "allowed": run_ktpy(laptop, "-n", allowing, "exchange", "echo", "--expose", "3001:80"),
+            "unlisted": run_ktpy(
+                laptop,
+                "--debug",
+                "-n",
+                allowing,
+                "exchange",
+                "echo-b",
+                "--expose",
+                "3001:9090",
+                user="dev",
+            ),
         }
+        ready = {"connect": READY, "preview": PREVIEW_READY, "mesh": MESH_READY}
+        try:
+            for name, session in sessions.items():
+                session.wait_for(ready.get(name, READY), timeout=180)
+        finally:
+            codes = stop_together(list(sessions.values()))
+        assert codes == [130] * len(sessions), [s.errors[-5:] for s in sessions.values()]
+        yield Ended(blocked, allowing, sessions)
     finally:
-        stop_all(sessions)
+        _release_laptop(laptop)
+        for ns in (blocked, allowing):
+            bed.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+
+
+def test_each_command_warns_of_the_policies_that_block_its_pod(ended: Ended) -> None:
+    said = ended.said("connect", "exchange", "preview", "mesh")
 
     # connect: egress only to DNS; the ingress policy is not its concern.
     assert len(said["connect"]) == 1, said
@@ -124,29 +188,15 @@ def test_each_command_warns_of_the_policies_that_block_its_pod(
 
 
 def test_silence_when_the_port_is_allowed_or_policies_may_not_be_listed(
-    bed: Bed, echo: str, laptop: Laptop
+    bed: Bed, ended: Ended
 ) -> None:
-    ns = echo
-    bed.apply(ECHO_B, ns)
-    bed.apply(DENY_INGRESS, ns)
-    bed.apply(ALLOW_HTTP, ns)  # lets the port named http in: echo's, not echo-b's
-    bed.grant(ns, "dev")  # ktbed-developer: no networkpolicies
     can_list = bed.kubectl(
-        "--as", "dev", "-n", ns, "auth", "can-i", "list", "networkpolicies", check=False
-    )
+        "--as", "dev", "-n", ended.allowing, "auth", "can-i", "list", "networkpolicies",
+        check=False,
+    )  # fmt: skip
     assert can_list.stdout.strip() == "no"
-    local_server(laptop, 3001)
-    allowed = run_ktpy(laptop, "-n", ns, "exchange", "echo", "--expose", "3001:80")
-    # echo-b's port is blocked, but this user cannot know: nothing guessed.
-    unlisted = run_ktpy(
-        laptop, "--debug", "-n", ns, "exchange", "echo-b", "--expose", "3001:9090", user="dev"
-    )
-    try:
-        allowed.wait_for(READY, timeout=180)
-        unlisted.wait_for(READY, timeout=180)
-        assert warnings_of(allowed) == [], allowed.errors
-        assert warnings_of(unlisted) == [], unlisted.errors
-        debug = [line for line in unlisted.errors if "may not list NetworkPolicies" in line]
-        assert debug, unlisted.errors[-20:]
-    finally:
-        stop_all([allowed, unlisted])
+    allowed, unlisted = ended.sessions["allowed"], ended.sessions["unlisted"]
+    assert warnings_of(allowed) == [], allowed.errors
+    assert warnings_of(unlisted) == [], unlisted.errors
+    debug = [line for line in unlisted.errors if "may not list NetworkPolicies" in line]
+    assert debug, unlisted.errors[-20:]

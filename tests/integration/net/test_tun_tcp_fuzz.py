@@ -43,11 +43,12 @@ _ports = itertools.count(20000)
 
 class Device:
     """The far end of the socket pair: what the kernel would be. Collects the
-    packets the stack writes, so the stack never waits on a full socket."""
+    TCP segments the stack writes, so the stack never waits on a full socket."""
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
-        self.packets: deque[bytes] = deque(maxlen=4096)
+        # Parsed once, as they come: the waits below look at each segment once.
+        self.segments: deque[ip.TcpSegment] = deque(maxlen=4096)
         self.written = 0
         self._changed = threading.Condition()
         threading.Thread(target=self._read, name="fuzz-device", daemon=True).start()
@@ -61,7 +62,8 @@ class Device:
             if not packet:
                 return
             with self._changed:
-                self.packets.append(packet)
+                with contextlib.suppress(ip.PacketError):
+                    self.segments.append(ip.parse_tcp_packet(packet))
                 self.written += 1
                 self._changed.notify_all()
 
@@ -69,16 +71,25 @@ class Device:
         self.sock.send(packet)
 
     def segment_to(self, sport: int, want: int, timeout: float = 5.0) -> ip.TcpSegment:
-        """The first packet to the client's port sport with all flags of want."""
+        """The first segment to the client's port sport with all flags of want.
+        Segments to other ports are dropped on the way: each Peer has a port of its
+        own and asks only for its own segments, so those are earlier peers' leftovers."""
         deadline = time.monotonic() + timeout
         with self._changed:
             while True:
-                for packet in self.packets:
-                    with contextlib.suppress(ip.PacketError):
-                        seg = ip.parse_tcp_packet(packet)
-                        if seg.dport == sport and seg.flags & want == want:
-                            self.packets.remove(packet)
-                            return seg
+                kept: deque[ip.TcpSegment] = deque(maxlen=4096)
+                found = None
+                while self.segments:
+                    seg = self.segments.popleft()
+                    if seg.dport != sport:
+                        continue
+                    if found is None and seg.flags & want == want:
+                        found = seg
+                    else:
+                        kept.append(seg)
+                self.segments = kept
+                if found is not None:
+                    return found
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise AssertionError(f"no segment with flags {want:#x} to port {sport}")

@@ -12,6 +12,7 @@ the harness."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import socket
 import struct
@@ -129,12 +130,13 @@ def read_to_end(wire: bytes, cuts: list[int]) -> bytes:
 
     def serve() -> None:
         points = sorted({c % (len(wire) + 1) for c in cuts} | {0, len(wire)})
-        for a, b in itertools.pairwise(points):
-            server.sendall(wire[a:b])
-        server.shutdown(socket.SHUT_WR)
-        while server.recv(65536):  # pongs and close frames from the stream
-            pass
-        server.close()
+        # Bent frames may make the stream close first: the server meets a reset.
+        with server, contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            for a, b in itertools.pairwise(points):
+                server.sendall(wire[a:b])
+            server.shutdown(socket.SHUT_WR)
+            while server.recv(65536):  # pongs and close frames from the stream
+                pass
 
     feeder = threading.Thread(target=serve, daemon=True)
     feeder.start()
