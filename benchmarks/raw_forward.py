@@ -16,6 +16,7 @@ import signal
 import threading
 
 from ktpy.cluster.api import KubernetesApi
+from ktpy.logs import configure
 from ktpy.net.forwarding import ForwardServer
 from ktpy.net.relay import Flow
 from ktpy.tunnel import portforward
@@ -51,6 +52,10 @@ def main() -> None:
     parser.add_argument("port", type=int)
     parser.add_argument("--listen", type=int, default=18101)
     args = parser.parse_args()
+    # Logs to stderr (the suite's log file), at INFO: unconfigured, structlog prints
+    # every API call's debug line to stdout, which nobody reads after "listening",
+    # and once that pipe is full every relay thread blocks in a log call.
+    configure()
     api = KubernetesApi.from_kubeconfig([os.environ["KUBECONFIG"]])
     target = portforward.Target(args.namespace, args.pod, args.port)
 

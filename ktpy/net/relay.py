@@ -44,6 +44,17 @@ class SocketFlow:
     def sendall(self, data: bytes, /) -> None:
         self.sock.sendall(data)
 
+    def send_nowait(self, data: bytes, /) -> int:
+        """As much of data as the socket takes at once (0 if it is full), never
+        blocking. A socket with a timeout takes nothing here: Python would wait for
+        room before sending."""
+        if self.sock.gettimeout() is not None:
+            return 0
+        try:
+            return self.sock.send(data, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return 0
+
     def shutdown_write(self) -> None:
         self.sock.shutdown(socket.SHUT_WR)
 

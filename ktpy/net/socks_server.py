@@ -77,14 +77,24 @@ class SocksServer(ThreadedListener):
     def _carry_out(
         self, client: socket.socket, handshake: Socks5Handshake, actions: list[SocksAction]
     ) -> bool:
-        """Carry out actions; True once the connection is handed off or closed."""
+        """Carry out actions; True once the connection is handed off or closed.
+
+        What is to be sent waits until the end of the actions or a close or relay, not
+        for an open: an OpenFlow among these actions means the client sent its request
+        without waiting for the greeting's answer (ktpy's TUN child does), so both
+        answers go in one write and wake the client once."""
         queue: list[SocksAction] = list(actions)
         flow: Flow | None = None
+        pending = b""
         while queue:
             action = queue.pop(0)
             if isinstance(action, Send):
-                client.sendall(action.data)
-            elif isinstance(action, Close):
+                pending += action.data
+                continue
+            if pending and not isinstance(action, OpenFlow):
+                client.sendall(pending)
+                pending = b""
+            if isinstance(action, Close):
                 client.close()
                 return True
             elif isinstance(action, OpenFlow):
@@ -107,4 +117,6 @@ class SocksServer(ThreadedListener):
                     flow.sendall(action.early_data)
                 relay(SocketFlow(client), flow, name="socks")
                 return True
+        if pending:
+            client.sendall(pending)
         return False

@@ -17,8 +17,13 @@ Threads, and why:
   the client's answer: ConnectionRefusedError a RST, ENETUNREACH or
   EHOSTUNREACH (or a timeout) an ICMP unreachable, anything else a RST;
 - per flow, a reader (``Flow.recv`` -> the stack, only as much as the send
-  buffer has room for) and a writer (the stack's deliveries -> ``Flow.sendall``,
-  reporting what was written so the receive window reopens).
+  buffer has room for) and, once needed, a writer (the stack's deliveries ->
+  ``Flow.sendall``, reporting what was written so the receive window reopens).
+  A Flow that can send without blocking (``send_nowait``: a socket, as the TUN
+  child's flows are) gets its deliveries written at once by the thread that
+  made them, as long as its socket takes them whole; its writer starts only
+  when the socket is full once. Most flows (requests, answers) never need one:
+  a thread less per flow (its start, its stack) and no hand-off per request.
 
 One lock serializes the TcpStack and every write to the TUN fd, so segments
 of a flow leave in the order the stack made them.
@@ -182,6 +187,7 @@ class _Handle:
         "reader",
         "released",
         "running",
+        "send_nowait",
         "space",
         "target",
         "writer",
@@ -194,7 +200,9 @@ class _Handle:
         self.queue: SimpleQueue[bytes | _Marker] = SimpleQueue()
         self.space = threading.Event()
         self.released = False
-        self.running = 2  # reader and writer threads not yet finished
+        # Written to without a thread while the socket takes it all (see the module).
+        self.send_nowait: Callable[[bytes], int] | None = getattr(flow, "send_nowait", None)
+        self.running = 2 if self.send_nowait is None else 1  # relay threads not yet finished
         self.reader: threading.Thread | None = None
         self.writer: threading.Thread | None = None
 
@@ -510,7 +518,7 @@ class TunStack:
             elif type(action) is Deliver:
                 h = self._handles.get(action.conn)
                 if h is not None:
-                    h.queue.put(action.data)
+                    self._deliver(h, action.data, actions)
             elif type(action) is ResumeReading:
                 h = self._handles.get(action.conn)
                 if h is not None:
@@ -518,12 +526,43 @@ class TunStack:
             elif type(action) is DeliverEnd:
                 h = self._handles.get(action.conn)
                 if h is not None:
-                    h.queue.put(_EOF)
+                    if h.writer is None and h.send_nowait is not None:
+                        with contextlib.suppress(OSError, EOFError):
+                            h.flow.shutdown_write()
+                    else:
+                        h.queue.put(_EOF)
             elif type(action) is OpenFlow:
                 if not self._stopping:
                     self._workers.submit(functools.partial(self._open, action))
             elif type(action) is CloseFlow:
                 self._release(action)
+
+    def _deliver(self, h: _Handle, data: bytes, actions: list[TcpAction]) -> None:
+        """Lock held: client bytes for h's Flow. Written here if it has no writer and
+        its socket takes them whole (what was written reopens the window: the actions
+        that follow are carried out by the same loop); else the writer gets the rest."""
+        if h.writer is None and h.send_nowait is not None:
+            try:
+                sent = h.send_nowait(data)
+            except OSError:
+                sent = 0  # the writer meets the error again and fails the flow
+            if sent:
+                actions += self._stack.handle(Delivered(h.conn, sent), self._clock())
+            if sent == len(data):
+                return
+            data = data[sent:]
+            self._start_writer(h)
+        h.queue.put(data)
+
+    def _start_writer(self, h: _Handle) -> None:
+        """Lock held: h's writer thread, once its Flow's socket was full."""
+        writer = threading.Thread(
+            target=self._write_app, args=(h,), name=f"tun-{h.conn}-down", daemon=True
+        )
+        h.writer = writer
+        h.running += 1
+        self._live.add(h)  # its reader may be done already
+        writer.start()
 
     def _write(self, action: Send) -> None:
         if not self._fd_usable:
@@ -575,9 +614,11 @@ class TunStack:
         reader = threading.Thread(
             target=self._read_app, args=(h,), name=f"tun-{h.conn}-up", daemon=True
         )
-        writer = threading.Thread(
-            target=self._write_app, args=(h,), name=f"tun-{h.conn}-down", daemon=True
-        )
+        writer = None
+        if h.send_nowait is None:
+            writer = threading.Thread(
+                target=self._write_app, args=(h,), name=f"tun-{h.conn}-down", daemon=True
+            )
         h.reader, h.writer = reader, writer
         with self._lock:
             actions = self._stack.handle(FlowOpened(action.conn), self._clock())
@@ -593,7 +634,8 @@ class TunStack:
             return
         log.debug("tun flow opened", conn=h.conn, target=target, client=action.client)
         reader.start()
-        writer.start()
+        if writer is not None:
+            writer.start()
 
     # -- relaying ------------------------------------------------------------------------
 
@@ -720,7 +762,11 @@ class TunStack:
             self._closers.submit(lambda: self._close_flow(h))
         else:
             log.debug("tun flow closed", conn=h.conn, target=h.target)
-            h.queue.put(_CLOSE)
+            if h.writer is None and h.send_nowait is not None:
+                with contextlib.suppress(Exception):  # nothing queued: close it now
+                    h.flow.close()
+            else:
+                h.queue.put(_CLOSE)
 
     def _close_flow(self, h: _Handle) -> None:
         h.released = True

@@ -40,6 +40,7 @@ SLOW = "198.18.0.68"  # open_flow takes SLOW_SECONDS
 BROKEN = "198.18.0.69"  # the flow opens, then its recv raises something not an OSError
 IMPATIENT = "198.18.0.70"  # the flow's socket keeps a 0.2 s timeout
 CLOSED = "198.18.0.71"  # a socket Flow (with fileno) already closed when it is handed over
+SOCKET = "198.18.0.72"  # ktpy's SocketFlow, as the TUN child's flows are (send_nowait)
 CLIENT = "198.18.1.1"
 SLOW_SECONDS = 3.0
 
@@ -82,6 +83,21 @@ class TestFlow:
             self.sock.shutdown(socket.SHUT_RDWR)
         if self.sock.fileno() != -1:
             self.sock.close()
+            self.tracker.closed()
+
+
+class TrackedSocketFlow(SocketFlow):
+    """ktpy's own SocketFlow (what the TUN child's flows are: the stack writes to
+    it without a thread while its socket takes everything), counted as TestFlow is."""
+
+    def __init__(self, sock: socket.socket, tracker: FlowTracker) -> None:
+        super().__init__(sock)
+        self.tracker = tracker
+        tracker.opened()
+
+    def close(self) -> None:
+        if self.sock.fileno() != -1:
+            super().close()
             self.tracker.closed()
 
 
@@ -283,6 +299,8 @@ class TunEnv:
             return gone
         sock = socket.create_connection(("127.0.0.1", port), timeout=5)
         sock.settimeout(0.2 if host == IMPATIENT else None)
+        if host == SOCKET:
+            return TrackedSocketFlow(sock, self.flows)
         return TestFlow(sock, self.flows)
 
     def start(self, config: TcpConfig | None = None, **kw: Any) -> TunStack:

@@ -181,11 +181,11 @@ def _download(env: TunEnv, stack: TunStack, size: int) -> float:
     return elapsed
 
 
-def _upload(env: TunEnv, size: int) -> float:
+def _upload(env: TunEnv, size: int, host: str = te.TARGET) -> float:
     server = env.server(te.upload)
     digest = hashlib.sha256()
     started = time.monotonic()
-    with env.connect(server.port, timeout=60) as client:
+    with env.connect(server.port, host=host, timeout=60) as client:
         for chunk in te.pattern_chunks(size):
             client.sendall(chunk)
             digest.update(chunk)
@@ -194,6 +194,31 @@ def _upload(env: TunEnv, size: int) -> float:
     elapsed = time.monotonic() - started
     assert answer == f"{size} {digest.hexdigest()}"
     return elapsed
+
+
+def test_a_socket_flow_answers_without_a_writer_thread(env: TunEnv) -> None:
+    """The TUN child's flows are sockets: a request the socket takes whole is written
+    by the thread that received it, so a request/response flow runs one thread."""
+    server = env.server(te.hold)
+    stack = env.start()
+    with env.connect(server.port, host=te.SOCKET) as client:
+        client.sendall(b"ping\n")
+        wait_for(lambda: server.active == 1, 5, "the request at the server")
+        server.release.set()
+        assert client.recv(100) == b"ok ping\n"
+        writers = [t.name for t in threading.enumerate() if t.name.endswith("-down")]
+        assert writers == []
+    wait_for(lambda: stack.flows() == 0 and stack.relaying() == 0, 5, "the flow to go")
+    assert env.flows.open == 0
+
+
+def test_an_upload_through_a_socket_flow_is_byte_exact(env: TunEnv) -> None:
+    """More than its socket takes at once: the writer thread starts mid-flow and
+    carries the rest, in order."""
+    stack = env.start()
+    _upload(env, 256 << 20, host=te.SOCKET)
+    wait_for(lambda: stack.flows() == 0 and stack.relaying() == 0, 5, "the flow to go")
+    assert env.flows.open == 0
 
 
 def test_a_1_gib_download_is_byte_exact(env: TunEnv) -> None:

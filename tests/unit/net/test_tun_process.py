@@ -7,9 +7,9 @@ import errno
 import pytest
 import socks
 
-from ktpy.net.socks5 import ReplyCode
+from ktpy.net.socks5 import AddressType, OpenFlow, ReplyCode, Send, Socks5Handshake
 from ktpy.net.tcp import OpenFailure
-from ktpy.net.tun_process import _reply_code, error_for_reply
+from ktpy.net.tun_process import _reply_code, error_for_reply, socks_connect_request
 from ktpy.net.tun_tcp import open_failure_for
 
 
@@ -41,3 +41,9 @@ def test_the_reply_code_is_read_from_pysocks_wording() -> None:
 
 def test_an_unknown_reply_is_a_general_failure() -> None:
     assert error_for_reply(0x42, "x:1").errno == errno.ECONNABORTED
+
+
+def test_the_childs_request_is_greeting_and_connect_in_one_piece() -> None:
+    handshake = Socks5Handshake()
+    actions = handshake.receive(socks_connect_request("10.96.0.10", 53))
+    assert actions == [Send(b"\x05\x00"), OpenFlow("10.96.0.10", 53, AddressType.IPV4)]
