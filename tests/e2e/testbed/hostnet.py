@@ -228,6 +228,25 @@ def _ensure_private_dir(path: Path) -> None:
         run(["mount", "--make-private", str(path)])
 
 
+def _settle_ipv6(name: str, timeout: float = 10.0) -> None:
+    """Wait until eth0's IPv6 link-local address has passed duplicate address
+    detection: until then it is "tentative", and its local route appears only after,
+    so a snapshot of the laptop taken meanwhile differs from a later one with
+    nothing having changed it."""
+    disabled = run(
+        ["ip", "netns", "exec", name, "cat", "/proc/sys/net/ipv6/conf/eth0/disable_ipv6"],
+        check=False,
+    )
+    if disabled.returncode != 0 or disabled.stdout.strip() == "1":
+        return  # no IPv6 in this laptop: nothing to settle
+
+    def settled() -> bool:
+        shown = run(["ip", "-n", name, "-6", "addr", "show", "dev", "eth0", "scope", "link"])
+        return "inet6" in shown.stdout and "tentative" not in shown.stdout
+
+    procs.wait_for(f"{name}'s IPv6 link-local address to settle", settled, timeout, 0.1)
+
+
 def create_laptop(n: int, resolver: str = "plain") -> str:
     """Make (or repair) laptop n: a network namespace behind a veth pair with a
     mount namespace of its own, whose resolver is a plain resolv.conf or a
@@ -247,6 +266,7 @@ def create_laptop(n: int, resolver: str = "plain") -> str:
     run(["ip", "-n", name, "addr", "replace", f"{laptop_end}/24", "dev", "eth0"])
     run(["ip", "-n", name, "link", "set", "eth0", "up"])
     run(["ip", "-n", name, "route", "replace", "default", "via", host_end])
+    _settle_ipv6(name)
     etc = Path("/etc/netns") / name
     etc.mkdir(parents=True, exist_ok=True)
     mnt = mount_ns_file(name)
