@@ -45,6 +45,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -92,8 +93,10 @@ COMPONENTS = (
 
 def record(pid: int, out: Path, gil: bool = True) -> subprocess.Popen[bytes]:
     """py-spy on pid and its children: with gil, only the thread holding each
-    interpreter's lock; without, every thread on a CPU, each a frame of its own."""
-    mode = ["--gil"] if gil else ["--threads"]
+    interpreter's lock; without, every thread at every tick (wall clock), each a
+    frame of its own. (py-spy's own idle test does not work here: without --idle it
+    sampled every thread at every tick all the same.)"""
+    mode = ["--gil"] if gil else ["--threads", "--idle"]
     return subprocess.Popen(
         [PY_SPY, "record", "--pid", str(pid), "--subprocesses", "--rate", "100",
          "--format", "raw", "--output", str(out), "--nonblocking", *mode],
@@ -174,33 +177,93 @@ def component(frame: str) -> str:
     return next((name for part, name in COMPONENTS if file.startswith(part)), "other")
 
 
-def threads_summary(raw: Path, cpu_s_per_gib: dict[str, float]) -> list[str]:
-    """Per process: samples by thread and by component (the innermost frame's file),
-    each also as CPU seconds per GiB (its share of the process's measured CPU)."""
-    threads: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
-    parts: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
-    totals: collections.Counter[str] = collections.Counter()
+def threads_summary(raw: Path, cpu: dict[tuple[str, int], tuple[float, float]], gib: float,
+                    seconds: float) -> list[str]:  # fmt: skip
+    """Per process, its threads by the CPU each spent (from /proc, cpu: seconds by
+    process role and the thread's id in the laptop's namespace: user and system
+    seconds), in CPU seconds per
+    GiB and share of a core, with the frames its samples (wall clock, every
+    thread at every tick) sat in most and their components."""
+    names: dict[tuple[str, int], str] = {}
+    frames: dict[tuple[str, int], collections.Counter[str]] = collections.defaultdict(
+        collections.Counter
+    )
     for process, thread, calls, n in _samples(raw):
-        totals[process] += n
-        threads[process][thread_role(thread, calls)] += n
-        parts[process][component(calls[-1])] += n
+        found = re.match(r"thread \((\d+)\)", thread)
+        if not found:
+            continue
+        key = (process, int(found.group(1)))
+        names.setdefault(key, thread_role(thread, calls))
+        frames[key][calls[-1]] += n
     lines: list[str] = []
-    for process, total in totals.most_common():
-        per_gib = cpu_s_per_gib.get(process)
-        unit = f", CPU s per GiB of the {per_gib:.2f} measured" if per_gib else ""
-        lines += [f"### {process}: {total} samples of threads on a CPU", "",
-                  f"| % | samples{unit and ' | CPU s/GiB'} | thread (name: its target) |",
-                  f"|---:|---:{unit and '|---:'}|---|"]  # fmt: skip
-        for role, n in threads[process].most_common(12):
-            share = f" | {per_gib * n / total:.2f}" if per_gib else ""
-            lines.append(f"| {100 * n / total:.1f} | {n}{share} | `{role}` |")
-        lines += ["", f"| % | samples{unit and ' | CPU s/GiB'} | component (innermost frame) |",
-                  f"|---:|---:{unit and '|---:'}|---|"]  # fmt: skip
-        for name, n in parts[process].most_common():
-            share = f" | {per_gib * n / total:.2f}" if per_gib else ""
-            lines.append(f"| {100 * n / total:.1f} | {n}{share} | {name} |")
+    for process in dict.fromkeys(p for p, _ in sorted(cpu, key=lambda k: -sum(cpu[k]))):
+        mine = sorted(((sum(s), s[1], k) for k, s in cpu.items() if k[0] == process),
+                      reverse=True)  # fmt: skip
+        total = sum(s for s, _, _ in mine)
+        system = sum(s for _, s, _ in mine)
+        core = 100 * total / seconds
+        lines += [f"### {process}: {total / gib:.2f} CPU s per GiB ({system / gib:.2f} of it "
+                  f"in the kernel), {core:.0f}% of a core", "",
+                  "| CPU s/GiB | of it system | % of a core | thread (name: its target) | "
+                  "where its samples sat (wall clock), most first |",
+                  "|---:|---:|---:|---|---|"]  # fmt: skip
+        for spent, sys_spent, key in mine:
+            if spent / gib < 0.01:
+                continue
+            where = frames.get(key, collections.Counter())
+            count = sum(where.values()) or 1
+            top = "; ".join(f"`{f}` {100 * n / count:.0f}% ({component(f)})"
+                            for f, n in where.most_common(4))  # fmt: skip
+            name = names.get(key, f"thread {key[1]} (not sampled)")
+            lines.append(f"| {spent / gib:.2f} | {sys_spent / gib:.2f} | "
+                         f"{100 * spent / seconds:.0f} | `{name}` | "
+                         f"{top} |")  # fmt: skip
         lines.append("")
     return lines
+
+
+def thread_cpu(pids: list[int]) -> dict[tuple[str, int], tuple[float, float]]:
+    """User and system CPU seconds of every thread of pids, by process role and the
+    thread's id as
+    its process sees it (the laptop's PID namespace: py-spy's ids)."""
+    out: dict[tuple[str, int], tuple[float, float]] = {}
+    for pid in pids:
+        role = role_of(pid)
+        for task in Path(f"/proc/{pid}/task").glob("[0-9]*"):
+            try:
+                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+                status = (task / "status").read_text()
+            except OSError:
+                continue
+            nspid = next(ln for ln in status.splitlines() if ln.startswith("NSpid:"))
+            key = (role, int(nspid.split()[-1]))
+            out[key] = (int(fields[11]) / host_stats.TICK, int(fields[12]) / host_stats.TICK)
+    return out
+
+
+class ThreadWatch:
+    """Every thread's CPU over a stretch of time, threads that start and end within
+    it included (read every 0.2 s; the last 0.2 s of one that ended is missed)."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self.pids = pids
+        self.first = thread_cpu(pids)
+        self.last = dict(self.first)
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.done.wait(0.2):
+            self.last.update(thread_cpu(self.pids))
+
+    def stop(self) -> dict[tuple[str, int], tuple[float, float]]:
+        self.done.set()
+        self.thread.join()
+        self.last.update(thread_cpu(self.pids))
+        first = self.first
+        return {k: (u - first.get(k, (0.0, 0.0))[0], s - first.get(k, (0.0, 0.0))[1])
+                for k, (u, s) in self.last.items()}  # fmt: skip
 
 
 def _process_name(processes: list[str]) -> str:
@@ -296,18 +359,16 @@ def bulk(args: argparse.Namespace, laptop: Laptop, suite: Suite, connect: Ktpy,
                                    "busy_s_per_gib": busy / gib,
                                    "cpu_s_per_gib": per_gib})  # fmt: skip
         shadow.snap("after the bulk downloads (every SSH session still open)")
-        session_roles = ("connect (session process)", "TUN child (ktpy.net.tun_process)",
-                         "root helper (ktpy.host.helper)")  # fmt: skip
-        connect_runs = runs["ktpy connect, TUN"]
-        measured = {r: statistics.median(run["cpu_s_per_gib"].get(r, 0.0) for run in connect_runs)
-                    for r in session_roles}  # fmt: skip
         recorded: list[str] = []
+        pids = [connect.pid(), *children(connect.pid())]
         for gil, name in ((True, "bulk-gil"), (False, "bulk-threads")):
             raw = args.out / f"{name}.txt"
             spy = record(connect.pid(), raw, gil=gil)
             time.sleep(1)
+            watch = ThreadWatch(pids)
             result = laptop.load("bulk", *paths["ktpy connect, TUN"], "--bytes",
                                  str(2 * args.bulk * MIB), "--direction", "down")  # fmt: skip
+            threads = watch.stop()
             finish(spy)
             recorded.append(f"{result['gbit_s']} Gbit/s while recorded "
                             f"({'--gil' if gil else 'every thread'})")  # fmt: skip
@@ -315,7 +376,8 @@ def bulk(args: argparse.Namespace, laptop: Laptop, suite: Suite, connect: Ktpy,
                 text = summarize(raw, "connect, TUN mode: bulk download", [])
                 gil_text = text.split("\n", 3)[-1]
             else:
-                threads_text = threads_summary(raw, measured)
+                threads_text = threads_summary(raw, threads, result["bytes"] / GIB,
+                                               result["seconds"])  # fmt: skip
             _gzip(raw)
         lines = [f"# connect, TUN mode: one bulk download ({args.bulk} MiB)", "",
                  f"{stamp}. `python -m benchmarks.profile --only bulk`: {args.bulk_rounds} "
@@ -328,11 +390,13 @@ def bulk(args: argparse.Namespace, laptop: Laptop, suite: Suite, connect: Ktpy,
                  *_bulk_table(runs), "",
                  f"Then py-spy on connect's processes during a {2 * args.bulk} MiB "
                  f"download each: {'; '.join(recorded)}.", "",
-                 "## Every thread on a CPU (py-spy `--threads`, no `--gil`), by thread "
-                 "and by component", "",
-                 "Samples of threads py-spy found on a CPU, 100 Hz; each process's "
-                 "CPU s/GiB (median of the unrecorded rounds above) shared out by "
-                 "samples.", "", *threads_text, "## The thread holding the GIL (`--gil`)",
+                 "## Every thread: its CPU (/proc) and where it sat (py-spy `--threads "
+                 "--idle`)", "",
+                 "CPU of each thread during the recorded download (read every 0.2 s "
+                 "from /proc; recording slows the path, so these are per GiB of that "
+                 "download), and the innermost frames of its samples (wall clock: "
+                 "a thread waiting sits in the call it waits in).", "", *threads_text,
+                 "## The thread holding the GIL (`--gil`)",
                  "", gil_text]  # fmt: skip
         (args.out / "bulk.md").write_text("\n".join(lines) + "\n")
         print("bulk:", json.dumps({n: [r["gbit_s"] for r in rs] for n, rs in runs.items()}),

@@ -47,17 +47,31 @@ def test_samples_are_put_in_their_process_thread_and_component(tmp_path: Path) -
     assert profile.component("f (elsewhere.py:1)") == "other"
 
 
-def test_a_process_cpu_per_gib_is_shared_out_by_samples(tmp_path: Path) -> None:
+def test_each_thread_gets_its_cpu_per_gib_and_where_it_sat(tmp_path: Path) -> None:
     raw = tmp_path / "bulk.txt"
     raw.write_text(RAW)
-    text = "\n".join(profile.threads_summary(raw, {"connect (session process)": 8.0}))
-    assert "| 75.0 | 30 | 6.00 | `Thread: Transport.run (paramiko/transport.py)` |" in text
-    assert "| 25.0 | 10 | 2.00 | relay (SSH channel <-> unix socket <-> stack) |" in text
-    # no measured CPU for the child: samples and shares only
-    assert "| 75.0 | 15 | `MainThread: <module> (ktpy/net/tun_process.py)` |" in text
+    cpu = {
+        ("connect (session process)", 20): (0.5, 0.1),
+        ("connect (session process)", 21): (0.1, 0.1),
+        ("connect (session process)", 22): (0.1, 0.0),  # started and ended between samples
+        ("TUN child (ktpy.net.tun_process)", 30): (0.1, 0.2),
+    }
+    text = "\n".join(profile.threads_summary(raw, cpu, gib=0.1, seconds=1.0))
+    assert "### connect (session process): 9.00 CPU s per GiB (2.00 of it in the kernel)" in text
+    assert (
+        "| 6.00 | 1.00 | 60 | `Thread: Transport.run (paramiko/transport.py)` | "
+        "`Packetizer.read_message (paramiko/packet.py:521)` 100% (paramiko's packetizer"
+    ) in text
+    assert "| 1.00 | 0.00 | 10 | `thread 22 (not sampled)` |" in text
+    assert text.index("### connect") < text.index("### TUN child")
     summary = profile.summarize(raw, "t", [])
     assert "## connect (session process): 40 samples" in summary
     assert "## root helper (ktpy.host.helper): 1 samples" in summary
+
+
+def test_thread_cpu_reads_this_process_threads() -> None:
+    cpu = profile.thread_cpu([os.getpid()])
+    assert (profile.role_of(os.getpid()), os.getpid()) in cpu
 
 
 def test_process_memory_reads_this_process() -> None:
