@@ -380,7 +380,7 @@ def bulk(args: argparse.Namespace, laptop: Laptop, suite: Suite, connect: Ktpy,
                                                result["seconds"])  # fmt: skip
             _gzip(raw)
         lines = [f"# connect, TUN mode: one bulk download ({args.bulk} MiB)", "",
-                 f"{stamp}. `python -m benchmarks.profile --only bulk`: {args.bulk_rounds} "
+                 f"{stamp}. `python -m benchmarks.profile` (bulk): {args.bulk_rounds} "
                  f"rounds, each path in turn, of one {args.bulk} MiB download (one stream) "
                  "from the echo pod; CPU seconds per GiB of every process that worked "
                  "meanwhile (/proc before and after; the node is this machine: the "
