@@ -8,6 +8,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import re
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,3 +128,82 @@ def image_size(ref: str) -> dict[str, int]:
         "uncompressed_bytes": uncompressed,
         "layers": len(manifest["layers"]),
     }
+
+
+# --- per process, for the profiles (benchmarks/profile.py) ---------------------------------
+
+
+def cpu_by_process() -> dict[int, float]:
+    """User + system CPU seconds of every live process."""
+    out: dict[int, float] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        out[int(stat.parent.name)] = (int(fields[11]) + int(fields[12])) / TICK
+    return out
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds the machine's cores spent on anything but idle and I/O wait."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = fields[3] + fields[4]
+    return (sum(fields[:8]) - idle) / TICK  # guest time is already in user
+
+
+def _cgroup_dirs(pod_uid: str) -> list[Path]:
+    matches = list(Path("/sys/fs/cgroup/memory/kubepods").glob(f"**/pod{pod_uid}"))
+    matches = matches or list(Path("/sys/fs/cgroup").glob(f"**/pod{pod_uid}"))
+    if not matches:
+        raise RuntimeError(f"no cgroup for pod {pod_uid}")
+    return [matches[0], *(d for d in matches[0].rglob("*") if d.is_dir())]
+
+
+def pod_processes(pod_uid: str) -> list[int]:
+    """Every process of the pod (its containers' cgroups), pause included."""
+    pids: list[int] = []
+    for cg in _cgroup_dirs(pod_uid):
+        procs = cg / "cgroup.procs"
+        if procs.exists():
+            pids += [int(p) for p in procs.read_text().split()]
+    return sorted(set(pids))
+
+
+def pod_memory_stat(pod_uid: str) -> dict[str, int]:
+    """The pod cgroup's whole memory.stat (v1: the total_* fields are the
+    hierarchy's), with the kernel-memory counters where the kernel keeps them."""
+    cg = _cgroup_dirs(pod_uid)[0]
+    out = {
+        k: int(v) for k, v in (ln.split() for ln in (cg / "memory.stat").read_text().splitlines())
+    }
+    for name in ("memory.usage_in_bytes", "memory.kmem.usage_in_bytes",
+                 "memory.kmem.tcp.usage_in_bytes", "memory.current"):  # fmt: skip
+        if (cg / name).exists():
+            out[name] = int((cg / name).read_text())
+    return out
+
+
+_MAPPING = re.compile(r"[0-9a-f]+-[0-9a-f]+ ")  # a mapping's first line in smaps
+
+
+def process_memory(pid: int) -> dict[str, int | str]:
+    """A process's name, resident memory (/proc status, in bytes), its proportional
+    and private shares (smaps_rollup) and its heap's resident part (smaps)."""
+    base = Path("/proc") / str(pid)
+    out: dict[str, int | str] = {"comm": (base / "comm").read_text().strip()}
+    for line in (base / "status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "RssAnon", "RssFile", "RssShmem", "VmPTE"):
+            out[key] = int(value.split()[0]) * 1024
+    for line in (base / "smaps_rollup").read_text().splitlines()[1:]:
+        key, _, value = line.partition(":")
+        if key in ("Pss", "Private_Dirty", "Anonymous"):
+            out[key] = int(value.split()[0]) * 1024
+    in_heap = False
+    for line in (base / "smaps").read_text().splitlines():
+        if _MAPPING.match(line):
+            in_heap = line.rstrip().endswith("[heap]")
+        elif in_heap and line.startswith("Rss:"):
+            out["heap_rss"] = int(line.split()[1]) * 1024
+    return out
