@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from tests.e2e.conftest import echo_manifest
 from tests.e2e.testbed import config, hostnet
@@ -124,7 +125,8 @@ def tree_cpu_seconds(pid: int) -> float:
     return sum(seconds for each, seconds in cpu.items() if descends(each))
 
 
-def stop(proc: subprocess.Popen[str]) -> None:
+def stop(proc: subprocess.Popen[Any]) -> None:
+    """SIGINT (ktpy tears down, py-spy writes its profile), then a kill after 60 s."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGINT)
     try:

@@ -41,7 +41,6 @@ import functools
 import gzip
 import json
 import re
-import signal
 import statistics
 import subprocess
 import sys
@@ -55,6 +54,7 @@ from typing import Any
 
 from benchmarks import host_stats
 from benchmarks.baselines import KUBECTL, ROOT, Helpers, Laptop, kubectl
+from benchmarks.connect import stop
 from benchmarks.suite import FULL, GIB, PORTS, Clock, Ktpy, Suite, git
 from ktpy.commands.connect import READY_LINE as CONNECT_READY
 from tests.e2e.testbed import config
@@ -102,15 +102,6 @@ def record(pid: int, out: Path, gil: bool = True) -> subprocess.Popen[bytes]:
          "--format", "raw", "--output", str(out), "--nonblocking", *mode],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
-
-
-def finish(spy: subprocess.Popen[bytes]) -> None:
-    spy.send_signal(signal.SIGINT)
-    try:
-        spy.wait(60)
-    except subprocess.TimeoutExpired:
-        spy.kill()
-        spy.wait()
 
 
 def _samples(raw: Path) -> list[tuple[str, str, list[str], int]]:
@@ -369,7 +360,7 @@ def bulk(args: argparse.Namespace, laptop: Laptop, suite: Suite, connect: Ktpy,
             result = laptop.load("bulk", *paths["ktpy connect, TUN"], "--bytes",
                                  str(2 * args.bulk * MIB), "--direction", "down")  # fmt: skip
             threads = watch.stop()
-            finish(spy)
+            stop(spy)  # py-spy writes its profile on SIGINT
             recorded.append(f"{result['gbit_s']} Gbit/s while recorded "
                             f"({'--gil' if gil else 'every thread'})")  # fmt: skip
             if gil:
@@ -545,7 +536,7 @@ def churn(args: argparse.Namespace, laptop: Laptop, pid: int, target: list[str],
     time.sleep(1)
     result = laptop.load("churn", *target, "--connections", str(args.churn),
                          "--workers", "4")  # fmt: skip
-    finish(spy)
+    stop(spy)  # py-spy writes its profile on SIGINT
     figures = (f"without py-spy {plain['per_s']} new connections/s, p50 "
                f"{plain['p50_ms']} ms, p99 {plain['p99_ms']} ms, {plain['failed']} "
                f"failed, {cpu_ms:.2f} ms of CPU (connect's processes, user + system) per "
@@ -573,7 +564,7 @@ def hold(args: argparse.Namespace, laptop: Laptop, pid: int, target: list[str], 
     assert proc.stderr is not None
     assert proc.stdin is not None
     line = proc.stderr.readline()
-    finish(spy)
+    stop(spy)  # py-spy writes its profile on SIGINT
     if "held" not in line:
         raise RuntimeError(f"hold: {line}")
     held = process_stats(pids)
