@@ -86,10 +86,13 @@ class Connect(lifecycle.SessionCommand):
         self.settings = settings
         self.socks_port = socks_port
         self.tun_options = tun
-        self.unprivileged = unprivileged
         self.print_pac = print_pac
         self.print_env = print_env
-        self.tun = connect_tun.TunConnection()
+        self.tun = (
+            connect_tun.TunConnection(helper=unprivileged.helper, run_dir=unprivileged.run_dir)
+            if unprivileged is not None
+            else connect_tun.TunConnection()
+        )
         self.server: SocksServer | None = None
 
     def bind(self, session: Session) -> None:
@@ -100,12 +103,11 @@ class Connect(lifecycle.SessionCommand):
         if self.server is not None:
             self.server.start()
         options = self.tun_options
-        if options is not None and self.unprivileged is not None:
+        if options is not None:
             self.tun.up(
                 self.api,
                 self.settings,
                 session,
-                self.unprivileged,
                 include=options.include,
                 exclude=options.exclude,
                 dns_namespaces=options.dns_namespaces,
@@ -151,8 +153,6 @@ class Connect(lifecycle.SessionCommand):
     def stop(self, session: Session, hurried: Callable[[], bool]) -> list[str]:
         made = self.tun.made
         problems = self.tun.down()
-        if self.tun.helper is None and self.unprivileged is not None:
-            problems += self.unprivileged.close()  # started, asked nothing: it just goes
         undone = ["removed the TUN device, its routes and the resolver settings"] if made else []
         if self.server is not None:
             self.server.stop()
@@ -267,7 +267,7 @@ def connect(
         api.server_time()  # unreachable or unauthorised: say so before anything changes
     except BaseException:
         if unprivileged is not None:
-            unprivileged.close()
+            unprivileged.helper.close()
         raise
     spec = ShadowSpec(
         role=Role.CONNECT,

@@ -249,9 +249,6 @@ class Unprivileged:
     run_dir: Path
     settings: Settings
 
-    def close(self) -> list[str]:
-        return self.helper.close()
-
 
 KUBECONFIG_COPY = "kubeconfig"
 
@@ -306,9 +303,10 @@ def _passwd(uid: int) -> pwd.struct_passwd | None:
 @dataclass
 class TunConnection:
     """Everything the TUN mode made, so it can be taken down in order. The host
-    changes are the root helper's; this process only asks for them."""
+    changes are the root helper's; this process only asks for them, and closes it
+    (``down``) whether or not ``up`` ran."""
 
-    helper: HostHelper | None = None
+    helper: HostHelper | None = None  # None: socks mode, nothing to ask of root
     made: bool = False  # the helper made host changes (and undoes them on close)
     stack: TunProcess | None = None  # the TUN stack and the DNS server
     watches: list[KnownNames] = field(default_factory=list)
@@ -328,7 +326,6 @@ class TunConnection:
         api: ClusterApi,
         settings: Settings,
         session: Session,
-        unprivileged: Unprivileged,
         *,
         include: Iterable[IPNetwork],
         exclude: Iterable[IPNetwork],
@@ -337,8 +334,9 @@ class TunConnection:
         mtu: int | None,
     ) -> None:
         ns = settings.namespace
-        helper = self.helper = unprivileged.helper
-        self.run_dir = unprivileged.run_dir
+        helper, run_dir = self.helper, self.run_dir
+        assert helper is not None, "TUN mode gave root up first"
+        assert run_dir is not None
         facts = read_cluster(api, session, ns, dns_namespaces)
         chosen = chosen_ranges((*facts.service.networks, *facts.pods.networks), include, exclude)
         wanted, unrouted_line = routed_families(chosen)
@@ -366,7 +364,7 @@ class TunConnection:
         )
         # The stack reaches the tunnel through a unix socket only this user may open.
         self.socks = SocksServer(
-            session.open_flow, listener=unix_listener(self.run_dir / SOCKS_SOCKET)
+            session.open_flow, listener=unix_listener(run_dir / SOCKS_SOCKET)
         ).start()
         self.made = True  # from the first order on, the helper's close undoes
         opened = helper.open(search_domains)
@@ -380,7 +378,7 @@ class TunConnection:
             self.socks.socket_path,
             mtu=request.mtu,
             max_buffered=settings.tun_buffer,
-            stats_file=self.run_dir / TUN_STATS_FILE,
+            stats_file=run_dir / TUN_STATS_FILE,
             session=session.id,
             debug=settings.debug,
             log_format=settings.log_format,
