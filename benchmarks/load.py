@@ -325,15 +325,17 @@ def hold(args: argparse.Namespace) -> dict[str, Any]:
 def dns(args: argparse.Namespace) -> dict[str, Any]:
     """Lookups of args.names in turn (a name with {} gets a fresh token each time:
     never cached anywhere), one at a time, through getaddrinfo (the machine's
-    resolver) or straight at a server over UDP. Only the lookup is timed: a query
-    is packed before and its answer checked after (dnslib's Python parsing would
-    otherwise add a tenth of a millisecond to every server series)."""
+    resolver) or straight at a server over UDP (``--tcp``: over one held TCP
+    connection, RFC 7766 framing, as ktpy's server asks the shadow pod's dnsmasq).
+    Only the lookup is timed: a query is packed before and its answer checked after
+    (dnslib's Python parsing would otherwise add a tenth of a millisecond to every
+    server series)."""
     import dnslib  # the suite's own dependency; not needed by the other scenarios
 
     def names() -> str:  # {} -> "a-b-c": with "10-{}.NS.pod.<domain>", a pod name
         return args.name.replace("{}", "-".join(str(secrets.randbelow(254) + 1) for _ in "abc"))
 
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM if args.tcp else socket.SOCK_DGRAM)
     if args.via != "getaddrinfo":
         host, _, port = args.via.rpartition(":")
         sock.connect((host, int(port)))
@@ -345,6 +347,19 @@ def dns(args: argparse.Namespace) -> dict[str, Any]:
     def ask(name: str, query: bytes) -> Any:
         if not query:
             return socket.getaddrinfo(name, 80, socket.AF_INET, socket.SOCK_STREAM)
+        nonlocal sock
+        if args.tcp:
+            for fresh in (False, True):  # dnsmasq closes after 100 queries: ask again once
+                if fresh:
+                    sock.close()
+                    sock = socket.create_connection((host, int(port)), timeout=5)
+                try:
+                    sock.sendall(struct.pack("!H", len(query)) + query)
+                    (size,) = struct.unpack("!H", _exactly(sock, 2))
+                    return _exactly(sock, size)
+                except OSError:
+                    if fresh:
+                        raise
         sock.send(query)
         while True:
             reply = sock.recv(4096)
@@ -386,6 +401,16 @@ def dns(args: argparse.Namespace) -> dict[str, Any]:
     if args.expect and answer != args.expect:
         raise SystemExit(f"{args.name} resolved to {answer!r}, not {args.expect}")
     return {"queries": len(samples), "asked": args.count, "failed": failed, **_percentiles(samples)}
+
+
+def _exactly(sock: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            raise OSError("closed mid-answer")
+        data += chunk
+    return data
 
 
 def first(args: argparse.Namespace) -> dict[str, Any]:
@@ -446,6 +471,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--via", default="getaddrinfo")
     p.add_argument("--count", type=int, required=True)
     p.add_argument("--expect")
+    p.add_argument("--tcp", action="store_true", help="one held TCP connection, not UDP")
     sub.add_parser("steps", help="read one JSON argv list a line from stdin, answer each")
     return parser
 

@@ -1,7 +1,7 @@
 """Where connect's laptop processes spend their time: py-spy profiles of the session
 process, its TUN child and its root helper while the suite's new-connections,
-1,000-connections and bulk scenarios run through the TUN device. Not a test; run
-as root with the bed up:
+1,000-connections, bulk and uncached-DNS scenarios run through the TUN device. Not a
+test; run as root with the bed up:
 
     sudo .venv/bin/python -m benchmarks.profile [--out docs/profiles] [--only bulk]
 
@@ -26,6 +26,12 @@ laptop's processes), from /proc before and after. Then two py-spy recordings
 of connect's processes during the same download: ``--gil`` (each
 interpreter's Python CPU) and every thread on a CPU (``--threads``, no
 ``--gil``: which threads work, and in what).
+
+DNS (``dns.md``): an uncached cluster name's hops timed on their own (cluster DNS
+from a pod, the shadow pod's dnsmasq from inside the pod, a request through the
+tunnel with and without the TUN child, ktpy's server with the name cached) against
+the whole lookup, interleaved round by round; the CPU per lookup of each of
+connect's processes; and a ``--gil`` recording during uncached lookups.
 
 The shadow pod (``shadow-pod.md``): its cgroup's memory.stat and each of its
 processes' memory (/proc status, smaps_rollup, the heap's resident part),
@@ -53,13 +59,14 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import host_stats
-from benchmarks.baselines import KUBECTL, ROOT, Helpers, Laptop, kubectl
+from benchmarks.baselines import KUBECTL, ROOT, Helpers, Laptop, kubectl, node_load, pod_netns_pid
 from benchmarks.connect import stop
-from benchmarks.suite import FULL, GIB, PORTS, Clock, Ktpy, Suite, git
+from benchmarks.suite import FULL, GIB, PORTS, SOCKS_PORT, Clock, Ktpy, Suite, git
 from ktpy.commands.connect import READY_LINE as CONNECT_READY
 from tests.e2e.testbed import config
 
 PY_SPY = str(Path(sys.executable).parent / "py-spy")
+SCENARIOS = ("bulk", "dns", "churn", "hold")
 NAMESPACE = "bench-profile"
 TOP = 25
 MIB = 1 << 20
@@ -483,11 +490,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--hold", type=int, default=FULL.hold_connections)
     parser.add_argument("--bulk", type=int, default=256, help="MiB per bulk download")
     parser.add_argument("--bulk-rounds", type=int, default=3)
+    parser.add_argument("--dns", type=int, default=400, help="lookups per DNS series and round")
+    parser.add_argument("--dns-rounds", type=int, default=3)
     parser.add_argument("--laptop", type=int, default=config.BENCH_LAPTOPS[-2])
-    parser.add_argument("--only", choices=["churn", "hold", "bulk"], action="append",
+    parser.add_argument("--only", choices=SCENARIOS, action="append",
                         help="these scenarios (repeat for more); all by default")  # fmt: skip
     args = parser.parse_args(argv)
-    only = set(args.only or ["churn", "hold", "bulk"])
+    only = set(args.only or SCENARIOS)
     args.out.mkdir(parents=True, exist_ok=True)
     subprocess.run([*KUBECTL, "delete", "namespace", NAMESPACE, "--ignore-not-found",
                     "--wait=true"], check=True, capture_output=True)  # fmt: skip
@@ -500,7 +509,9 @@ def main(argv: list[str] | None = None) -> None:
     connect: Ktpy | None = None
     try:
         suite.deploy()
-        connect = Ktpy(laptop, "connect.log", "-n", NAMESPACE, "connect")
+        # The SOCKS port: the DNS scenario's tunnel round trip without the TUN child.
+        connect = Ktpy(laptop, "connect.log", "-n", NAMESPACE, "connect",
+                       "--socks-port", str(SOCKS_PORT))  # fmt: skip
         connect.wait_line(CONNECT_READY)
         pid = connect.pid()
         shadow = ShadowWatch(connect)
@@ -510,6 +521,8 @@ def main(argv: list[str] | None = None) -> None:
         if "bulk" in only:
             bulk(args, laptop, suite, connect, stamp, shadow)
             shadow.snap("after the bulk downloads, the other SSH sessions closed")
+        if "dns" in only:
+            dns(args, laptop, suite, connect, shadow, stamp)
         if "churn" in only:
             churn(args, laptop, pid, target, stamp)
         if "hold" in only:
@@ -522,6 +535,83 @@ def main(argv: list[str] | None = None) -> None:
         laptop.close(keep_logs=False)
         subprocess.run([*KUBECTL, "delete", "namespace", NAMESPACE, "--wait=false",
                         "--ignore-not-found"], capture_output=True, check=False)  # fmt: skip
+
+
+def dns(args: argparse.Namespace, laptop: Laptop, suite: Suite, connect: Ktpy,
+        shadow: ShadowWatch, stamp: str) -> None:  # fmt: skip
+    """Where an uncached cluster name's time goes: the hops under it timed on their
+    own, interleaved round by round (cluster DNS from a pod, the shadow pod's
+    dnsmasq from inside the pod over TCP as ktpy asks it, a request through the
+    tunnel with and without the TUN child, ktpy's server with the name cached),
+    then the CPU each of connect's processes spends per uncached lookup and a
+    py-spy profile of them meanwhile."""
+    server = connect.line(r"DNS (\S+):53 via").group(1)
+    fresh = f"10-{{}}.{NAMESPACE}.pod.cluster.local"
+    cached = f"echo.{NAMESPACE}.svc.cluster.local"
+    env = "{.spec.containers[0].env[?(@.name=='KTPY_DNS_PORT')].value}"
+    dns_port = kubectl("-n", NAMESPACE, "get", "pod", shadow.pod, "-o", f"jsonpath={env}")
+    n = str(args.dns)
+    echo_pid, shadow_pid = pod_netns_pid(suite.pod_uid), pod_netns_pid(shadow.uid)
+    target = [suite.cluster_ip, "80"]
+    series: dict[str, Callable[[], dict[str, Any]]] = {
+        "cluster DNS from the echo pod (UDP, a new pod name each time)": lambda: node_load(
+            "dns", fresh, "--via", f"{config.CLUSTER_DNS_IP}:53", "--count", n,
+            netns_of=echo_pid),
+        "the shadow pod's dnsmasq from inside the pod (TCP on one connection, a new "
+        "pod name each time)": lambda: node_load(
+            "dns", fresh, "--via", f"127.0.0.1:{dns_port}", "--tcp", "--count", n,
+            netns_of=shadow_pid),
+        "a request on one connection through connect's SOCKS proxy (the tunnel, no TUN "
+        "child)": lambda: laptop.load("rr", *target, "--requests", n, "--socks",
+                                      str(SOCKS_PORT)),
+        "a request on one connection through the TUN device": lambda: laptop.load(
+            "rr", *target, "--requests", n),
+        "ktpy's DNS server from the laptop, cached name": lambda: laptop.load(
+            "dns", cached, "--via", f"{server}:53", "--count", n, "--expect", suite.cluster_ip),
+        "ktpy's DNS server from the laptop, a new pod name each time": lambda: laptop.load(
+            "dns", fresh, "--via", f"{server}:53", "--count", n),
+    }  # fmt: skip
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in series}
+    for _ in range(args.dns_rounds):
+        for name, run in series.items():
+            runs[name].append(run())
+    p50 = {name: statistics.median(r["p50_ms"] for r in rs) for name, rs in runs.items()}
+    p99 = {name: statistics.median(r["p99_ms"] for r in rs) for name, rs in runs.items()}
+    failed = {name: sum(r["failed"] for r in rs if "failed" in r) for name, rs in runs.items()}
+    pids = [connect.pid(), *children(connect.pid())]
+    count = args.dns * args.dns_rounds
+    watch = ThreadWatch(pids)
+    laptop.load("dns", fresh, "--via", f"{server}:53", "--count", str(count))
+    per_process: dict[str, float] = collections.defaultdict(float)
+    for (role, _tid), (user, system) in watch.stop().items():
+        per_process[role] += user + system
+    raw = args.out / "dns.txt"
+    spy = record(connect.pid(), raw)
+    time.sleep(1)
+    # More than the series: a lookup holds each GIL for a fraction of a millisecond.
+    recorded = laptop.load("dns", fresh, "--via", f"{server}:53", "--count", str(5 * count))
+    stop(spy)  # py-spy writes its profile on SIGINT
+    names = list(series)
+    lines = ["| hop | p50 ms | p99 ms | failed |", "|---|---:|---:|---:|",
+             *(f"| {name} | {p50[name]:.3f} | {p99[name]:.3f} | {failed[name]} |"
+               for name in names), "",
+             f"CPU per uncached lookup ({count} more, unrecorded), user + system, ms:", "",
+             "| process | ms |", "|---|---:|",
+             *(f"| {role} | {1000 * cpu / count:.3f} |"
+               for role, cpu in sorted(per_process.items(), key=lambda kv: -kv[1])), "",
+             f"While recorded: p50 {recorded['p50_ms']} ms, "
+             f"p99 {recorded['p99_ms']} ms."]  # fmt: skip
+    print("dns:", json.dumps({"p50": p50, "p99": p99, "cpu_s": per_process}), file=sys.stderr)
+    summary = summarize(raw, "connect, TUN mode: uncached cluster names", [
+        f"{stamp}. `python -m benchmarks.profile --only dns`: the hops under an "
+        f"uncached lookup, {args.dns} each per round, {args.dns_rounds} rounds "
+        "interleaved (medians of the rounds' figures), one at a time; then py-spy "
+        f"recording connect's processes while {5 * count} uncached lookups go straight "
+        "to ktpy's DNS server.", "", *lines])  # fmt: skip
+    (args.out / "dns.md").write_text(summary + "\n")
+    (args.out / "dns.json").write_text(json.dumps(
+        {"runs": runs, "cpu_s": per_process, "recorded": recorded}, indent=1) + "\n")  # fmt: skip
+    _gzip(raw)
 
 
 def churn(args: argparse.Namespace, laptop: Laptop, pid: int, target: list[str],
