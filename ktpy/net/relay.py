@@ -14,13 +14,7 @@ import threading
 from collections.abc import Callable
 from typing import Protocol
 
-CHUNK = 256 * 1024  # a socket's recv allocates the size asked for before it reads
-# A flow that is not a socket (an SSH channel, a port-forward stream) hands out what
-# it holds, up to the size asked, without allocating that size first. Asking for more
-# than a channel's window ever holds takes its whole buffer at each read: paramiko
-# moves what a partial read leaves to the front of its buffer, on every read (0.6-1.1
-# CPU s per GiB of a download that backs up, docs/performance.md).
-WHOLE = 64 << 20
+CHUNK = 256 * 1024
 
 
 class Flow(Protocol):
@@ -83,9 +77,8 @@ def recv_exact(recv: Callable[[int], bytes], size: int) -> bytes:
 
 
 def _copy(source: Flow, sink: Flow) -> None:
-    size = CHUNK if isinstance(source, SocketFlow) else WHOLE
     try:
-        while data := source.recv(size):
+        while data := source.recv(CHUNK):
             sink.sendall(data)
     except (OSError, EOFError):
         pass
