@@ -326,7 +326,8 @@ def dns(args: argparse.Namespace) -> dict[str, Any]:
     """Lookups of args.names in turn (a name with {} gets a fresh token each time:
     never cached anywhere), one at a time, through getaddrinfo (the machine's
     resolver) or straight at a server over UDP (``--tcp``: over one held TCP
-    connection, RFC 7766 framing, as ktpy's server asks the shadow pod's dnsmasq).
+    connection, RFC 7766 framing, as ktpy's server asks the shadow pod's dnsmasq;
+    through a SOCKS5 proxy with ``--socks``).
     Only the lookup is timed: a query is packed before and its answer checked after
     (dnslib's Python parsing would otherwise add a tenth of a millisecond to every
     server series)."""
@@ -335,10 +336,14 @@ def dns(args: argparse.Namespace) -> dict[str, Any]:
     def names() -> str:  # {} -> "a-b-c": with "10-{}.NS.pod.<domain>", a pod name
         return args.name.replace("{}", "-".join(str(secrets.randbelow(254) + 1) for _ in "abc"))
 
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM if args.tcp else socket.SOCK_DGRAM)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     if args.via != "getaddrinfo":
         host, _, port = args.via.rpartition(":")
-        sock.connect((host, int(port)))
+        if args.tcp:
+            sock.close()
+            sock = open_connection(host, int(port), args.socks, timeout=5)
+        else:
+            sock.connect((host, int(port)))
         sock.settimeout(5)
 
     def prepare(name: str) -> bytes:
@@ -352,11 +357,11 @@ def dns(args: argparse.Namespace) -> dict[str, Any]:
             for fresh in (False, True):  # dnsmasq closes after 100 queries: ask again once
                 if fresh:
                     sock.close()
-                    sock = socket.create_connection((host, int(port)), timeout=5)
+                    sock = open_connection(host, int(port), args.socks, timeout=5)
                 try:
                     sock.sendall(struct.pack("!H", len(query)) + query)
-                    (size,) = struct.unpack("!H", _exactly(sock, 2))
-                    return _exactly(sock, size)
+                    (size,) = struct.unpack("!H", _exact(sock, 2))
+                    return _exact(sock, size)
                 except OSError:
                     if fresh:
                         raise
@@ -401,16 +406,6 @@ def dns(args: argparse.Namespace) -> dict[str, Any]:
     if args.expect and answer != args.expect:
         raise SystemExit(f"{args.name} resolved to {answer!r}, not {args.expect}")
     return {"queries": len(samples), "asked": args.count, "failed": failed, **_percentiles(samples)}
-
-
-def _exactly(sock: socket.socket, size: int) -> bytes:
-    data = b""
-    while len(data) < size:
-        chunk = sock.recv(size - len(data))
-        if not chunk:
-            raise OSError("closed mid-answer")
-        data += chunk
-    return data
 
 
 def first(args: argparse.Namespace) -> dict[str, Any]:
@@ -472,6 +467,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--count", type=int, required=True)
     p.add_argument("--expect")
     p.add_argument("--tcp", action="store_true", help="one held TCP connection, not UDP")
+    p.add_argument("--socks", type=int, help="with --tcp: through the SOCKS5 proxy on this port")
     sub.add_parser("steps", help="read one JSON argv list a line from stdin, answer each")
     return parser
 

@@ -561,6 +561,11 @@ def dns(args: argparse.Namespace, laptop: Laptop, suite: Suite, connect: Ktpy,
         "pod name each time)": lambda: node_load(
             "dns", fresh, "--via", f"127.0.0.1:{dns_port}", "--tcp", "--count", n,
             netns_of=shadow_pid),
+        "the shadow pod's dnsmasq through connect's SOCKS proxy (TCP on one connection, "
+        "a new pod name each time: the tunnel and dnsmasq, no ktpy DNS server, no TUN "
+        "child)": lambda: laptop.load(
+            "dns", fresh, "--via", f"127.0.0.1:{dns_port}", "--tcp", "--socks",
+            str(SOCKS_PORT), "--count", n),
         "a request on one connection through connect's SOCKS proxy (the tunnel, no TUN "
         "child)": lambda: laptop.load("rr", *target, "--requests", n, "--socks",
                                       str(SOCKS_PORT)),
