@@ -91,6 +91,12 @@ else
         --port="$dns_port" --pid-file="$run_dir/dnsmasq.pid" &
 fi
 aux_pid=$!
+# Each channel's input buffer is a 32 KiB heap block that glibc keeps once the
+# channel closes (it returns heap only from the top), so a session that once
+# held many connections kept their memory: blocks of 32 KiB and more get their
+# own mappings instead and go back when freed. sshd re-executes itself per
+# connection with this environment. (docs/performance.md, the shadow pod.)
+export GLIBC_TUNABLES="${GLIBC_TUNABLES:+$GLIBC_TUNABLES:}glibc.malloc.mmap_threshold=32768"
 # sshd needs its absolute path to re-execute itself per connection.
 /usr/sbin/sshd -D -e -f /etc/ktpy/sshd_config \
     -o "Port=$ssh_port" \

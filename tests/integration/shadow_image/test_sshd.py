@@ -289,6 +289,50 @@ def test_daemons_run_as_kt_without_privileges(pod: ShadowPod) -> None:
         t.close()
 
 
+def _rss_anon_kib(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(ln for ln in status.splitlines() if ln.startswith("RssAnon:")).split()[1])
+
+
+def test_sshd_gives_back_the_memory_of_closed_channels(pod: ShadowPod, pod_echo: TcpServer) -> None:
+    # sshd reads each channel into a buffer of its own (32 KiB for the first read),
+    # and glibc returns heap only from its top: without the entrypoint's fixed mmap
+    # threshold, a session that once held many connections keeps their memory
+    # after they close (docs/performance.md, the shadow pod's working set).
+    t = _pod.login(pod)
+    try:
+        chans = [t.open_channel("direct-tcpip", ("127.0.0.1", pod_echo.port), ("127.0.0.1", 0))]
+        # The process that serves this login is the sshd whose memory grows with
+        # its channels.
+        sshds = [p.pid for p in pod.processes() if p.name == "sshd"]
+        before = {pid: _rss_anon_kib(pid) for pid in sshds}
+        for _ in range(299):
+            chans.append(
+                t.open_channel("direct-tcpip", ("127.0.0.1", pod_echo.port), ("127.0.0.1", 0))
+            )
+        for chan in chans:
+            assert _pod.exchange(chan, b"x" * 1024) == b"x" * 1024
+        grown = {pid: _rss_anon_kib(pid) - before[pid] for pid in sshds}
+        session = max(grown, key=lambda pid: grown[pid])
+        assert grown[session] > 300 * 16, grown  # the channels' buffers are there
+        # One connection opened later and still open: its buffer lies above the
+        # others in the heap, as in any long session.
+        last = t.open_channel("direct-tcpip", ("127.0.0.1", pod_echo.port), ("127.0.0.1", 0))
+        assert _pod.exchange(last, b"y" * 1024) == b"y" * 1024
+        for chan in chans:
+            chan.close()
+        held = before[session] + grown[session]
+        deadline = time.monotonic() + 15
+        while _rss_anon_kib(session) > held - grown[session] // 2:
+            assert time.monotonic() < deadline, (
+                f"sshd kept {_rss_anon_kib(session) - before[session]} KiB of the "
+                f"{grown[session]} KiB its 300 channels took, after they closed"
+            )
+            time.sleep(0.1)
+    finally:
+        t.close()
+
+
 def test_sshd_logs_to_stderr(pod: ShadowPod) -> None:
     assert f"Server listening on 0.0.0.0 port {pod.ssh_port}." in pod.log()
 
