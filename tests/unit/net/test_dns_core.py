@@ -495,6 +495,77 @@ def test_tcp_answer_is_never_truncated() -> None:
     assert len(reply.rr) == 100
 
 
+# --- a cache hit's reply kept by the query's bytes -----------------------------
+
+
+def test_a_repeated_query_gets_what_the_full_path_gives_it() -> None:
+    kept, fresh = DnsCore(NAMES), DnsCore(NAMES)
+    for core in (kept, fresh):
+        _answer_echo(core, now=100.0, ttl=30)
+    first = decide(kept, query("echo", qid=8), 112.1, udp=True)
+    again = decide(kept, query("echo", qid=9), 112.9, udp=True)  # the same second of age
+    full = decide(fresh, query("echo", qid=9), 112.9, udp=True)
+    assert isinstance(first, Send)
+    assert isinstance(again, Send)
+    assert again == full
+    assert again.wire[2:] == first.wire[2:]
+    assert DNSRecord.parse(again.wire).header.id == 9
+    decide(fresh, query("echo", qid=8), 112.1, udp=True)
+    assert kept.stats() == fresh.stats()
+
+
+def test_a_kept_reply_follows_the_cache() -> None:
+    core = DnsCore(NAMES)
+    _answer_echo(core, now=100.0, ttl=30)
+    decide(core, query("echo"), 110.2, udp=True)
+    # A second later the TTLs are a second lower.
+    assert records(answer(decide(core, query("echo"), 111.2, udp=True)))[0][2] == 19
+    # Expired: asked again, and the new answer shown.
+    asked = ask_cluster(core, query("echo"), 131.0)
+    core.handle(
+        ClusterAnswered(asked.pending, cluster_reply(asked.wire, f"{FQDN} 30 A 10.96.8.8")), 131.0
+    )
+    assert records(answer(decide(core, query("echo"), 131.5, udp=True))) == [
+        ("echo.", "A", 30, "10.96.8.8")
+    ]
+
+
+def test_new_knowledge_drops_kept_replies() -> None:
+    core = DnsCore(NAMES)
+    late = "late.team.svc.cluster.local"
+    asked = ask_cluster(core, query(late))
+    core.handle(
+        ClusterAnswered(
+            asked.pending, cluster_reply(asked.wire, rcode=RCODE.NXDOMAIN, auth=(SOA_RR,))
+        ),
+        0.0,
+    )
+    for _ in range(2):
+        assert answer(decide(core, query(late), 0.5, udp=True)).header.rcode == RCODE.NXDOMAIN
+    assert core.stats().nxdomain == 3
+    core.update_names(NAMES.with_known(services={"echo", "late"}))
+    ask_cluster(core, query(late), 0.6)
+
+
+def test_kept_replies_are_per_transport() -> None:
+    core = DnsCore(NAMES)
+    wire = query("big")
+    _big_answer(core, wire, udp=False)
+    for _ in range(2):
+        assert answer(decide(core, wire, 0.5, udp=True)).header.tc == 1
+        assert len(answer(decide(core, wire, 0.5, udp=False)).rr) == 100
+
+
+def test_kept_replies_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("ktpy.net.dns.PRESENTED_ENTRIES", 3)
+    core = DnsCore(NAMES)
+    _answer_echo(core)
+    for qid in range(10):  # each letter case is other bytes
+        name = "".join(c.upper() if qid >> i & 1 else c for i, c in enumerate("echo"))
+        assert isinstance(decide(core, query(name), 1.0, udp=True), Send)
+    assert len(core._presented) == 3
+
+
 # --- statistics ---------------------------------------------------------------
 
 
