@@ -206,6 +206,16 @@ class _Handle:
         self.reader: threading.Thread | None = None
         self.writer: threading.Thread | None = None
 
+    @property
+    def inline(self) -> bool:
+        """Its client bytes go straight to its socket: no writer thread (yet)."""
+        return self.writer is None and self.send_nowait is not None
+
+    def new_writer(self, target: Callable[[_Handle], None]) -> threading.Thread:
+        return threading.Thread(
+            target=target, args=(self,), name=f"tun-{self.conn}-down", daemon=True
+        )
+
 
 class _Workers:
     """A few daemon threads for blocking calls (open_flow, Flow.close): daemon,
@@ -526,7 +536,7 @@ class TunStack:
             elif type(action) is DeliverEnd:
                 h = self._handles.get(action.conn)
                 if h is not None:
-                    if h.writer is None and h.send_nowait is not None:
+                    if h.inline:
                         with contextlib.suppress(OSError, EOFError):
                             h.flow.shutdown_write()
                     else:
@@ -541,9 +551,10 @@ class TunStack:
         """Lock held: client bytes for h's Flow. Written here if it has no writer and
         its socket takes them whole (what was written reopens the window: the actions
         that follow are carried out by the same loop); else the writer gets the rest."""
-        if h.writer is None and h.send_nowait is not None:
+        send = h.send_nowait if h.inline else None
+        if send is not None:
             try:
-                sent = h.send_nowait(data)
+                sent = send(data)
             except OSError:
                 sent = 0  # the writer meets the error again and fails the flow
             if sent:
@@ -556,9 +567,7 @@ class TunStack:
 
     def _start_writer(self, h: _Handle) -> None:
         """Lock held: h's writer thread, once its Flow's socket was full."""
-        writer = threading.Thread(
-            target=self._write_app, args=(h,), name=f"tun-{h.conn}-down", daemon=True
-        )
+        writer = h.new_writer(self._write_app)
         h.writer = writer
         h.running += 1
         self._live.add(h)  # its reader may be done already
@@ -614,11 +623,7 @@ class TunStack:
         reader = threading.Thread(
             target=self._read_app, args=(h,), name=f"tun-{h.conn}-up", daemon=True
         )
-        writer = None
-        if h.send_nowait is None:
-            writer = threading.Thread(
-                target=self._write_app, args=(h,), name=f"tun-{h.conn}-down", daemon=True
-            )
+        writer = h.new_writer(self._write_app) if h.send_nowait is None else None
         h.reader, h.writer = reader, writer
         with self._lock:
             actions = self._stack.handle(FlowOpened(action.conn), self._clock())
@@ -762,7 +767,7 @@ class TunStack:
             self._closers.submit(lambda: self._close_flow(h))
         else:
             log.debug("tun flow closed", conn=h.conn, target=h.target)
-            if h.writer is None and h.send_nowait is not None:
+            if h.inline:
                 with contextlib.suppress(Exception):  # nothing queued: close it now
                     h.flow.close()
             else:
