@@ -101,6 +101,13 @@ def records(reply: DNSRecord) -> list[tuple[str, str, int, str]]:
     return [(str(rr.rname), QTYPE[rr.rtype], rr.ttl, str(rr.rdata)) for rr in reply.rr]
 
 
+def cluster_lacks(core: DnsCore, name: str) -> list[DnsAction]:
+    """The cluster answers NXDOMAIN (with its SOA) for ``name``, asked at time 0."""
+    asked = ask_cluster(core, query(name))
+    reply = cluster_reply(asked.wire, rcode=RCODE.NXDOMAIN, auth=(SOA_RR,))
+    return core.handle(ClusterAnswered(asked.pending, reply), 0.0)
+
+
 # --- cluster names: rewriting both ways -------------------------------------
 
 
@@ -270,13 +277,7 @@ def test_no_ipv6_types_answered_empty_at_once(name: str, qtype: str) -> None:
 def test_aaaa_of_a_name_known_missing_is_nxdomain() -> None:
     core = DnsCore(NAMES)
     gone = "gone.team.svc.cluster.local"
-    asked = ask_cluster(core, query(gone))
-    core.handle(
-        ClusterAnswered(
-            asked.pending, cluster_reply(asked.wire, rcode=RCODE.NXDOMAIN, auth=(SOA_RR,))
-        ),
-        0.0,
-    )
+    cluster_lacks(core, gone)
     reply = answer(decide(core, query(gone, "AAAA"), 1.0, udp=True))
     assert reply.header.rcode == RCODE.NXDOMAIN
     assert reply.rr == []
@@ -414,13 +415,7 @@ def test_a_reply_to_something_else_is_a_failure(bad: bytes) -> None:
 def test_new_knowledge_forgets_negative_answers_only() -> None:
     core = DnsCore(NAMES)
     _answer_echo(core)
-    asked = ask_cluster(core, query("late.team"))
-    core.handle(
-        ClusterAnswered(
-            asked.pending, cluster_reply(asked.wire, rcode=RCODE.NXDOMAIN, auth=(SOA_RR,))
-        ),
-        0.0,
-    )
+    cluster_lacks(core, "late.team")
     assert len(core.cache) == 2
     core.update_names(NAMES.with_known(services={"echo", "late"}))
     assert len(core.cache) == 1
@@ -533,13 +528,7 @@ def test_a_kept_reply_follows_the_cache() -> None:
 def test_new_knowledge_drops_kept_replies() -> None:
     core = DnsCore(NAMES)
     late = "late.team.svc.cluster.local"
-    asked = ask_cluster(core, query(late))
-    core.handle(
-        ClusterAnswered(
-            asked.pending, cluster_reply(asked.wire, rcode=RCODE.NXDOMAIN, auth=(SOA_RR,))
-        ),
-        0.0,
-    )
+    cluster_lacks(core, late)
     for _ in range(2):
         assert answer(decide(core, query(late), 0.5, udp=True)).header.rcode == RCODE.NXDOMAIN
     assert core.stats().nxdomain == 3
