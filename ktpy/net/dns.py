@@ -309,7 +309,6 @@ class _Presented:
     consulted: tuple[tuple[CacheKey, _Entry], ...]
     age: int
     reply: bytes
-    nxdomain: bool
 
 
 class DnsCache:
@@ -617,8 +616,7 @@ class DnsCore:
             age = now - entry.stored
             reply = self._present(query, entry.reply, name, limit, age)
             if memo is not None and len(reply) <= PRESENTED_REPLY_BYTES:
-                nxdomain = entry.reply.header.rcode == RCODE.NXDOMAIN
-                shown = _Presented((*consulted, (key, entry)), int(age), reply, nxdomain)
+                shown = _Presented((*consulted, (key, entry)), int(age), reply)
                 self._presented[memo] = shown
                 self._presented.move_to_end(memo)
                 while len(self._presented) > PRESENTED_ENTRIES:
@@ -645,7 +643,8 @@ class DnsCore:
             del self._presented[memo]
             return None
         self._presented.move_to_end(memo)
-        self._count(cluster=1, cache_hits=1, nxdomain=int(shown.nxdomain))
+        nxdomain = last.reply.header.rcode == RCODE.NXDOMAIN  # as _present counts it
+        self._count(cluster=1, cache_hits=1, nxdomain=int(nxdomain))
         return shown.reply
 
     @staticmethod
