@@ -498,7 +498,9 @@ def test_a_repeated_query_gets_what_the_full_path_gives_it() -> None:
     for core in (kept, fresh):
         _answer_echo(core, now=100.0, ttl=30)
     first = decide(kept, query("echo", qid=8), 112.1, udp=True)
+    (shown,) = kept._presented.values()
     again = decide(kept, query("echo", qid=9), 112.9, udp=True)  # the same second of age
+    assert kept._presented[next(iter(kept._presented))] is shown  # sent from it, not made anew
     full = decide(fresh, query("echo", qid=9), 112.9, udp=True)
     assert isinstance(first, Send)
     assert isinstance(again, Send)
@@ -515,6 +517,17 @@ def test_a_kept_reply_follows_the_cache() -> None:
     decide(core, query("echo"), 110.2, udp=True)
     # A second later the TTLs are a second lower.
     assert records(answer(decide(core, query("echo"), 111.2, udp=True)))[0][2] == 19
+    # Replaced within the same second of age (two asks were out): the new answer.
+    core = DnsCore(NAMES)
+    one, two = ask_cluster(core, query("echo"), 100.0), ask_cluster(core, query("echo"), 100.0)
+    core.handle(
+        ClusterAnswered(one.pending, cluster_reply(one.wire, f"{FQDN} 30 A 10.96.7.7")), 100.0
+    )
+    decide(core, query("echo"), 100.5, udp=True)
+    core.handle(
+        ClusterAnswered(two.pending, cluster_reply(two.wire, f"{FQDN} 30 A 10.96.9.9")), 100.6
+    )
+    assert records(answer(decide(core, query("echo"), 100.7, udp=True)))[0][3] == "10.96.9.9"
     # Expired: asked again, and the new answer shown.
     asked = ask_cluster(core, query("echo"), 131.0)
     core.handle(
@@ -525,7 +538,7 @@ def test_a_kept_reply_follows_the_cache() -> None:
     ]
 
 
-def test_new_knowledge_drops_kept_replies() -> None:
+def test_a_negative_answer_forgotten_on_new_knowledge_is_asked_again() -> None:
     core = DnsCore(NAMES)
     late = "late.team.svc.cluster.local"
     cluster_lacks(core, late)
@@ -534,6 +547,19 @@ def test_new_knowledge_drops_kept_replies() -> None:
     assert core.stats().nxdomain == 3
     core.update_names(NAMES.with_known(services={"echo", "late"}))
     ask_cluster(core, query(late), 0.6)
+
+
+def test_a_name_classified_otherwise_is_not_answered_from_a_kept_reply() -> None:
+    # echo.team is a namespace-shaped name: the cluster's first while "team" is a
+    # namespace, the laptop's once it is gone, though the cluster's answer is
+    # still cached.
+    core = DnsCore(NAMES)
+    asked = ask_cluster(core, query("echo.team"))
+    reply = cluster_reply(asked.wire, "echo.team.svc.cluster.local. 30 A 10.96.3.3")
+    core.handle(ClusterAnswered(asked.pending, reply), 0.0)
+    assert isinstance(decide(core, query("echo.team"), 0.5, udp=True), Send)
+    core.update_names(replace(NAMES, namespaces=frozenset()))
+    assert isinstance(decide(core, query("echo.team"), 0.6, udp=True), AskUpstream)
 
 
 def test_kept_replies_are_per_transport() -> None:
