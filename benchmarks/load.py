@@ -336,15 +336,18 @@ def dns(args: argparse.Namespace) -> dict[str, Any]:
     def names() -> str:  # {} -> "a-b-c": with "10-{}.NS.pod.<domain>", a pod name
         return args.name.replace("{}", "-".join(str(secrets.randbelow(254) + 1) for _ in "abc"))
 
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    if args.via != "getaddrinfo":
+    def server() -> socket.socket:
         host, _, port = args.via.rpartition(":")
         if args.tcp:
-            sock.close()
-            sock = open_connection(host, int(port), args.socks, timeout=5)
-        else:
-            sock.connect((host, int(port)))
-        sock.settimeout(5)
+            return open_connection(host, int(port), args.socks, timeout=5)
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        udp.connect((host, int(port)))
+        udp.settimeout(5)
+        return udp
+
+    sock = (
+        server() if args.via != "getaddrinfo" else socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    )
 
     def prepare(name: str) -> bytes:
         return bytes(dnslib.DNSRecord.question(name).pack()) if args.via != "getaddrinfo" else b""
@@ -357,7 +360,7 @@ def dns(args: argparse.Namespace) -> dict[str, Any]:
             for fresh in (False, True):  # dnsmasq closes after 100 queries: ask again once
                 if fresh:
                     sock.close()
-                    sock = open_connection(host, int(port), args.socks, timeout=5)
+                    sock = server()
                 try:
                     sock.sendall(struct.pack("!H", len(query)) + query)
                     (size,) = struct.unpack("!H", _exact(sock, 2))

@@ -585,11 +585,10 @@ def dns(args: argparse.Namespace, laptop: Laptop, suite: Suite, connect: Ktpy,
     failed = {name: sum(r["failed"] for r in rs if "failed" in r) for name, rs in runs.items()}
     pids = [connect.pid(), *children(connect.pid())]
     count = args.dns * args.dns_rounds
-    watch = ThreadWatch(pids)
+    before = host_stats.cpu_by_process()
     laptop.load("dns", fresh, "--via", f"{server}:53", "--count", str(count))
-    per_process: dict[str, float] = collections.defaultdict(float)
-    for (role, _tid), (user, system) in watch.stop().items():
-        per_process[role] += user + system
+    after = host_stats.cpu_by_process()
+    per_process = {role_of(pid): after.get(pid, 0.0) - before.get(pid, 0.0) for pid in pids}
     raw = args.out / "dns.txt"
     spy = record(connect.pid(), raw)
     time.sleep(1)
