@@ -229,10 +229,10 @@ def _ensure_private_dir(path: Path) -> None:
 
 
 def _settle_ipv6(name: str, timeout: float = 10.0) -> None:
-    """Wait until eth0's IPv6 link-local address has passed duplicate address
-    detection: until then it is "tentative", and its local route appears only after,
-    so a snapshot of the laptop taken meanwhile differs from a later one with
-    nothing having changed it."""
+    """Wait until eth0's IPv6 link-local address is there and not "tentative" (its
+    local route appears only then, so a snapshot of the laptop taken before differs
+    from a later one with nothing having changed it). create_laptop turns duplicate
+    address detection off, so this is at once unless that failed."""
     disabled = run(
         ["ip", "netns", "exec", name, "cat", "/proc/sys/net/ipv6/conf/eth0/disable_ipv6"],
         check=False,
